@@ -1,0 +1,167 @@
+//! The agent: generate → batch → ship.
+//!
+//! The generator and the shipper are joined by a bounded channel of batches: when Redis is
+//! slow or down, the channel fills and the generator waits (backpressure) instead of
+//! dropping or growing memory without bound.
+
+pub mod batcher;
+pub mod generator;
+pub mod shipper;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{AgentConfig, BrokerConfig};
+use crate::event::Level;
+use batcher::{Batch, Batcher};
+use generator::Generator;
+use shipper::{ShipReport, Shipper};
+
+/// Printed when the agent stops.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub agent_id: String,
+    pub run_id: String,
+    pub events: u64,
+    pub events_per_level: std::collections::BTreeMap<&'static str, u64>,
+    pub entries: u64,
+    pub unsent_events: u64,
+    pub elapsed_s: f64,
+    pub events_per_s: f64,
+}
+
+impl Summary {
+    pub fn print(&self, as_json: bool) {
+        if as_json {
+            println!("{}", serde_json::to_string(self).expect("summary serialises"));
+            return;
+        }
+        println!("agent {} (run {}) summary", self.agent_id, self.run_id);
+        for (level, count) in &self.events_per_level {
+            println!("  {level:<10} {count}");
+        }
+        println!("  events     {}", self.events);
+        println!("  entries    {}", self.entries);
+        if self.unsent_events > 0 {
+            println!("  UNSENT     {}", self.unsent_events);
+        }
+        println!("  elapsed    {:.3} s", self.elapsed_s);
+        println!("  rate       {:.0} events/s", self.events_per_s);
+    }
+}
+
+/// Runs until `count` events are shipped or `shutdown` fires, then flushes and summarises.
+pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: CancellationToken) -> Summary {
+    let run_id = run_id();
+    let started = Instant::now();
+    let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(config.queue_batches);
+    let shipper = Shipper::new(broker.redis_url.clone(), broker.keys.clone(), config.sink);
+    let shipper_task = tokio::spawn(shipper.run(batch_receiver, shutdown.clone(), config.shutdown_timeout));
+    info!(agent_id = %config.agent_id, run_id = %run_id, rate = config.rate_per_s, pack = config.pack, "agent started");
+
+    let events_per_level = generate(&config, &run_id, batch_sender, &shutdown).await;
+    let report: ShipReport = shipper_task.await.unwrap_or_else(|join_error| {
+        tracing::error!(error = %join_error, "shipper task failed");
+        ShipReport::default()
+    });
+
+    let elapsed_s = started.elapsed().as_secs_f64();
+    Summary {
+        agent_id: config.agent_id.clone(),
+        run_id,
+        events: report.events,
+        events_per_level: Level::ALL
+            .iter()
+            .filter(|level| events_per_level[level.index()] > 0)
+            .map(|level| (level.as_str(), events_per_level[level.index()]))
+            .collect(),
+        entries: report.entries,
+        unsent_events: report.unsent_events,
+        elapsed_s,
+        events_per_s: report.events as f64 / elapsed_s.max(1e-9),
+    }
+}
+
+/// Identifies this run of the agent, so that event ids stay unique across restarts of an
+/// agent with the same id (sequence numbers start again at 0).
+fn run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:x}{:04x}", now.as_millis(), std::process::id() & 0xffff)
+}
+
+/// Generates events at the configured rate into batches. Returns the count per level.
+async fn generate(
+    config: &AgentConfig,
+    run_id: &str,
+    batch_sender: mpsc::Sender<Batch>,
+    shutdown: &CancellationToken,
+) -> [u64; 9] {
+    let seed = config.seed.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        nanos ^ (u64::from(std::process::id()) << 32)
+    });
+    let host = crate::hostname();
+    let mut generator = Generator::new(
+        seed,
+        &config.level_mix,
+        &config.service,
+        &host,
+        &config.agent_id,
+        run_id,
+    );
+    let mut batcher = Batcher::new(config.pack, config.batch_entries, config.linger);
+    let mut events_per_level = [0u64; 9];
+    let mut generated: u64 = 0;
+    let limit = config.count.unwrap_or(u64::MAX);
+    let started = Instant::now();
+
+    while generated < limit && !shutdown.is_cancelled() {
+        let due = if config.rate_per_s == 0 {
+            u64::MAX
+        } else {
+            let owed = (started.elapsed().as_secs_f64() * config.rate_per_s as f64) as u64;
+            owed.saturating_sub(generated)
+        };
+        let now_count = due.min(limit - generated).min(batcher.room());
+        for _ in 0..now_count {
+            let level = batcher.push(|out| generator.write_next(out));
+            events_per_level[level.index()] += 1;
+        }
+        generated += now_count;
+        let now = Instant::now();
+        if batcher.is_due(now) || (generated == limit) {
+            if let Some(batch) = batcher.take()
+                && batch_sender.send(batch).await.is_err()
+            {
+                break;
+            }
+            continue;
+        }
+        if now_count == 0 {
+            // Nothing owed yet: sleep until the next event is due or the batch's linger ends.
+            let next_event_at =
+                started + Duration::from_secs_f64((generated + 1) as f64 / config.rate_per_s.max(1) as f64);
+            let wake_at = batcher
+                .deadline()
+                .map_or(next_event_at, |deadline| deadline.min(next_event_at));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+    if let Some(batch) = batcher.take() {
+        let _ = batch_sender.send(batch).await;
+    }
+    events_per_level
+}

@@ -1,0 +1,55 @@
+//! Every Redis key name, built in one place.
+
+/// Names of the Redis keys one deployment uses. All are configurable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// The log stream agents write to.
+    pub stream: String,
+    /// The consumer group of the police on `stream`.
+    pub group: String,
+    /// The stream alerts are written to.
+    pub alerts: String,
+    /// The dead-letter stream.
+    pub dead: String,
+    /// The list used in list mode.
+    pub list: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            stream: "logsentinel:logs".into(),
+            group: "police".into(),
+            alerts: "logsentinel:alerts".into(),
+            dead: "logsentinel:dead".into(),
+            list: "log_queue".into(),
+        }
+    }
+}
+
+impl Keys {
+    /// Hash of counters (events, alerts, dead) updated atomically with each acknowledgement.
+    pub fn stats(&self, source_key: &str) -> String {
+        format!("{source_key}:stats")
+    }
+
+    /// Prefix of the per-alert idempotency keys (`SET NX EX`).
+    pub fn alert_seen_prefix(&self) -> String {
+        format!("{}:seen:", self.alerts)
+    }
+
+    /// Processing list of one list-mode consumer.
+    pub fn processing_list(&self, consumer: &str) -> String {
+        format!("{}:processing:{consumer}", self.list)
+    }
+
+    /// Pattern matching every processing list of `list`.
+    pub fn processing_list_pattern(&self) -> String {
+        format!("{}:processing:*", self.list)
+    }
+
+    /// Liveness key of one list-mode consumer; expires when the consumer dies.
+    pub fn heartbeat(&self, consumer: &str) -> String {
+        format!("{}:alive:{consumer}", self.list)
+    }
+}

@@ -1,0 +1,154 @@
+//! Redis access: connections, reconnect backoff, and the commands of each mode.
+//!
+//! There is one broker, Redis, so there is no broker trait: tests use a real server.
+
+pub mod keys;
+pub mod list;
+pub mod scripts;
+pub mod stream;
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, Value};
+use tracing::{info, warn};
+
+/// Longest a reply may take before the connection is considered broken. Blocking reads
+/// wait at most `block_ms`, which stays well below this.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub type Connection = MultiplexedConnection;
+
+/// Opens one multiplexed connection. Callers reconnect with [`Backoff`] on error.
+pub async fn connect(redis_url: &str) -> Result<Connection, RedisError> {
+    let client = redis::Client::open(redis_url)?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    client.get_multiplexed_async_connection_with_config(&config).await
+}
+
+/// Capped exponential backoff that logs once per change of state (up → down → up),
+/// not once per attempt.
+#[derive(Debug)]
+pub struct Backoff {
+    what: &'static str,
+    next_delay: Duration,
+    failing_since: Option<tokio::time::Instant>,
+    attempts: u64,
+}
+
+impl Backoff {
+    const FIRST_DELAY: Duration = Duration::from_millis(100);
+    const MAX_DELAY: Duration = Duration::from_secs(5);
+
+    pub fn new(what: &'static str) -> Backoff {
+        Backoff {
+            what,
+            next_delay: Self::FIRST_DELAY,
+            failing_since: None,
+            attempts: 0,
+        }
+    }
+
+    /// Records a failure and returns how long to wait before the next attempt.
+    pub fn failed(&mut self, error: &RedisError) -> Duration {
+        if self.failing_since.is_none() {
+            warn!(component = self.what, error = %error, "redis unreachable, retrying with backoff");
+            self.failing_since = Some(tokio::time::Instant::now());
+        }
+        self.attempts += 1;
+        let delay = self.next_delay;
+        self.next_delay = (self.next_delay * 2).min(Self::MAX_DELAY);
+        delay
+    }
+
+    /// Records a success; logs the recovery if we were failing.
+    pub fn succeeded(&mut self) {
+        if let Some(since) = self.failing_since.take() {
+            info!(
+                component = self.what,
+                attempts = self.attempts,
+                down_ms = since.elapsed().as_millis() as u64,
+                "redis reachable again"
+            );
+        }
+        self.next_delay = Self::FIRST_DELAY;
+        self.attempts = 0;
+    }
+
+    pub fn is_failing(&self) -> bool {
+        self.failing_since.is_some()
+    }
+}
+
+/// Text of a bulk or simple string reply.
+pub fn value_text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(number) => Some(number.to_string()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+pub fn value_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(number) => Some(*number),
+        other => value_text(other)?.parse().ok(),
+    }
+}
+
+pub fn value_items(value: &Value) -> &[Value] {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => &[],
+    }
+}
+
+/// A flat `[name, value, name, value, …]` reply (XINFO, field lists) as pairs.
+pub fn value_pairs(value: &Value) -> Vec<(String, &Value)> {
+    match value {
+        Value::Map(map) => map
+            .iter()
+            .filter_map(|(name, item)| Some((value_text(name)?, item)))
+            .collect(),
+        other => value_items(other)
+            .chunks_exact(2)
+            .filter_map(|pair| Some((value_text(&pair[0])?, &pair[1])))
+            .collect(),
+    }
+}
+
+/// Milliseconds part of a stream id (`<ms>-<seq>`).
+pub fn stream_id_millis(entry_id: &str) -> Option<u64> {
+    entry_id.split('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new("test");
+        let error = RedisError::from(std::io::Error::other("down"));
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.failed(&error)).collect();
+        assert_eq!(delays[0], Duration::from_millis(100));
+        assert_eq!(delays[1], Duration::from_millis(200));
+        assert_eq!(*delays.last().unwrap(), Duration::from_secs(5));
+        assert!(backoff.is_failing());
+        backoff.succeeded();
+        assert!(!backoff.is_failing());
+        assert_eq!(backoff.failed(&error), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn stream_id_millis_reads_the_time_part() {
+        assert_eq!(stream_id_millis("1700000000000-5"), Some(1_700_000_000_000));
+        assert_eq!(stream_id_millis("x"), None);
+    }
+}

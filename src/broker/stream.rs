@@ -1,0 +1,303 @@
+//! Stream-mode commands: consumer group setup, reads, claims, consumer cleanup, trimming.
+
+use std::collections::HashMap;
+
+use redis::{RedisError, Value};
+
+use super::keys::Keys;
+use super::{Connection, value_int, value_items, value_pairs, value_text};
+
+/// One stream entry as read from Redis. `fields` is `None` when the entry was deleted
+/// while it was pending (XREADGROUP then returns its id with no fields).
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub id: String,
+    pub fields: Option<Vec<(String, String)>>,
+}
+
+/// Creates the consumer group from id 0 (so entries written before it existed are read),
+/// creating the stream too if needed. An existing group is fine.
+pub async fn ensure_group(connection: &mut Connection, keys: &Keys) -> Result<(), RedisError> {
+    let created: Result<Value, RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&keys.stream)
+        .arg(&keys.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(connection)
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// XREADGROUP from `start` (`>` for new entries, an id for our own pending ones).
+pub async fn read_group(
+    connection: &mut Connection,
+    keys: &Keys,
+    consumer: &str,
+    start: &str,
+    count: usize,
+    block_ms: Option<u64>,
+) -> Result<Vec<StreamEntry>, RedisError> {
+    let mut command = redis::cmd("XREADGROUP");
+    command
+        .arg("GROUP")
+        .arg(&keys.group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
+    if let Some(block_ms) = block_ms {
+        command.arg("BLOCK").arg(block_ms);
+    }
+    command.arg("STREAMS").arg(&keys.stream).arg(start);
+    let reply: Value = command.query_async(connection).await?;
+    let mut entries = Vec::new();
+    for stream in value_items(&reply) {
+        // [stream name, [entries]] in RESP2; a map from name to entries in RESP3.
+        let stream_entries = match stream {
+            Value::Array(parts) if parts.len() == 2 => &parts[1],
+            other => other,
+        };
+        entries.extend(value_items(stream_entries).iter().filter_map(parse_entry));
+    }
+    if let Value::Map(map) = &reply {
+        for (_, stream_entries) in map {
+            entries.extend(value_items(stream_entries).iter().filter_map(parse_entry));
+        }
+    }
+    Ok(entries)
+}
+
+fn parse_entry(value: &Value) -> Option<StreamEntry> {
+    let [id, fields] = value_items(value) else {
+        return None;
+    };
+    let id = value_text(id)?;
+    let fields = match fields {
+        Value::Nil => None,
+        other => Some(
+            value_items(other)
+                .chunks_exact(2)
+                .filter_map(|pair| Some((value_text(&pair[0])?, value_text(&pair[1])?)))
+                .collect(),
+        ),
+    };
+    Some(StreamEntry { id, fields })
+}
+
+/// Delivery counts of our pending entries between `first` and `last` (inclusive).
+pub async fn delivery_counts(
+    connection: &mut Connection,
+    keys: &Keys,
+    consumer: &str,
+    first: &str,
+    last: &str,
+    count: usize,
+) -> Result<HashMap<String, u64>, RedisError> {
+    let reply: Value = redis::cmd("XPENDING")
+        .arg(&keys.stream)
+        .arg(&keys.group)
+        .arg(first)
+        .arg(last)
+        .arg(count)
+        .arg(consumer)
+        .query_async(connection)
+        .await?;
+    Ok(value_items(&reply)
+        .iter()
+        .filter_map(|item| {
+            let parts = value_items(item);
+            let id = value_text(parts.first()?)?;
+            let deliveries = value_int(parts.get(3)?)?;
+            Some((id, deliveries.max(0) as u64))
+        })
+        .collect())
+}
+
+/// One XAUTOCLAIM call: entries idle longer than `min_idle_ms`, now ours.
+pub struct Claimed {
+    pub next_cursor: String,
+    pub entries: Vec<StreamEntry>,
+    /// Ids that were pending but no longer exist in the stream (removed by Redis from the PEL).
+    pub deleted_ids: Vec<String>,
+}
+
+pub async fn autoclaim(
+    connection: &mut Connection,
+    keys: &Keys,
+    consumer: &str,
+    min_idle_ms: u64,
+    cursor: &str,
+    count: usize,
+) -> Result<Claimed, RedisError> {
+    let reply: Value = redis::cmd("XAUTOCLAIM")
+        .arg(&keys.stream)
+        .arg(&keys.group)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(connection)
+        .await?;
+    let parts = value_items(&reply);
+    Ok(Claimed {
+        next_cursor: parts.first().and_then(value_text).unwrap_or_else(|| "0-0".into()),
+        entries: parts
+            .get(1)
+            .map(|entries| value_items(entries).iter().filter_map(parse_entry).collect())
+            .unwrap_or_default(),
+        deleted_ids: parts
+            .get(2)
+            .map(|ids| value_items(ids).iter().filter_map(value_text).collect())
+            .unwrap_or_default(),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+pub async fn consumers(connection: &mut Connection, keys: &Keys, group: &str) -> Result<Vec<ConsumerInfo>, RedisError> {
+    let reply: Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&keys.stream)
+        .arg(group)
+        .query_async(connection)
+        .await?;
+    Ok(value_items(&reply)
+        .iter()
+        .filter_map(|consumer| {
+            let fields: HashMap<String, &Value> = value_pairs(consumer).into_iter().collect();
+            Some(ConsumerInfo {
+                name: value_text(fields.get("name")?)?,
+                pending: value_int(fields.get("pending")?)?.max(0) as u64,
+                idle_ms: value_int(fields.get("idle")?)?.max(0) as u64,
+            })
+        })
+        .collect())
+}
+
+/// Removes a consumer from the group. Only called for consumers with nothing pending, so
+/// no pending entry is dropped with it.
+pub async fn delete_consumer(connection: &mut Connection, keys: &Keys, consumer: &str) -> Result<u64, RedisError> {
+    let dropped_pending: i64 = redis::cmd("XGROUP")
+        .arg("DELCONSUMER")
+        .arg(&keys.stream)
+        .arg(&keys.group)
+        .arg(consumer)
+        .query_async(connection)
+        .await?;
+    Ok(dropped_pending.max(0) as u64)
+}
+
+/// Summary of one group, from XINFO GROUPS.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupInfo {
+    pub name: String,
+    pub consumers: u64,
+    pub pending: u64,
+    pub last_delivered_id: String,
+    /// `None` when Redis cannot tell (after some deletions); see XINFO GROUPS.
+    pub lag: Option<u64>,
+}
+
+pub async fn groups(connection: &mut Connection, stream: &str) -> Result<Vec<GroupInfo>, RedisError> {
+    let reply: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(connection)
+        .await?;
+    Ok(value_items(&reply)
+        .iter()
+        .filter_map(|group| {
+            let fields: HashMap<String, &Value> = value_pairs(group).into_iter().collect();
+            Some(GroupInfo {
+                name: value_text(fields.get("name")?)?,
+                consumers: value_int(fields.get("consumers")?)?.max(0) as u64,
+                pending: value_int(fields.get("pending")?)?.max(0) as u64,
+                last_delivered_id: value_text(fields.get("last-delivered-id")?)?,
+                lag: fields
+                    .get("lag")
+                    .and_then(|lag| value_int(lag))
+                    .map(|lag| lag.max(0) as u64),
+            })
+        })
+        .collect())
+}
+
+/// Oldest pending id of a group (XPENDING summary), if any entry is pending.
+pub async fn oldest_pending_id(
+    connection: &mut Connection,
+    stream: &str,
+    group: &str,
+) -> Result<Option<String>, RedisError> {
+    let reply: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(connection)
+        .await?;
+    let parts = value_items(&reply);
+    let pending = parts.first().and_then(value_int).unwrap_or(0);
+    if pending == 0 {
+        return Ok(None);
+    }
+    Ok(parts.get(1).and_then(value_text))
+}
+
+/// Trims entries that every group on the stream has delivered and acknowledged.
+///
+/// Order matters: the groups' last-delivered ids are read *before* their oldest pending
+/// ids. An entry pending at trim time was either pending at the second read (so it is at
+/// or above the oldest pending id) or delivered after the first read (so it is above the
+/// last-delivered id read then). Entries never delivered are above both. The trim point
+/// is the minimum of all of them, so nothing unacknowledged or undelivered is trimmed.
+/// Returns the number of entries removed; with no group on the stream nothing is trimmed.
+pub async fn trim_acknowledged(connection: &mut Connection, stream: &str) -> Result<u64, RedisError> {
+    let group_infos = groups(connection, stream).await?;
+    let Some(mut trim_below) = group_infos
+        .iter()
+        .map(|group| parse_stream_id(&group.last_delivered_id))
+        .min()
+    else {
+        return Ok(0);
+    };
+    for group in &group_infos {
+        if let Some(oldest_pending) = oldest_pending_id(connection, stream, &group.name).await? {
+            trim_below = trim_below.min(parse_stream_id(&oldest_pending));
+        }
+    }
+    if trim_below == (0, 0) {
+        return Ok(0);
+    }
+    let removed: i64 = redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg(format!("{}-{}", trim_below.0, trim_below.1))
+        .query_async(connection)
+        .await?;
+    Ok(removed.max(0) as u64)
+}
+
+fn parse_stream_id(entry_id: &str) -> (u64, u64) {
+    let (millis, sequence) = entry_id.split_once('-').unwrap_or((entry_id, "0"));
+    (millis.parse().unwrap_or(0), sequence.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_compare_numerically() {
+        assert!(parse_stream_id("10-0") > parse_stream_id("9-99"));
+        assert!(parse_stream_id("5-10") > parse_stream_id("5-9"));
+        assert_eq!(parse_stream_id("0-0"), (0, 0));
+    }
+}

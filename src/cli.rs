@@ -1,0 +1,168 @@
+//! Command-line interface. Every option is optional here: [`crate::config`] merges flags
+//! and `LOGSENTINEL_*` variables (clap) with the TOML file and the defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "logsentinel", version, about = "Log ingestion and alerting on Redis Streams")]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate logs and ship them to Redis in batches
+    Agent(AgentArgs),
+    /// Consume logs in a consumer group, raise alerts, acknowledge
+    Police(PoliceArgs),
+    /// Show stream, group, consumer, lag and dead-letter figures
+    Status(StatusArgs),
+    /// Run a private Redis, 3 agents and 2 police, and show what happens
+    Demo(DemoArgs),
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CommonArgs {
+    /// TOML config file (flags > environment > file > defaults)
+    #[arg(long, global = true, env = "LOGSENTINEL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis URL: redis://[user:password@]host:port[/db]
+    #[arg(long, global = true, env = "LOGSENTINEL_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Stream the agents write to [default: logsentinel:logs]
+    #[arg(long, global = true, env = "LOGSENTINEL_STREAM")]
+    pub stream: Option<String>,
+    /// Consumer group of the police [default: police]
+    #[arg(long, global = true, env = "LOGSENTINEL_GROUP")]
+    pub group: Option<String>,
+    /// Stream the police write alerts to [default: logsentinel:alerts]
+    #[arg(long, global = true, env = "LOGSENTINEL_ALERTS_STREAM")]
+    pub alerts_stream: Option<String>,
+    /// Dead-letter stream [default: logsentinel:dead]
+    #[arg(long, global = true, env = "LOGSENTINEL_DEAD_STREAM")]
+    pub dead_stream: Option<String>,
+    /// List key used in list mode [default: log_queue]
+    #[arg(long, global = true, env = "LOGSENTINEL_KEY")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Redis Stream with a consumer group (at-least-once)
+    Stream,
+    /// Plain Redis list (LPUSH / BLMOVE), for list-based shippers
+    List,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct AgentArgs {
+    /// Events per second, 0 = unlimited [default: 1000]
+    #[arg(long, env = "LOGSENTINEL_RATE")]
+    pub rate: Option<u64>,
+    /// Stop after this many events [default: run until stopped]
+    #[arg(long, env = "LOGSENTINEL_COUNT")]
+    pub count: Option<u64>,
+    /// Seed of the generator, for reproducible logs [default: random]
+    #[arg(long, env = "LOGSENTINEL_SEED")]
+    pub seed: Option<u64>,
+    /// Share of each level, e.g. INFO=70,WARNING=20,ERROR=8,CRITICAL=2
+    #[arg(long, env = "LOGSENTINEL_LEVEL_MIX")]
+    pub level_mix: Option<String>,
+    /// Service name of the generated events [default: checkout]
+    #[arg(long, env = "LOGSENTINEL_SERVICE")]
+    pub service: Option<String>,
+    /// Agent id, the first part of every event id [default: the hostname]
+    #[arg(long, env = "LOGSENTINEL_AGENT_ID")]
+    pub agent_id: Option<String>,
+    /// Where to ship: stream or list [default: stream]
+    #[arg(long, env = "LOGSENTINEL_SINK")]
+    pub sink: Option<Transport>,
+    /// Events per stream entry; 1 keeps entries readable by any tool [default: 1]
+    #[arg(long, env = "LOGSENTINEL_PACK")]
+    pub pack: Option<usize>,
+    /// Stream entries (or list items) per pipelined batch [default: 256]
+    #[arg(long, env = "LOGSENTINEL_BATCH")]
+    pub batch: Option<usize>,
+    /// Longest wait before a partial batch is sent, in milliseconds [default: 5]
+    #[arg(long, env = "LOGSENTINEL_LINGER_MS")]
+    pub linger_ms: Option<u64>,
+    /// Batches waiting for Redis before the generator waits too [default: 16]
+    #[arg(long, env = "LOGSENTINEL_QUEUE_BATCHES")]
+    pub queue_batches: Option<usize>,
+    /// On stop, how long to keep retrying Redis before giving up, in ms [default: 10000]
+    #[arg(long, env = "LOGSENTINEL_SHUTDOWN_TIMEOUT_MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+    /// Print the final summary as one JSON line
+    #[arg(long)]
+    pub summary_json: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct PoliceArgs {
+    /// Where to read: stream or list [default: stream]
+    #[arg(long, env = "LOGSENTINEL_SOURCE")]
+    pub source: Option<Transport>,
+    /// Consumer name, unique per instance [default: <hostname>-<pid>]
+    #[arg(long, env = "LOGSENTINEL_CONSUMER")]
+    pub consumer: Option<String>,
+    /// Stream entries (or list items) read per batch [default: 256]
+    #[arg(long, env = "LOGSENTINEL_READ_COUNT")]
+    pub read_count: Option<usize>,
+    /// Longest blocking read, in milliseconds [default: 1000]
+    #[arg(long, env = "LOGSENTINEL_BLOCK_MS")]
+    pub block_ms: Option<u64>,
+    /// Entries pending this long on another consumer are claimed, in ms [default: 30000]
+    #[arg(long, env = "LOGSENTINEL_CLAIM_IDLE_MS")]
+    pub claim_idle_ms: Option<u64>,
+    /// Deliveries after which an entry goes to the dead-letter stream [default: 5]
+    #[arg(long, env = "LOGSENTINEL_MAX_DELIVERIES")]
+    pub max_deliveries: Option<u64>,
+    /// Lowest level that raises an alert [default: CRITICAL]
+    #[arg(long, env = "LOGSENTINEL_ALERT_LEVEL")]
+    pub alert_level: Option<String>,
+    /// Also append alerts to this JSONL file
+    #[arg(long, env = "LOGSENTINEL_ALERTS_FILE")]
+    pub alerts_file: Option<PathBuf>,
+    /// Do not print alerts on stdout
+    #[arg(long, env = "LOGSENTINEL_QUIET")]
+    pub quiet: Option<bool>,
+    /// How long an alert id is remembered to drop duplicates, in seconds [default: 86400]
+    #[arg(long, env = "LOGSENTINEL_ALERT_DEDUP_TTL_S")]
+    pub alert_dedup_ttl_s: Option<u64>,
+    /// Consumers idle this long with nothing pending are removed, in ms [default: 300000]
+    #[arg(long, env = "LOGSENTINEL_CONSUMER_IDLE_REMOVE_MS")]
+    pub consumer_idle_remove_ms: Option<u64>,
+    /// Trim acknowledged entries from the stream with XTRIM MINID [default: true]
+    #[arg(long, env = "LOGSENTINEL_TRIM")]
+    pub trim: Option<bool>,
+    /// Period of the maintenance work (claim, trim, cleanup), in ms [default: 1000]
+    #[arg(long, env = "LOGSENTINEL_MAINTENANCE_INTERVAL_MS")]
+    pub maintenance_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct StatusArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct DemoArgs {
+    /// How long to run, in seconds [default: 20]
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Events per second of each agent [default: 500]
+    #[arg(long, default_value_t = 500)]
+    pub rate: u64,
+    /// Events per stream entry [default: 1]
+    #[arg(long, default_value_t = 1)]
+    pub pack: usize,
+}

@@ -1,0 +1,35 @@
+//! LogSentinel: log ingestion and alerting on Redis Streams.
+//!
+//! # Layout
+//! - [`cli`]: clap types of the `agent`, `police`, `status` and `demo` subcommands
+//! - [`config`]: flags > environment > TOML file > defaults, validation naming the key
+//! - [`event`]: the event model, severity levels, the on-stream encoding, other shippers' shapes
+//! - [`broker`]: Redis connections and backoff, key names, stream and list commands, Lua scripts
+//! - [`agent`]: synthetic generator → batcher → shipper, with backpressure
+//! - [`police`]: consumer group loop, list-mode loop, rules, alerts, local alert sinks
+//! - [`status`]: stream, group, consumer, lag and dead-letter figures
+//! - [`local_redis`]: a private `redis-server` on a free loopback port (demo and tests)
+//! - [`demo`]: Redis, 3 agents and 2 police in one command
+//! - [`shutdown`]: signals → cancellation token
+//! - [`telemetry`]: tracing subscriber
+
+pub mod agent;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod event;
+pub mod local_redis;
+pub mod police;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+
+/// The machine's hostname (the container id inside Docker), or `localhost`.
+pub fn hostname() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,92 @@
+//! Binary entry point: parse the CLI, start logging, run a subcommand, map the outcome to
+//! an exit code (0 ok, 1 failure, 2 invalid configuration).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use logsentinel::cli::{Cli, Command};
+use logsentinel::config::{self, ConfigError, FileConfig};
+use logsentinel::{agent, broker, demo, police, shutdown, status, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("logsentinel: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match run_command(cli).await {
+        Ok(code) => code,
+        Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("logsentinel: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("logsentinel: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = FileConfig::load(cli.common.config.as_deref())?;
+    let broker_config = config::broker_config(&cli.common, &file)?;
+    let shutdown = shutdown::on_signals()?;
+    match cli.command {
+        Command::Agent(args) => {
+            let agent_config = config::agent_config(&args, &file)?;
+            let summary_json = agent_config.summary_json;
+            let summary = agent::run(broker_config, agent_config, shutdown).await;
+            summary.print(summary_json);
+            Ok(if summary.unsent_events == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Police(args) => {
+            let police_config = config::police_config(&args, &file)?;
+            let police = police::Police::new(broker_config, police_config, shutdown).await?;
+            police.run().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            let url = &broker_config.redis_url;
+            let mut connection = broker::connect(url)
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot reach Redis at {}: {error}", redact(url)))?;
+            let figures = status::collect(&mut connection, &broker_config.keys).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+            } else {
+                figures.print_text();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            demo::run(args, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,94 @@
+//! List mode: reliable consumption of a plain Redis list.
+//!
+//! Invariants:
+//! - an item leaves the source list only by an atomic move into our processing list, and
+//!   leaves the processing list only in the settle script that writes its alerts
+//! - on start, items left in our processing list by an earlier run are processed first
+//! - a consumer keeps a heartbeat key alive; the processing list of a consumer whose
+//!   heartbeat expired is given back to the source list by any other consumer
+
+use tokio::time::Instant;
+use tracing::info;
+
+use super::settle::{Outcome, Source};
+use super::{Police, SessionEnd, SessionError};
+use crate::broker::{self, Backoff, Connection, list};
+use crate::event;
+
+pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<SessionEnd, SessionError> {
+    let mut connection = broker::connect(&police.broker.redis_url).await?;
+    let keys = police.broker.keys.clone();
+    let processing_list = keys.processing_list(&police.config.consumer);
+    let heartbeat_key = keys.heartbeat(&police.config.consumer);
+    let heartbeat_ttl_ms = police.config.claim_idle.as_millis().max(1) as u64;
+    list::heartbeat(&mut connection, &heartbeat_key, heartbeat_ttl_ms).await?;
+    backoff.succeeded();
+
+    let unfinished = list::unfinished_items(&mut connection, &processing_list).await?;
+    if !unfinished.is_empty() {
+        info!(
+            items = unfinished.len(),
+            "finishing items left in the processing list by an earlier run"
+        );
+        for chunk in unfinished.chunks(police.config.read_count) {
+            process(police, &mut connection, &processing_list, chunk.to_vec()).await?;
+        }
+    }
+
+    let block_s = police.config.block.as_secs_f64();
+    let mut next_maintenance = Instant::now();
+    loop {
+        if police.shutdown.is_cancelled() {
+            redis::cmd("DEL")
+                .arg(&heartbeat_key)
+                .query_async::<()>(&mut connection)
+                .await?;
+            return Ok(SessionEnd::Stopped);
+        }
+        if Instant::now() >= next_maintenance {
+            list::heartbeat(&mut connection, &heartbeat_key, heartbeat_ttl_ms).await?;
+            let returned = list::return_orphaned_items(&mut connection, &keys, &processing_list).await?;
+            if returned > 0 {
+                info!(items = returned, "gave items of a dead consumer back to the list");
+            }
+            next_maintenance = Instant::now() + police.config.maintenance_interval;
+        }
+        let items = list::take_items(
+            &mut connection,
+            &keys,
+            &processing_list,
+            police.config.read_count,
+            block_s,
+        )
+        .await?;
+        if !items.is_empty() {
+            process(police, &mut connection, &processing_list, items).await?;
+        }
+    }
+}
+
+async fn process(
+    police: &mut Police,
+    connection: &mut Connection,
+    processing_list: &str,
+    items: Vec<String>,
+) -> Result<(), SessionError> {
+    let outcomes: Vec<Outcome> = items
+        .into_iter()
+        .map(|item| {
+            let item_id = format!("{}#{:016x}", police.broker.keys.list, fnv1a(item.as_bytes()));
+            let decoded = event::decode_list_item(&item_id, &item);
+            Outcome::evaluate(item, decoded, &police.rules)
+        })
+        .collect();
+    police
+        .deliver_and_settle(connection, Source::List { processing_list }, &outcomes)
+        .await
+}
+
+/// FNV-1a: a stable content hash, so a re-processed foreign item gets the same event id.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

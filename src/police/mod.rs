@@ -1,0 +1,166 @@
+//! The police: read → decode → evaluate → deliver → settle (ack), in a consumer group
+//! (stream mode) or from a list (list mode).
+//!
+//! Invariants:
+//! - input is acknowledged only after every alert it produced is out: console and file are
+//!   written first, then one atomic script writes the alerts stream, the dead letters and
+//!   the acknowledgement together (see [`crate::broker::scripts::SETTLE`])
+//! - an entry delivered more than `max_deliveries` times, and any input that cannot be
+//!   decoded, goes to the dead-letter stream with its reason and raw fields
+//! - on (re)start a consumer first finishes its own unfinished input, then reads new input
+//! - a stop request is honoured between batches, never in the middle of one
+
+pub mod alert;
+pub mod list_consumer;
+pub mod rules;
+pub mod settle;
+pub mod sinks;
+pub mod stream_consumer;
+
+use redis::RedisError;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::broker::Backoff;
+use crate::cli::Transport;
+use crate::config::{BrokerConfig, PoliceConfig};
+use rules::Rule;
+use settle::{Outcome, Settled};
+use sinks::LocalSinks;
+
+/// Why a consumer session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// A stop was requested and the batch in hand is settled.
+    Stopped,
+}
+
+/// Everything a consumer session needs, kept across reconnects.
+pub struct Police {
+    pub broker: BrokerConfig,
+    pub config: PoliceConfig,
+    pub rules: Vec<Rule>,
+    pub sinks: LocalSinks,
+    pub totals: Settled,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoliceError {
+    #[error("cannot open alerts file {path}")]
+    AlertsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Police {
+    pub async fn new(
+        broker: BrokerConfig,
+        config: PoliceConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Police, PoliceError> {
+        let file = match &config.alerts_file {
+            Some(path) => {
+                Some(
+                    sinks::file::JsonlFileSink::open(path)
+                        .await
+                        .map_err(|source| PoliceError::AlertsFile {
+                            path: path.clone(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let console = (!config.quiet).then_some(sinks::console::ConsoleSink);
+        Ok(Police {
+            rules: vec![Rule::min_level(config.alert_level)],
+            broker,
+            config,
+            sinks: LocalSinks { console, file },
+            totals: Settled::default(),
+            shutdown,
+        })
+    }
+
+    /// Runs sessions until a stop is requested; a Redis error ends a session, and a new one
+    /// starts after a capped backoff.
+    pub async fn run(mut self) -> Settled {
+        info!(consumer = %self.config.consumer, source = ?self.config.source, "police started");
+        let mut backoff = Backoff::new("police");
+        loop {
+            let session = match self.config.source {
+                Transport::Stream => stream_consumer::run_session(&mut self, &mut backoff).await,
+                Transport::List => list_consumer::run_session(&mut self, &mut backoff).await,
+            };
+            match session {
+                Ok(SessionEnd::Stopped) => break,
+                Err(SessionError::Redis(error)) => {
+                    let delay = backoff.failed(&error);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => break,
+                    }
+                }
+                Err(SessionError::Sink(error)) => {
+                    // The batch stays unacknowledged and is read again by the next session.
+                    tracing::error!(error = %error, "alert output failed, batch left pending");
+                    let delay = std::time::Duration::from_secs(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        info!(
+            consumer = %self.config.consumer,
+            settled = self.totals.items,
+            alerts = self.totals.alerts_written,
+            dead = self.totals.dead_written,
+            "police stopped"
+        );
+        self.totals
+    }
+
+    /// Delivers the alerts of `outcomes` to the local sinks, then settles them in Redis.
+    async fn deliver_and_settle(
+        &mut self,
+        connection: &mut crate::broker::Connection,
+        source: settle::Source<'_>,
+        outcomes: &[Outcome],
+    ) -> Result<(), SessionError> {
+        for outcome in outcomes {
+            self.sinks.deliver(&outcome.alerts).await.map_err(SessionError::Sink)?;
+        }
+        let settled = settle::settle(
+            connection,
+            &self.broker.keys,
+            source,
+            self.config.alert_dedup_ttl_s,
+            outcomes,
+        )
+        .await?;
+        self.totals.items += settled.items;
+        self.totals.alerts_written += settled.alerts_written;
+        self.totals.duplicate_alerts += settled.duplicate_alerts;
+        self.totals.dead_written += settled.dead_written;
+        if settled.dead_written > 0 {
+            tracing::warn!(
+                dead_letters = settled.dead_written,
+                "input sent to the dead-letter stream"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("alert output failed")]
+    Sink(#[source] std::io::Error),
+}

@@ -1,0 +1,117 @@
+//! From decoded input to one atomic settle call: alerts out, dead letters out, input acked.
+
+use redis::RedisError;
+
+use super::alert::Alert;
+use super::rules::Rule;
+use crate::broker::{Connection, keys::Keys, scripts};
+use crate::event::{DecodedEntry, Rejected};
+
+/// What one stream entry (or list item) produced, ready to be settled.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Stream entry id, or the raw list item.
+    pub item: String,
+    pub event_count: u64,
+    pub alerts: Vec<Alert>,
+    pub dead: Vec<Rejected>,
+}
+
+impl Outcome {
+    /// Runs the rules over the decoded events; undecodable parts become dead letters.
+    pub fn evaluate(item: String, decoded: DecodedEntry, rules: &[Rule]) -> Outcome {
+        let event_count = decoded.events.len() as u64;
+        let mut alerts = Vec::new();
+        for event in decoded.events {
+            // An event raises at most one alert per rule; cloning only for the second rule on.
+            let mut matching = rules.iter().filter(|rule| rule.matches(&event)).peekable();
+            while let Some(rule) = matching.next() {
+                if matching.peek().is_some() {
+                    alerts.push(Alert::raise(rule, event.clone()));
+                } else {
+                    alerts.push(Alert::raise(rule, event));
+                    break;
+                }
+            }
+        }
+        Outcome {
+            item,
+            event_count,
+            alerts,
+            dead: decoded.rejected,
+        }
+    }
+
+    /// An entry that is not processed at all, only dead-lettered with `reason`.
+    pub fn dead_letter(item: String, reason: String, raw: String) -> Outcome {
+        Outcome {
+            item,
+            event_count: 0,
+            alerts: Vec::new(),
+            dead: vec![Rejected { reason, raw }],
+        }
+    }
+}
+
+/// Which fence the settle script uses (see [`scripts::SETTLE`]).
+pub enum Source<'a> {
+    Stream,
+    List { processing_list: &'a str },
+}
+
+/// Totals returned by the settle script.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Settled {
+    pub items: u64,
+    pub alerts_written: u64,
+    pub duplicate_alerts: u64,
+    pub dead_written: u64,
+}
+
+pub async fn settle(
+    connection: &mut Connection,
+    keys: &Keys,
+    source: Source<'_>,
+    alert_dedup_ttl_s: u64,
+    outcomes: &[Outcome],
+) -> Result<Settled, RedisError> {
+    if outcomes.is_empty() {
+        return Ok(Settled::default());
+    }
+    let (mode, source_key, label) = match source {
+        Source::Stream => ("stream", keys.stream.as_str(), keys.stream.as_str()),
+        Source::List { processing_list } => ("list", processing_list, keys.list.as_str()),
+    };
+    let mut invocation = scripts::SETTLE.prepare_invoke();
+    invocation
+        .key(source_key)
+        .key(&keys.alerts)
+        .key(&keys.dead)
+        .key(keys.stats(label))
+        .arg(mode)
+        .arg(&keys.group)
+        .arg(keys.alert_seen_prefix())
+        .arg(alert_dedup_ttl_s)
+        .arg(label);
+    for outcome in outcomes {
+        invocation
+            .arg(&outcome.item)
+            .arg(outcome.event_count)
+            .arg(outcome.alerts.len())
+            .arg(outcome.dead.len());
+        for alert in &outcome.alerts {
+            invocation.arg(&alert.alert_id).arg(alert.to_json());
+        }
+        for rejected in &outcome.dead {
+            invocation.arg(&rejected.reason).arg(&rejected.raw);
+        }
+    }
+    let (items, alerts_written, duplicate_alerts, dead_written): (u64, u64, u64, u64) =
+        invocation.invoke_async(connection).await?;
+    Ok(Settled {
+        items,
+        alerts_written,
+        duplicate_alerts,
+        dead_written,
+    })
+}

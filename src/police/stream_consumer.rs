@@ -1,0 +1,222 @@
+//! Stream mode: one consumer of the consumer group.
+//!
+//! Invariants:
+//! - on start, our own pending entries (read from id `0`) are finished before new ones (`>`)
+//! - entries pending on another consumer for longer than `claim_idle` are claimed
+//!   (XAUTOCLAIM) and processed here; entries delivered more than `max_deliveries` times
+//!   are dead-lettered instead of processed
+//! - a read is never raced against the stop request: entries it returns are processed and
+//!   settled before the session ends, so a graceful stop leaves nothing pending
+//! - consumers are removed from the group only when they have nothing pending
+
+use std::collections::HashMap;
+
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::settle::{Outcome, Source};
+use super::{Police, SessionEnd, SessionError};
+use crate::broker::stream::{self, StreamEntry};
+use crate::broker::{self, Backoff, Connection};
+use crate::event::{self, fields_as_json};
+
+/// XAUTOCLAIM rounds per maintenance tick, so claiming cannot starve new reads.
+const MAX_CLAIM_ROUNDS_PER_TICK: usize = 10;
+
+pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<SessionEnd, SessionError> {
+    let mut connection = broker::connect(&police.broker.redis_url).await?;
+    stream::ensure_group(&mut connection, &police.broker.keys).await?;
+    backoff.succeeded();
+
+    finish_own_pending(police, &mut connection).await?;
+
+    let mut next_maintenance = Instant::now();
+    loop {
+        if police.shutdown.is_cancelled() {
+            leave_group_if_idle(police, &mut connection).await?;
+            return Ok(SessionEnd::Stopped);
+        }
+        if Instant::now() >= next_maintenance {
+            maintain(police, &mut connection).await?;
+            next_maintenance = Instant::now() + police.config.maintenance_interval;
+        }
+        let block_ms = police
+            .config
+            .block
+            .min(next_maintenance.saturating_duration_since(Instant::now()))
+            .as_millis()
+            .max(1) as u64;
+        let entries = stream::read_group(
+            &mut connection,
+            &police.broker.keys,
+            &police.config.consumer,
+            ">",
+            police.config.read_count,
+            Some(block_ms),
+        )
+        .await?;
+        if !entries.is_empty() {
+            // New entries were delivered exactly once so far.
+            process(police, &mut connection, entries, None).await?;
+        }
+    }
+}
+
+/// Re-reads and finishes the entries this consumer name had in hand when it stopped.
+async fn finish_own_pending(police: &mut Police, connection: &mut Connection) -> Result<(), SessionError> {
+    let mut after_id = "0-0".to_string();
+    loop {
+        let entries = stream::read_group(
+            connection,
+            &police.broker.keys,
+            &police.config.consumer,
+            &after_id,
+            police.config.read_count,
+            None,
+        )
+        .await?;
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        after_id = last.id.clone();
+        info!(
+            entries = entries.len(),
+            "finishing entries left pending by an earlier run"
+        );
+        let counts = delivery_counts(police, connection, &entries).await?;
+        process(police, connection, entries, Some(counts)).await?;
+    }
+}
+
+async fn delivery_counts(
+    police: &Police,
+    connection: &mut Connection,
+    entries: &[StreamEntry],
+) -> Result<HashMap<String, u64>, SessionError> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(HashMap::new());
+    };
+    Ok(stream::delivery_counts(
+        connection,
+        &police.broker.keys,
+        &police.config.consumer,
+        &first.id,
+        &last.id,
+        entries.len(),
+    )
+    .await?)
+}
+
+/// Decodes and evaluates entries, delivers their alerts, settles them.
+/// `delivery_counts` is `None` for entries read with `>` (delivered once).
+async fn process(
+    police: &mut Police,
+    connection: &mut Connection,
+    entries: Vec<StreamEntry>,
+    delivery_counts: Option<HashMap<String, u64>>,
+) -> Result<(), SessionError> {
+    let max_deliveries = police.config.max_deliveries;
+    let mut outcomes = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let deliveries = delivery_counts
+            .as_ref()
+            .and_then(|counts| counts.get(&entry.id).copied())
+            .unwrap_or(1);
+        let Some(fields) = entry.fields else {
+            // Deleted from the stream while pending: nothing left to process; ack it.
+            warn!(entry_id = %entry.id, "pending entry no longer exists in the stream");
+            outcomes.push(Outcome::evaluate(entry.id, Default::default(), &[]));
+            continue;
+        };
+        if deliveries > max_deliveries {
+            let reason = format!("delivered {deliveries} times, more than max_deliveries={max_deliveries}");
+            outcomes.push(Outcome::dead_letter(entry.id, reason, fields_as_json(&fields)));
+            continue;
+        }
+        let decoded = event::decode_entry(&entry.id, &fields);
+        outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules));
+    }
+    police.deliver_and_settle(connection, Source::Stream, &outcomes).await
+}
+
+/// Periodic work: claim from dead consumers, remove idle consumers, trim.
+async fn maintain(police: &mut Police, connection: &mut Connection) -> Result<(), SessionError> {
+    claim_idle_entries(police, connection).await?;
+    remove_idle_consumers(police, connection).await?;
+    if police.config.trim {
+        let trimmed = stream::trim_acknowledged(connection, &police.broker.keys.stream).await?;
+        if trimmed > 0 {
+            debug!(trimmed, "trimmed acknowledged entries");
+        }
+    }
+    Ok(())
+}
+
+async fn claim_idle_entries(police: &mut Police, connection: &mut Connection) -> Result<(), SessionError> {
+    let min_idle_ms = police.config.claim_idle.as_millis() as u64;
+    let mut cursor = "0-0".to_string();
+    for _ in 0..MAX_CLAIM_ROUNDS_PER_TICK {
+        let claimed = stream::autoclaim(
+            connection,
+            &police.broker.keys,
+            &police.config.consumer,
+            min_idle_ms,
+            &cursor,
+            police.config.read_count,
+        )
+        .await?;
+        if !claimed.deleted_ids.is_empty() {
+            warn!(
+                entries = claimed.deleted_ids.len(),
+                "pending entries were deleted from the stream before being processed"
+            );
+        }
+        if !claimed.entries.is_empty() {
+            info!(
+                entries = claimed.entries.len(),
+                "claimed entries idle on another consumer"
+            );
+            let counts = delivery_counts(police, connection, &claimed.entries).await?;
+            process(police, connection, claimed.entries, Some(counts)).await?;
+        }
+        if claimed.next_cursor == "0-0" {
+            break;
+        }
+        cursor = claimed.next_cursor;
+    }
+    Ok(())
+}
+
+/// Removes consumers that have had nothing pending for `consumer_idle_remove`, so that
+/// scaling down leaves no dead consumers behind.
+async fn remove_idle_consumers(police: &Police, connection: &mut Connection) -> Result<(), SessionError> {
+    let keys = &police.broker.keys;
+    let idle_limit_ms = police.config.consumer_idle_remove.as_millis() as u64;
+    for consumer in stream::consumers(connection, keys, &keys.group).await? {
+        if consumer.pending == 0 && consumer.idle_ms >= idle_limit_ms && consumer.name != police.config.consumer {
+            stream::delete_consumer(connection, keys, &consumer.name).await?;
+            info!(consumer = %consumer.name, idle_ms = consumer.idle_ms, "removed idle consumer");
+        }
+    }
+    Ok(())
+}
+
+/// On a graceful stop: remove our consumer if nothing is pending on it.
+async fn leave_group_if_idle(police: &Police, connection: &mut Connection) -> Result<(), SessionError> {
+    let keys = &police.broker.keys;
+    let own = stream::consumers(connection, keys, &keys.group)
+        .await?
+        .into_iter()
+        .find(|consumer| consumer.name == police.config.consumer);
+    match own {
+        Some(consumer) if consumer.pending == 0 => {
+            stream::delete_consumer(connection, keys, &consumer.name).await?;
+            info!(consumer = %consumer.name, "left the consumer group");
+        }
+        Some(consumer) => {
+            warn!(consumer = %consumer.name, pending = consumer.pending, "stopping with pending entries; another police will claim them")
+        }
+        None => {}
+    }
+    Ok(())
+}
