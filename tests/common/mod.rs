@@ -1,0 +1,202 @@
+//! Test harness: a real `redis-server` on a free loopback port (fails loudly when it cannot
+//! start), the real `logsentinel` binary, and helpers to wait for conditions.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use logsentinel::local_redis::LocalRedis;
+
+pub struct TestRedis {
+    pub server: LocalRedis,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRedis {
+    pub fn start(extra_args: &[&str]) -> TestRedis {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let server = LocalRedis::start(dir.path(), extra_args)
+            .unwrap_or_else(|error| panic!("the tests need a real redis-server: {error}"));
+        TestRedis { server, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|client| client.get_connection())
+            .expect("connect to test redis")
+    }
+}
+
+pub fn logsentinel(url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_logsentinel"));
+    command.arg("--redis-url").arg(url).env("LOGSENTINEL_LOG", "info");
+    command.stdin(Stdio::null());
+    command
+}
+
+/// An agent writing its JSON summary to stdout.
+pub fn spawn_agent(url: &str, agent_id: &str, args: &[&str]) -> Child {
+    logsentinel(url)
+        .args(["agent", "--agent-id", agent_id, "--summary-json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent")
+}
+
+pub fn spawn_police(url: &str, consumer: &str, args: &[&str]) -> Child {
+    logsentinel(url)
+        .args(["police", "--consumer", consumer, "--quiet", "true"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn police")
+}
+
+pub struct AgentSummary {
+    pub agent_id: String,
+    pub run_id: String,
+    pub events: u64,
+    pub alerting_events: u64,
+    pub unsent_events: u64,
+}
+
+/// Waits for an agent and reads its summary.
+pub fn agent_summary(mut agent: Child) -> AgentSummary {
+    let status = wait_with_deadline(&mut agent, Duration::from_secs(180));
+    let mut output = String::new();
+    agent
+        .stdout
+        .take()
+        .expect("agent stdout is piped")
+        .read_to_string(&mut output)
+        .expect("read agent stdout");
+    assert!(status.success(), "agent exited with {status}: {output}");
+    let summary: serde_json::Value = serde_json::from_str(output.trim()).expect("agent summary is JSON");
+    let per_level = &summary["events_per_level"];
+    let alerting_events = ["CRITICAL", "ALERT", "EMERGENCY"]
+        .iter()
+        .map(|level| per_level[level].as_u64().unwrap_or(0))
+        .sum();
+    AgentSummary {
+        agent_id: summary["agent_id"].as_str().unwrap().to_string(),
+        run_id: summary["run_id"].as_str().unwrap().to_string(),
+        events: summary["events"].as_u64().unwrap(),
+        alerting_events,
+        unsent_events: summary["unsent_events"].as_u64().unwrap(),
+    }
+}
+
+pub fn wait_with_deadline(child: &mut Child, deadline: Duration) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on a child we own; no memory is touched.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// SIGTERM and wait; the process must exit 0 within 20 s.
+pub fn stop_gracefully(mut child: Child) {
+    sigterm(&child);
+    let status = wait_with_deadline(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "graceful stop exited with {status}");
+}
+
+/// Polls `condition` until it holds; the deadline only guards against hangs.
+pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn counters(connection: &mut redis::Connection, key: &str) -> HashMap<String, u64> {
+    redis::cmd("HGETALL").arg(key).query(connection).expect("HGETALL")
+}
+
+/// Every entry of a stream, as (id, field map).
+pub fn read_stream(connection: &mut redis::Connection, key: &str) -> Vec<(String, HashMap<String, String>)> {
+    let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(connection)
+        .expect("XRANGE");
+    reply
+        .into_iter()
+        .map(|(id, fields)| (id, fields.into_iter().collect()))
+        .collect()
+}
+
+/// Checks that the alerts stream holds exactly `expected` alerts, each id once, each for
+/// an event at CRITICAL or above.
+pub fn assert_alerts_exactly_once(connection: &mut redis::Connection, expected: u64) {
+    let alerts = read_stream(connection, "logsentinel:alerts");
+    let mut ids = HashSet::new();
+    for (_, fields) in &alerts {
+        let alert: serde_json::Value = serde_json::from_str(&fields["alert"]).expect("alert is JSON");
+        let level = alert["event"]["level"].as_str().unwrap();
+        assert!(
+            ["CRITICAL", "ALERT", "EMERGENCY"].contains(&level),
+            "alert for a {level} event"
+        );
+        assert_eq!(alert["alert_id"].as_str().unwrap(), fields["id"]);
+        assert!(ids.insert(fields["id"].clone()), "duplicate alert {}", fields["id"]);
+    }
+    assert_eq!(alerts.len() as u64, expected, "alerts in the alerts stream");
+}
+
+pub fn pending_total(connection: &mut redis::Connection) -> u64 {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg("logsentinel:logs")
+        .arg("police")
+        .query(connection)
+        .expect("XPENDING");
+    match reply {
+        redis::Value::Array(parts) => redis::from_redis_value::<u64>(parts[0].clone()).unwrap(),
+        other => panic!("unexpected XPENDING reply {other:?}"),
+    }
+}
+
+/// `logsentinel status --json`, parsed.
+pub fn status_json(url: &str) -> serde_json::Value {
+    let output = logsentinel(url)
+        .args(["status", "--json"])
+        .output()
+        .expect("run status");
+    assert!(
+        output.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("status --json is JSON")
+}
+
+pub fn group_lag(status: &serde_json::Value) -> u64 {
+    status["stream"]["groups"][0]["lag"].as_u64().expect("group lag")
+}

@@ -1,0 +1,161 @@
+//! End to end: agents → Redis Stream → police, every event processed, every alert once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn three_agents_two_police(pack: &str) {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let police_args = ["--claim-idle-ms", "5000"];
+    let police = [
+        spawn_police(&url, "p1", &police_args),
+        spawn_police(&url, "p2", &police_args),
+    ];
+    let agents: Vec<_> = (1..=3)
+        .map(|index| {
+            let seed = index.to_string();
+            spawn_agent(
+                &url,
+                &format!("agent-{index}"),
+                &["--count", "50000", "--rate", "0", "--seed", &seed, "--pack", pack],
+            )
+        })
+        .collect();
+    let summaries: Vec<AgentSummary> = agents.into_iter().map(agent_summary).collect();
+    let sent: u64 = summaries.iter().map(|summary| summary.events).sum();
+    let alerting: u64 = summaries.iter().map(|summary| summary.alerting_events).sum();
+    assert_eq!(sent, 150_000);
+    assert!(alerting > 0, "the default level mix has CRITICAL events");
+
+    let mut connection = redis.connection();
+    wait_until("every event processed", Duration::from_secs(120), || {
+        counters(&mut connection, "logsentinel:logs:stats").get("events") == Some(&sent)
+    });
+    assert_alerts_exactly_once(&mut connection, alerting);
+    assert_eq!(pending_total(&mut connection), 0);
+    let stats = counters(&mut connection, "logsentinel:logs:stats");
+    assert_eq!(stats.get("alerts"), Some(&alerting));
+    assert_eq!(stats.get("dead"), Some(&0));
+
+    for child in police {
+        stop_gracefully(child);
+    }
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("logsentinel:logs")
+        .arg("police")
+        .query(&mut connection)
+        .unwrap();
+    assert!(
+        consumers.is_empty(),
+        "police left the group on a graceful stop: {consumers:?}"
+    );
+}
+
+#[test]
+fn three_agents_two_police_one_event_per_entry() {
+    three_agents_two_police("1");
+}
+
+#[test]
+fn three_agents_two_police_packed_entries() {
+    three_agents_two_police("50");
+}
+
+#[test]
+fn police_stopped_backlog_grows_then_drains_after_restart() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let police = spawn_police(&url, "p1", &[]);
+    let agent = spawn_agent(&url, "agent-1", &["--count", "24000", "--rate", "3000", "--seed", "3"]);
+    let mut connection = redis.connection();
+    wait_until("police processing", Duration::from_secs(30), || {
+        counters(&mut connection, "logsentinel:logs:stats")
+            .get("events")
+            .copied()
+            .unwrap_or(0)
+            > 1000
+    });
+    stop_gracefully(police);
+
+    let first_lag = group_lag(&status_json(&url));
+    let mut second_lag = first_lag;
+    wait_until(
+        "the lag to grow while the police is down",
+        Duration::from_secs(30),
+        || {
+            second_lag = group_lag(&status_json(&url));
+            second_lag > first_lag + 1000
+        },
+    );
+
+    let police = spawn_police(&url, "p1", &[]);
+    let summary = agent_summary(agent);
+    wait_until("the backlog drained", Duration::from_secs(60), || {
+        let status = status_json(&url);
+        group_lag(&status) == 0
+            && status["stream"]["groups"][0]["pending"] == 0
+            && status["stream"]["processed"]["events"] == summary.events
+    });
+    assert_alerts_exactly_once(&mut connection, summary.alerting_events);
+    stop_gracefully(police);
+}
+
+#[test]
+fn trimming_keeps_unacknowledged_entries() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    // A second group that reads nothing: trimming must keep every entry for it.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("logsentinel:logs")
+        .arg("archive")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut connection)
+        .unwrap();
+    let police = spawn_police(&url, "p1", &["--maintenance-interval-ms", "100"]);
+    let summary = agent_summary(spawn_agent(&url, "agent-1", &["--count", "5000", "--rate", "0"]));
+    wait_until("every event processed", Duration::from_secs(60), || {
+        counters(&mut connection, "logsentinel:logs:stats").get("events") == Some(&summary.events)
+    });
+    std::thread::sleep(Duration::from_millis(500)); // several maintenance rounds
+    let length: u64 = redis::cmd("XLEN")
+        .arg("logsentinel:logs")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(length, 5000, "entries the archive group has not read were trimmed");
+
+    // Once the archive group has read and acknowledged everything, the stream is trimmed.
+    let entries = read_stream(&mut connection, "logsentinel:logs");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("archive")
+        .arg("reader")
+        .arg("COUNT")
+        .arg(10_000)
+        .arg("STREAMS")
+        .arg("logsentinel:logs")
+        .arg(">")
+        .query(&mut connection)
+        .unwrap();
+    let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+    let _: u64 = redis::cmd("XACK")
+        .arg("logsentinel:logs")
+        .arg("archive")
+        .arg(&ids)
+        .query(&mut connection)
+        .unwrap();
+    wait_until("the acknowledged stream trimmed", Duration::from_secs(30), || {
+        redis::cmd("XLEN")
+            .arg("logsentinel:logs")
+            .query::<u64>(&mut connection)
+            .unwrap()
+            <= 1
+    });
+    stop_gracefully(police);
+}
