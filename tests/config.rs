@@ -25,7 +25,10 @@ fn run_failing(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
 fn invalid_config_exits_2_and_names_the_key() {
     let (code, stderr) = run_failing(&["agent", "--pack", "0"], &[]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("invalid config: pack: 0 is not between 1 and 10000"), "{stderr}");
+    assert!(
+        stderr.contains("invalid config: pack: 0 is not between 1 and 10000"),
+        "{stderr}"
+    );
 
     let (code, stderr) = run_failing(&["agent"], &[("LOGSENTINEL_LEVEL_MIX", "INFO=lots")]);
     assert_eq!(code, 2, "{stderr}");
@@ -54,10 +57,22 @@ fn invalid_config_exits_2_and_names_the_key() {
 /// Entries written by an agent of 8 events: the pack size tells which setting won.
 fn entries_written(redis: &TestRedis, config_path: &str, envs: &[(&str, &str)], args: &[&str]) -> u64 {
     let mut connection = redis.connection();
-    let _: () = redis::cmd("DEL").arg("logsentinel:logs").query(&mut connection).unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("logsentinel:logs")
+        .query(&mut connection)
+        .unwrap();
     let mut command = logsentinel(&redis.url());
     command
-        .args(["--config", config_path, "agent", "--count", "8", "--rate", "0", "--summary-json"])
+        .args([
+            "--config",
+            config_path,
+            "agent",
+            "--count",
+            "8",
+            "--rate",
+            "0",
+            "--summary-json",
+        ])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -65,7 +80,10 @@ fn entries_written(redis: &TestRedis, config_path: &str, envs: &[(&str, &str)], 
         command.env(name, value);
     }
     assert!(command.status().unwrap().success());
-    redis::cmd("XLEN").arg("logsentinel:logs").query(&mut connection).unwrap()
+    redis::cmd("XLEN")
+        .arg("logsentinel:logs")
+        .query(&mut connection)
+        .unwrap()
 }
 
 #[test]
@@ -75,7 +93,11 @@ fn flags_beat_environment_beat_file_beat_defaults() {
     let path = file.path().to_str().unwrap();
     std::fs::write(path, "[agent]\npack = 4\n").unwrap();
     assert_eq!(entries_written(&redis, path, &[], &[]), 2, "file: pack 4");
-    assert_eq!(entries_written(&redis, path, &[("LOGSENTINEL_PACK", "2")], &[]), 4, "env: pack 2");
+    assert_eq!(
+        entries_written(&redis, path, &[("LOGSENTINEL_PACK", "2")], &[]),
+        4,
+        "env: pack 2"
+    );
     assert_eq!(
         entries_written(&redis, path, &[("LOGSENTINEL_PACK", "2")], &["--pack", "8"]),
         1,
@@ -109,7 +131,14 @@ fn unreachable_redis_is_retried_and_reported_never_a_panic() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("cannot reach Redis at redis://127.0.0.1:1"), "{stderr}");
 
-    let agent = spawn_with_stderr(&["agent", "--count", "10", "--shutdown-timeout-ms", "500", "--summary-json"]);
+    let agent = spawn_with_stderr(&[
+        "agent",
+        "--count",
+        "10",
+        "--shutdown-timeout-ms",
+        "500",
+        "--summary-json",
+    ]);
     let police = spawn_with_stderr(&["police"]);
     std::thread::sleep(Duration::from_millis(1500));
     sigterm(&agent);
@@ -119,12 +148,23 @@ fn unreachable_redis_is_retried_and_reported_never_a_panic() {
 
     assert_eq!(agent_code, 1, "an agent that could not deliver fails: {agent_stderr}");
     let summary: serde_json::Value = serde_json::from_str(agent_stdout.trim()).unwrap();
-    assert_eq!(summary["unsent_events"], 10, "undelivered events are counted, not dropped silently");
-    assert_eq!(agent_stderr.matches("redis unreachable, retrying").count(), 1, "one line per state change");
+    assert_eq!(
+        summary["unsent_events"], 10,
+        "undelivered events are counted, not dropped silently"
+    );
+    assert_eq!(
+        agent_stderr.matches("redis unreachable, retrying").count(),
+        1,
+        "one line per state change"
+    );
     assert!(agent_stderr.contains("events not delivered"), "{agent_stderr}");
 
     assert_eq!(police_code, 0, "{police_stderr}");
-    assert_eq!(police_stderr.matches("redis unreachable, retrying").count(), 1, "{police_stderr}");
+    assert_eq!(
+        police_stderr.matches("redis unreachable, retrying").count(),
+        1,
+        "{police_stderr}"
+    );
     for stderr in [&agent_stderr, &police_stderr] {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }

@@ -11,7 +11,14 @@ use common::*;
 fn kill_nine_police_repeatedly_loses_nothing_and_duplicates_no_alert() {
     let redis = TestRedis::start(&[]);
     let url = redis.url();
-    let police_args = ["--claim-idle-ms", "1000", "--maintenance-interval-ms", "200", "--read-count", "100"];
+    let police_args = [
+        "--claim-idle-ms",
+        "1000",
+        "--maintenance-interval-ms",
+        "200",
+        "--read-count",
+        "100",
+    ];
     let agents: Vec<_> = (1..=3)
         .map(|index| {
             let seed = (10 + index).to_string();
@@ -37,19 +44,36 @@ fn kill_nine_police_repeatedly_loses_nothing_and_duplicates_no_alert() {
         pending_at_kills += consumer_pending(&mut connection, &name);
         // Even rounds restart under the same name (it must finish its own pending entries),
         // odd rounds under a new one (the survivor must claim the dead one's entries).
-        let next_name = if round % 2 == 0 { name } else { format!("{name}-{round}") };
-        police.insert(victim, (next_name.clone(), spawn_police(&url, &next_name, &police_args)));
+        let next_name = if round % 2 == 0 {
+            name
+        } else {
+            format!("{name}-{round}")
+        };
+        police.insert(
+            victim,
+            (next_name.clone(), spawn_police(&url, &next_name, &police_args)),
+        );
     }
     let summaries: Vec<AgentSummary> = agents.into_iter().map(agent_summary).collect();
     let sent: u64 = summaries.iter().map(|summary| summary.events).sum();
     let alerting: u64 = summaries.iter().map(|summary| summary.alerting_events).sum();
-    wait_until("every event processed after the crashes", Duration::from_secs(120), || {
-        counters(&mut connection, "logsentinel:logs:stats").get("events") == Some(&sent)
-            && pending_total(&mut connection) == 0
-    });
-    assert!(pending_at_kills > 0, "the kills never caught a police with entries in hand");
+    wait_until(
+        "every event processed after the crashes",
+        Duration::from_secs(120),
+        || {
+            counters(&mut connection, "logsentinel:logs:stats").get("events") == Some(&sent)
+                && pending_total(&mut connection) == 0
+        },
+    );
+    assert!(
+        pending_at_kills > 0,
+        "the kills never caught a police with entries in hand"
+    );
     assert_alerts_exactly_once(&mut connection, alerting);
-    let dead: u64 = redis::cmd("XLEN").arg("logsentinel:dead").query(&mut connection).unwrap();
+    let dead: u64 = redis::cmd("XLEN")
+        .arg("logsentinel:dead")
+        .query(&mut connection)
+        .unwrap();
     assert_eq!(dead, 0, "no entry was dead-lettered");
     for (_, child) in police {
         stop_gracefully(child);
@@ -82,7 +106,10 @@ fn redis_killed_and_restarted_agents_resume_without_losing_acknowledged_events()
         let event: serde_json::Value = serde_json::from_str(&fields["event"]).unwrap();
         let id = event["id"].as_str().unwrap();
         let (prefix, sequence) = id.rsplit_once(':').unwrap();
-        sequences.entry(prefix.to_string()).or_default().insert(sequence.parse().unwrap());
+        sequences
+            .entry(prefix.to_string())
+            .or_default()
+            .insert(sequence.parse().unwrap());
     }
     for summary in &summaries {
         assert_eq!(summary.unsent_events, 0);
@@ -93,7 +120,10 @@ fn redis_killed_and_restarted_agents_resume_without_losing_acknowledged_events()
             .filter(|sequence| !sequences.get(&prefix).is_some_and(|seen| seen.contains(sequence)))
             .take(5)
             .collect();
-        assert!(missing.is_empty(), "{prefix}: {delivered} of 30000 delivered, missing e.g. {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{prefix}: {delivered} of 30000 delivered, missing e.g. {missing:?}"
+        );
     }
 }
 

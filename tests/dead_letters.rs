@@ -56,17 +56,30 @@ fn poison_and_over_delivered_entries_land_in_the_dead_letter_stream() {
     xadd(&mut connection, &[("v", "1"), ("event", "not json")]);
     xadd(&mut connection, &[("v", "7"), ("event", "{}")]);
     xadd(&mut connection, &[("foo", "bar")]);
-    xadd(&mut connection, &[("msg", "kernel panic"), ("severity", "emerg"), ("app", "kernel")]);
     xadd(
         &mut connection,
-        &[("data", r#"{"@timestamp":"2026-11-27T10:00:00Z","log.level":"fatal","message":"disk gone"}"#)],
+        &[("msg", "kernel panic"), ("severity", "emerg"), ("app", "kernel")],
+    );
+    xadd(
+        &mut connection,
+        &[(
+            "data",
+            r#"{"@timestamp":"2026-11-27T10:00:00Z","log.level":"fatal","message":"disk gone"}"#,
+        )],
     );
     let packed = format!("{critical}\n{{broken\n{}", critical.replace("x:1:0", "x:1:1"));
     xadd(&mut connection, &[("v", "1"), ("n", "3"), ("events", &packed)]);
 
-    let police = spawn_police(&url, "p1", &["--claim-idle-ms", "200", "--maintenance-interval-ms", "100"]);
+    let police = spawn_police(
+        &url,
+        "p1",
+        &["--claim-idle-ms", "200", "--maintenance-interval-ms", "100"],
+    );
     wait_until("dead letters and alerts written", Duration::from_secs(30), || {
-        let dead: u64 = redis::cmd("XLEN").arg("logsentinel:dead").query(&mut connection).unwrap();
+        let dead: u64 = redis::cmd("XLEN")
+            .arg("logsentinel:dead")
+            .query(&mut connection)
+            .unwrap();
         dead >= 5 && pending_total(&mut connection) == 0
     });
     stop_gracefully(police);

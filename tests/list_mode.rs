@@ -30,7 +30,16 @@ fn list_mode_round_trip_survives_kill_nine_of_the_consumer() {
     let agent = spawn_agent(
         &url,
         "list-agent",
-        &["--sink", "list", "--key", "log_queue", "--count", "30000", "--rate", "6000"],
+        &[
+            "--sink",
+            "list",
+            "--key",
+            "log_queue",
+            "--count",
+            "30000",
+            "--rate",
+            "6000",
+        ],
     );
     let mut consumer = spawn_police(&url, "lp1", &police_args);
     let mut items_in_hand_at_kills = 0;
@@ -55,7 +64,10 @@ fn list_mode_round_trip_survives_kill_nine_of_the_consumer() {
     wait_until("every list item processed", Duration::from_secs(60), || {
         counters(&mut connection, "log_queue:stats").get("events") == Some(&summary.events)
     });
-    assert!(items_in_hand_at_kills > 0, "the kills never caught the consumer with items in hand");
+    assert!(
+        items_in_hand_at_kills > 0,
+        "the kills never caught the consumer with items in hand"
+    );
     assert_eq!(list_length(&mut connection, "log_queue"), 0);
     assert_eq!(list_length(&mut connection, "log_queue:processing:lp1"), 0);
     assert_eq!(list_length(&mut connection, "log_queue:processing:lp2"), 0);
@@ -77,7 +89,11 @@ fn list_items_from_other_shippers_and_garbage() {
         r#"{"msg":"fine","lvl":"info"}"#,
         "plain garbage",
     ];
-    let _: u64 = redis::cmd("LPUSH").arg("log_queue").arg(&items[..]).query(&mut connection).unwrap();
+    let _: u64 = redis::cmd("LPUSH")
+        .arg("log_queue")
+        .arg(&items[..])
+        .query(&mut connection)
+        .unwrap();
     let police = spawn_police(&url, "lp1", &["--source", "list"]);
     wait_until("the list drained", Duration::from_secs(30), || {
         counters(&mut connection, "log_queue:stats").get("dead") == Some(&1)

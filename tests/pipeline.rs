@@ -159,3 +159,102 @@ fn trimming_keeps_unacknowledged_entries() {
     });
     stop_gracefully(police);
 }
+
+#[test]
+fn idle_consumers_with_nothing_pending_are_removed_by_any_police() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    for command in [
+        vec!["XGROUP", "CREATE", "logsentinel:logs", "police", "0", "MKSTREAM"],
+        vec![
+            "XGROUP",
+            "CREATECONSUMER",
+            "logsentinel:logs",
+            "police",
+            "scaled-down-1",
+        ],
+        vec![
+            "XGROUP",
+            "CREATECONSUMER",
+            "logsentinel:logs",
+            "police",
+            "scaled-down-2",
+        ],
+    ] {
+        let _: redis::Value = redis::cmd(command[0])
+            .arg(&command[1..])
+            .query(&mut connection)
+            .unwrap();
+    }
+    let police = spawn_police(
+        &url,
+        "survivor",
+        &["--consumer-idle-remove-ms", "300", "--maintenance-interval-ms", "100"],
+    );
+    wait_until("idle consumers removed", Duration::from_secs(20), || {
+        let status = status_json(&url);
+        let names: Vec<&str> = status["stream"]["groups"][0]["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|consumer| consumer["name"].as_str().unwrap())
+            .collect();
+        names == ["survivor"]
+    });
+    stop_gracefully(police);
+}
+
+#[test]
+fn agent_stopped_by_sigterm_flushes_and_summarises() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let agent = spawn_agent(
+        &url,
+        "agent-1",
+        &["--rate", "20000", "--pack", "7", "--linger-ms", "50"],
+    );
+    let mut connection = redis.connection();
+    wait_until("the agent shipping", Duration::from_secs(30), || {
+        redis::cmd("XLEN")
+            .arg("logsentinel:logs")
+            .query::<u64>(&mut connection)
+            .unwrap()
+            > 100
+    });
+    sigterm(&agent);
+    let summary = agent_summary(agent);
+    let shipped: u64 = read_stream(&mut connection, "logsentinel:logs")
+        .iter()
+        .map(|(_, fields)| fields.get("n").map_or(1, |count| count.parse::<u64>().unwrap()))
+        .sum();
+    assert!(summary.events > 0);
+    assert_eq!(
+        shipped, summary.events,
+        "every event generated before the stop was shipped"
+    );
+}
+
+#[test]
+fn demo_runs_and_prints_totals() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_logsentinel"))
+        .args(["demo", "--duration", "3", "--rate", "300"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed: {stderr}");
+    assert!(stderr.contains("[demo] t=  1s"), "live line shown: {stderr}");
+    let figure = |label: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|line| line.contains(label))
+            .unwrap_or_else(|| panic!("{label} in {stdout}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let sent = figure("events sent by the agents");
+    assert!(sent > 0);
+    assert_eq!(figure("events processed by police"), sent);
+    assert_eq!(figure("dead letters"), 0);
+}
