@@ -130,8 +130,8 @@ pub struct PoliceArgs {
     /// Also append alerts to this JSONL file
     #[arg(long, env = "LOGSENTINEL_ALERTS_FILE")]
     pub alerts_file: Option<PathBuf>,
-    /// Do not print alerts on stdout
-    #[arg(long, env = "LOGSENTINEL_QUIET")]
+    /// Do not print alerts on stdout (`--quiet` or `--quiet true|false`)
+    #[arg(long, env = "LOGSENTINEL_QUIET", num_args = 0..=1, default_missing_value = "true")]
     pub quiet: Option<bool>,
     /// How long an alert id is remembered to drop duplicates, in seconds [default: 86400]
     #[arg(long, env = "LOGSENTINEL_ALERT_DEDUP_TTL_S")]
@@ -140,7 +140,7 @@ pub struct PoliceArgs {
     #[arg(long, env = "LOGSENTINEL_CONSUMER_IDLE_REMOVE_MS")]
     pub consumer_idle_remove_ms: Option<u64>,
     /// Trim acknowledged entries from the stream with XTRIM MINID [default: true]
-    #[arg(long, env = "LOGSENTINEL_TRIM")]
+    #[arg(long, env = "LOGSENTINEL_TRIM", num_args = 0..=1, default_missing_value = "true")]
     pub trim: Option<bool>,
     /// Period of the maintenance work (claim, trim, cleanup), in ms [default: 1000]
     #[arg(long, env = "LOGSENTINEL_MAINTENANCE_INTERVAL_MS")]

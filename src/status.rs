@@ -58,6 +58,8 @@ pub struct ListStatus {
 
 pub async fn collect(connection: &mut Connection, keys: &Keys) -> Result<Status, RedisError> {
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    // Read before the stream figures, so that "processed" never exceeds "added".
+    let stream_processed = counters(connection, &keys.stats(&keys.stream)).await?;
     let length: u64 = redis::cmd("XLEN").arg(&keys.stream).query_async(connection).await?;
     let exists: bool = redis::cmd("EXISTS").arg(&keys.stream).query_async(connection).await?;
     let (mut first_id, mut last_id, mut entries_added) = (None, None, 0);
@@ -112,7 +114,7 @@ pub async fn collect(connection: &mut Connection, keys: &Keys) -> Result<Status,
             last_id,
             entries_added,
             groups,
-            processed: counters(connection, &keys.stats(&keys.stream)).await?,
+            processed: stream_processed,
         },
         alerts_stream: key_length(connection, "XLEN", &keys.alerts).await?,
         dead_stream: key_length(connection, "XLEN", &keys.dead).await?,

@@ -141,9 +141,8 @@ impl Generator {
             ),
             Level::Critical | Level::Alert | Level::Emergency => write!(
                 self.message,
-                "database pool exhausted: {}/{} connections busy, {route} failing",
-                number % 100,
-                number % 100
+                "database pool exhausted: 100/100 connections busy, {} requests waiting, {route} failing",
+                number % 500
             ),
         };
         written.expect("writing to a String cannot fail");

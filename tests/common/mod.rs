@@ -53,7 +53,7 @@ pub fn spawn_agent(url: &str, agent_id: &str, args: &[&str]) -> Child {
 
 pub fn spawn_police(url: &str, consumer: &str, args: &[&str]) -> Child {
     logsentinel(url)
-        .args(["police", "--consumer", consumer, "--quiet", "true"])
+        .args(["police", "--consumer", consumer, "--quiet"])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
