@@ -117,12 +117,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let drain_deadline = Instant::now() + Duration::from_secs(15);
     let final_figures = loop {
         let figures = status::collect(&mut connection, &keys).await?;
-        let drained = figures
-            .stream
-            .groups
-            .first()
-            .is_some_and(|group| group.lag == Some(0) && group.pending == 0);
-        if drained || Instant::now() >= drain_deadline {
+        let processed = figures.stream.processed.get("events").copied().unwrap_or(0);
+        if processed >= sent_events || Instant::now() >= drain_deadline {
             break figures;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

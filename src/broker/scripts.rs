@@ -21,16 +21,38 @@ use redis::Script;
 /// succeeds, so an event shipped twice (an agent resending a batch whose reply was lost)
 /// still raises one alert.
 ///
+/// Items without outputs (most of them) come first, grouped by event count, and are
+/// acknowledged with one variadic `XACK` per group: one command instead of one per entry.
+///
 /// KEYS: source (stream or processing list), alerts stream, dead stream, stats hash.
-/// ARGV: mode (`stream`|`list`), group, seen prefix, seen ttl (s), source label, then per
-/// item: item, event count, alert count, dead count, alert count × (alert id, alert json),
-/// dead count × (reason, raw).
+/// ARGV: mode (`stream`|`list`), group, seen prefix, seen ttl (s), source label, number of
+/// quiet groups, then per quiet group: events per item, item count, items; then per item
+/// with outputs: item, event count, alert count, dead count, alert count × (alert id,
+/// alert json), dead count × (reason, raw).
 /// Returns: {items settled, alerts written, duplicate alerts skipped, dead letters written}.
 const SETTLE_LUA: &str = r#"
 local source, alerts, dead, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, group, seen_prefix, seen_ttl, label = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local settled, events, written, duplicates, dead_written = 0, 0, 0, 0, 0
-local i = 6
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
+  local events_per_item, item_count = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  i = i + 2
+  local group_end = i + item_count - 1
+  -- unpack() is limited by the Lua stack: acknowledge in chunks of 1000
+  for first = i, group_end, 1000 do
+    local last = math.min(first + 999, group_end)
+    local acked = 0
+    if mode == 'stream' then
+      acked = redis.call('XACK', source, group, unpack(ARGV, first, last))
+    else
+      for k = first, last do acked = acked + redis.call('LREM', source, -1, ARGV[k]) end
+    end
+    settled = settled + acked
+    events = events + acked * events_per_item
+  end
+  i = group_end + 1
+end
 while i <= #ARGV do
   local item = ARGV[i]
   local event_count, alert_count, dead_count = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])

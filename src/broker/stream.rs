@@ -55,37 +55,54 @@ pub async fn read_group(
     command.arg("STREAMS").arg(&keys.stream).arg(start);
     let reply: Value = command.query_async(connection).await?;
     let mut entries = Vec::new();
-    for stream in value_items(&reply) {
-        // [stream name, [entries]] in RESP2; a map from name to entries in RESP3.
-        let stream_entries = match stream {
-            Value::Array(parts) if parts.len() == 2 => &parts[1],
-            other => other,
-        };
-        entries.extend(value_items(stream_entries).iter().filter_map(parse_entry));
-    }
-    if let Value::Map(map) = &reply {
-        for (_, stream_entries) in map {
-            entries.extend(value_items(stream_entries).iter().filter_map(parse_entry));
+    // [[stream name, [entries]]] in RESP2; a map from stream name to entries in RESP3.
+    let streams: Vec<Value> = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|stream| match stream {
+                Value::Array(mut parts) if parts.len() == 2 => parts.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(map) => map.into_iter().map(|(_, stream_entries)| stream_entries).collect(),
+        _ => Vec::new(),
+    };
+    for stream_entries in streams {
+        if let Value::Array(items) = stream_entries {
+            entries.extend(items.into_iter().filter_map(parse_entry));
         }
     }
     Ok(entries)
 }
 
-fn parse_entry(value: &Value) -> Option<StreamEntry> {
-    let [id, fields] = value_items(value) else {
+/// Takes the reply apart by value: field values move into `String`s without a copy.
+fn parse_entry(value: Value) -> Option<StreamEntry> {
+    let Value::Array(parts) = value else {
         return None;
     };
-    let id = value_text(id)?;
-    let fields = match fields {
-        Value::Nil => None,
-        other => Some(
-            value_items(other)
-                .chunks_exact(2)
-                .filter_map(|pair| Some((value_text(&pair[0])?, value_text(&pair[1])?)))
-                .collect(),
-        ),
+    let mut parts = parts.into_iter();
+    let id = value_text(&parts.next()?)?;
+    let fields = match parts.next()? {
+        Value::Array(items) => {
+            let mut fields = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(name), Some(value)) = (items.next(), items.next()) {
+                fields.push((into_string(name)?, into_string(value)?));
+            }
+            Some(fields)
+        }
+        _ => None,
     };
     Some(StreamEntry { id, fields })
+}
+
+fn into_string(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(
+            String::from_utf8(bytes).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()),
+        ),
+        other => value_text(&other),
+    }
 }
 
 /// Delivery counts of our pending entries between `first` and `last` (inclusive).
@@ -148,7 +165,7 @@ pub async fn autoclaim(
         next_cursor: parts.first().and_then(value_text).unwrap_or_else(|| "0-0".into()),
         entries: parts
             .get(1)
-            .map(|entries| value_items(entries).iter().filter_map(parse_entry).collect())
+            .map(|entries| value_items(entries).iter().cloned().filter_map(parse_entry).collect())
             .unwrap_or_default(),
         deleted_ids: parts
             .get(2)

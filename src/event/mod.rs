@@ -9,6 +9,7 @@
 pub mod foreign;
 pub mod level;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -57,12 +58,46 @@ pub struct Rejected {
     pub raw: String,
 }
 
-/// What one stream entry (or list item) decodes to: its events, and the parts that could
-/// not be decoded, each with its reason.
+/// What one stream entry (or list item) decodes to: how many valid events it held, those
+/// of them at or above the level of interest, and the parts that could not be decoded.
 #[derive(Debug, Default)]
 pub struct DecodedEntry {
+    pub event_count: u64,
+    /// The valid events at or above the level of interest (the others are only counted).
     pub events: Vec<LogEvent>,
     pub rejected: Vec<Rejected>,
+}
+
+impl DecodedEntry {
+    fn keep(&mut self, event: LogEvent, interest: Level) {
+        self.event_count += 1;
+        if event.level >= interest {
+            self.events.push(event);
+        }
+    }
+}
+
+/// Borrowed view of a native event: checks every field without allocating, so that only
+/// the events someone is interested in (a few percent: those that may raise an alert)
+/// are decoded into a [`LogEvent`]. Must accept exactly what `LogEvent` accepts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // fields are read by serde's validation only
+struct EventView<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    timestamp: Cow<'a, str>,
+    #[serde(borrow)]
+    level: Cow<'a, str>,
+    #[serde(borrow)]
+    service: Cow<'a, str>,
+    #[serde(borrow)]
+    host: Cow<'a, str>,
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+    #[serde(default, borrow)]
+    extra: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
 }
 
 impl LogEvent {
@@ -76,17 +111,18 @@ impl LogEvent {
     }
 }
 
-/// Decodes the fields of one stream entry, in any of the accepted shapes.
-pub fn decode_entry(entry_id: &str, fields: &[(String, String)]) -> DecodedEntry {
+/// Decodes the fields of one stream entry, in any of the accepted shapes. Events below
+/// `interest` are validated and counted, not returned.
+pub fn decode_entry(entry_id: &str, fields: &[(String, String)], interest: Level) -> DecodedEntry {
     let field = |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, v)| v);
     let mut decoded = DecodedEntry::default();
     match field("v") {
         Some(version) if version == ENCODING_VERSION => {
             if let Some(event_json) = field("event") {
-                decode_native_line(event_json, &mut decoded);
+                decode_native_line(event_json, interest, &mut decoded);
             } else if let Some(ndjson) = field("events") {
                 for line in ndjson.split('\n').filter(|line| !line.is_empty()) {
-                    decode_native_line(line, &mut decoded);
+                    decode_native_line(line, interest, &mut decoded);
                 }
             } else {
                 decoded.rejected.push(Rejected {
@@ -100,7 +136,7 @@ pub fn decode_entry(entry_id: &str, fields: &[(String, String)]) -> DecodedEntry
             raw: fields_as_json(fields),
         }),
         None => match foreign::decode_fields(entry_id, fields) {
-            Ok(event) => decoded.events.push(event),
+            Ok(event) => decoded.keep(event, interest),
             Err(reason) => decoded.rejected.push(Rejected {
                 reason,
                 raw: fields_as_json(fields),
@@ -111,14 +147,14 @@ pub fn decode_entry(entry_id: &str, fields: &[(String, String)]) -> DecodedEntry
 }
 
 /// Decodes one list item: a JSON event, ours or another shipper's.
-pub fn decode_list_item(item_id: &str, item: &str) -> DecodedEntry {
+pub fn decode_list_item(item_id: &str, item: &str, interest: Level) -> DecodedEntry {
     let mut decoded = DecodedEntry::default();
     if let Ok(event) = serde_json::from_str::<LogEvent>(item) {
-        decoded.events.push(event);
+        decoded.keep(event, interest);
         return decoded;
     }
     match foreign::decode_json_document(item_id, item) {
-        Ok(event) => decoded.events.push(event),
+        Ok(event) => decoded.keep(event, interest),
         Err(reason) => decoded.rejected.push(Rejected {
             reason,
             raw: serde_json::Value::String(item.to_string()).to_string(),
@@ -127,13 +163,28 @@ pub fn decode_list_item(item_id: &str, item: &str) -> DecodedEntry {
     decoded
 }
 
-fn decode_native_line(line: &str, decoded: &mut DecodedEntry) {
-    match serde_json::from_str::<LogEvent>(line) {
-        Ok(event) => decoded.events.push(event),
-        Err(error) => decoded.rejected.push(Rejected {
-            reason: format!("malformed event: {error}"),
-            raw: serde_json::Value::String(line.to_string()).to_string(),
-        }),
+fn decode_native_line(line: &str, interest: Level, decoded: &mut DecodedEntry) {
+    let level = match serde_json::from_str::<EventView>(line) {
+        Ok(view) => view.level.parse::<Level>(),
+        Err(error) => {
+            decoded.rejected.push(malformed(line, &error));
+            return;
+        }
+    };
+    match level {
+        Ok(level) if level < interest => decoded.event_count += 1,
+        // Interesting, or an invalid level: the full decode keeps it or says why not.
+        _ => match serde_json::from_str::<LogEvent>(line) {
+            Ok(event) => decoded.keep(event, interest),
+            Err(error) => decoded.rejected.push(malformed(line, &error)),
+        },
+    }
+}
+
+fn malformed(line: &str, error: &serde_json::Error) -> Rejected {
+    Rejected {
+        reason: format!("malformed event: {error}"),
+        raw: serde_json::Value::String(line.to_string()).to_string(),
     }
 }
 
@@ -175,8 +226,9 @@ mod tests {
     fn single_entry_round_trip() {
         let event = sample("a:1:0", Level::Critical);
         let fields = pairs(&[("v", "1"), ("event", &event.to_json())]);
-        let decoded = decode_entry("1-0", &fields);
+        let decoded = decode_entry("1-0", &fields, Level::Trace);
         assert_eq!(decoded.events, vec![event]);
+        assert_eq!(decoded.event_count, 1);
         assert!(decoded.rejected.is_empty());
     }
 
@@ -186,8 +238,9 @@ mod tests {
         let second = sample("a:1:1", Level::Error);
         let ndjson = format!("{}\nnot json\n{}", first.to_json(), second.to_json());
         let fields = pairs(&[("v", "1"), ("n", "3"), ("events", &ndjson)]);
-        let decoded = decode_entry("1-0", &fields);
+        let decoded = decode_entry("1-0", &fields, Level::Trace);
         assert_eq!(decoded.events, vec![first, second]);
+        assert_eq!(decoded.event_count, 2);
         assert_eq!(decoded.rejected.len(), 1);
         assert!(decoded.rejected[0].reason.starts_with("malformed event"));
         assert_eq!(decoded.rejected[0].raw, "\"not json\"");
@@ -196,7 +249,7 @@ mod tests {
     #[test]
     fn unknown_version_is_rejected_with_raw_fields() {
         let fields = pairs(&[("v", "9"), ("event", "{}")]);
-        let decoded = decode_entry("1-0", &fields);
+        let decoded = decode_entry("1-0", &fields, Level::Trace);
         assert!(decoded.events.is_empty());
         assert_eq!(decoded.rejected[0].reason, "unsupported encoding version \"9\"");
         assert_eq!(decoded.rejected[0].raw, r#"{"event":"{}","v":"9"}"#);
@@ -205,11 +258,55 @@ mod tests {
     #[test]
     fn list_item_accepts_native_and_foreign_json() {
         let event = sample("a:1:7", Level::Warning);
-        assert_eq!(decode_list_item("x", &event.to_json()).events, vec![event]);
-        let foreign = decode_list_item("q#1", r#"{"msg":"boom","severity":"crit","app":"db"}"#);
+        assert_eq!(
+            decode_list_item("x", &event.to_json(), Level::Trace).events,
+            vec![event]
+        );
+        let foreign = decode_list_item("q#1", r#"{"msg":"boom","severity":"crit","app":"db"}"#, Level::Trace);
         assert_eq!(foreign.events[0].level, Level::Critical);
         assert_eq!(foreign.events[0].service, "db");
         assert_eq!(foreign.events[0].id, "q#1");
-        assert_eq!(decode_list_item("q#2", "garbage").rejected.len(), 1);
+        assert_eq!(decode_list_item("q#2", "garbage", Level::Trace).rejected.len(), 1);
+    }
+
+    #[test]
+    fn events_below_interest_are_validated_and_counted_only() {
+        let info = sample("a:1:0", Level::Info);
+        let critical = sample("a:1:1", Level::Critical);
+        let missing_message = r#"{"id":"a:1:2","timestamp":"t","level":"INFO","service":"s","host":"h"}"#;
+        let bad_level = r#"{"id":"a:1:3","timestamp":"t","level":"LOUD","service":"s","host":"h","message":"m"}"#;
+        let ndjson = [
+            info.to_json(),
+            critical.to_json(),
+            missing_message.into(),
+            bad_level.into(),
+        ]
+        .join("\n");
+        let fields = pairs(&[("v", "1"), ("n", "4"), ("events", &ndjson)]);
+        let decoded = decode_entry("1-0", &fields, Level::Critical);
+        assert_eq!(decoded.event_count, 2);
+        assert_eq!(decoded.events, vec![critical]);
+        let reasons: Vec<&str> = decoded
+            .rejected
+            .iter()
+            .map(|rejected| rejected.reason.as_str())
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("missing field `message`"), "{reasons:?}");
+        assert!(reasons[1].contains("unknown level"), "{reasons:?}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn view_and_full_decode_agree(line in ".{0,120}", prefix in proptest::sample::select(vec![
+            "", r#"{"id":"a","timestamp":"t","level":"info","service":"s","host":"h","message":"#,
+        ])) {
+            let text = format!("{prefix}{line}");
+            let view_ok = serde_json::from_str::<EventView>(&text).is_ok();
+            let full_ok = serde_json::from_str::<LogEvent>(&text).is_ok();
+            if full_ok {
+                proptest::prop_assert!(view_ok);
+            }
+        }
     }
 }

@@ -77,7 +77,7 @@ async fn process(
         .into_iter()
         .map(|item| {
             let item_id = format!("{}#{:016x}", police.broker.keys.list, fnv1a(item.as_bytes()));
-            let decoded = event::decode_list_item(&item_id, &item);
+            let decoded = event::decode_list_item(&item_id, &item, police.interest);
             Outcome::evaluate(item, decoded, &police.rules)
         })
         .collect();

@@ -40,6 +40,8 @@ pub struct Police {
     pub broker: BrokerConfig,
     pub config: PoliceConfig,
     pub rules: Vec<Rule>,
+    /// Lowest level any rule fires at; events below it are only validated and counted.
+    pub interest: crate::event::Level,
     pub sinks: LocalSinks,
     pub totals: Settled,
     pub shutdown: CancellationToken,
@@ -75,8 +77,15 @@ impl Police {
             None => None,
         };
         let console = (!config.quiet).then_some(sinks::console::ConsoleSink);
+        let rules = vec![Rule::min_level(config.alert_level)];
+        let interest = rules
+            .iter()
+            .map(Rule::lowest_level)
+            .min()
+            .unwrap_or(crate::event::Level::Emergency);
         Ok(Police {
-            rules: vec![Rule::min_level(config.alert_level)],
+            rules,
+            interest,
             broker,
             config,
             sinks: LocalSinks { console, file },

@@ -22,6 +22,13 @@ impl Rule {
         }
     }
 
+    /// Lowest level at which this rule can fire: events below it need not be decoded fully.
+    pub fn lowest_level(&self) -> Level {
+        match self {
+            Rule::MinLevel { level, .. } => *level,
+        }
+    }
+
     pub fn matches(&self, event: &LogEvent) -> bool {
         match self {
             Rule::MinLevel { level, .. } => event.level >= *level,

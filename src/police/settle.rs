@@ -1,5 +1,7 @@
 //! From decoded input to one atomic settle call: alerts out, dead letters out, input acked.
 
+use std::collections::BTreeMap;
+
 use redis::RedisError;
 
 use super::alert::Alert;
@@ -20,7 +22,7 @@ pub struct Outcome {
 impl Outcome {
     /// Runs the rules over the decoded events; undecodable parts become dead letters.
     pub fn evaluate(item: String, decoded: DecodedEntry, rules: &[Rule]) -> Outcome {
-        let event_count = decoded.events.len() as u64;
+        let event_count = decoded.event_count;
         let mut alerts = Vec::new();
         for event in decoded.events {
             // An event raises at most one alert per rule; cloning only for the second rule on.
@@ -93,7 +95,21 @@ pub async fn settle(
         .arg(keys.alert_seen_prefix())
         .arg(alert_dedup_ttl_s)
         .arg(label);
-    for outcome in outcomes {
+    let (quiet, noisy): (Vec<&Outcome>, Vec<&Outcome>) = outcomes
+        .iter()
+        .partition(|outcome| outcome.alerts.is_empty() && outcome.dead.is_empty());
+    let mut quiet_by_event_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for outcome in quiet {
+        quiet_by_event_count
+            .entry(outcome.event_count)
+            .or_default()
+            .push(&outcome.item);
+    }
+    invocation.arg(quiet_by_event_count.len());
+    for (event_count, items) in &quiet_by_event_count {
+        invocation.arg(event_count).arg(items.len()).arg(items);
+    }
+    for outcome in noisy {
         invocation
             .arg(&outcome.item)
             .arg(outcome.event_count)

@@ -133,7 +133,7 @@ async fn process(
             outcomes.push(Outcome::dead_letter(entry.id, reason, fields_as_json(&fields)));
             continue;
         }
-        let decoded = event::decode_entry(&entry.id, &fields);
+        let decoded = event::decode_entry(&entry.id, &fields, police.interest);
         outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules));
     }
     police.deliver_and_settle(connection, Source::Stream, &outcomes).await
