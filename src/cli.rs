@@ -24,6 +24,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Run a private Redis, 3 agents and 2 police, and show what happens
     Demo(DemoArgs),
+    /// Measure throughput, latency and memory against a private Redis
+    Bench(BenchArgs),
 }
 
 /// Options shared by every subcommand.
@@ -87,13 +89,13 @@ pub struct AgentArgs {
     /// Events per stream entry; 1 keeps entries readable by any tool [default: 1]
     #[arg(long, env = "LOGSENTINEL_PACK")]
     pub pack: Option<usize>,
-    /// Stream entries (or list items) per pipelined batch [default: 256]
+    /// Stream entries (or list items) per pipelined batch, at most 8192 events [default: 256]
     #[arg(long, env = "LOGSENTINEL_BATCH")]
     pub batch: Option<usize>,
     /// Longest wait before a partial batch is sent, in milliseconds [default: 5]
     #[arg(long, env = "LOGSENTINEL_LINGER_MS")]
     pub linger_ms: Option<u64>,
-    /// Batches waiting for Redis before the generator waits too [default: 16]
+    /// Batches waiting for Redis before the generator waits too [default: 4]
     #[arg(long, env = "LOGSENTINEL_QUEUE_BATCHES")]
     pub queue_batches: Option<usize>,
     /// On stop, how long to keep retrying Redis before giving up, in ms [default: 10000]
@@ -165,4 +167,26 @@ pub struct DemoArgs {
     /// Events per stream entry [default: 1]
     #[arg(long, default_value_t = 1)]
     pub pack: usize,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct BenchArgs {
+    /// A few seconds in all: tiny counts, one run per scenario (for CI)
+    #[arg(long)]
+    pub smoke: bool,
+    /// Runs per scenario; the table shows median, min and max [default: 3, smoke: 1]
+    #[arg(long)]
+    pub repeat: Option<usize>,
+    /// Events per throughput run [default: 1000000, smoke: 20000]
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Events per entry in the packed scenarios
+    #[arg(long, default_value_t = 100)]
+    pub pack: usize,
+    /// Turn Redis AOF on (appendfsync everysec); off by default
+    #[arg(long)]
+    pub aof: bool,
+    /// Where to write the JSON results
+    #[arg(long, default_value = "bench-results.json")]
+    pub json_out: PathBuf,
 }

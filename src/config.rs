@@ -193,7 +193,7 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
     if batch_entries == 0 {
         return Err(invalid("batch", "must be at least 1"));
     }
-    let queue_batches = args.queue_batches.or(from_file.queue_batches).unwrap_or(16);
+    let queue_batches = args.queue_batches.or(from_file.queue_batches).unwrap_or(4);
     if queue_batches == 0 {
         return Err(invalid("queue_batches", "must be at least 1"));
     }

@@ -10,10 +10,12 @@
 //! - [`status`]: stream, group, consumer, lag and dead-letter figures
 //! - [`local_redis`]: a private `redis-server` on a free loopback port (demo and tests)
 //! - [`demo`]: Redis, 3 agents and 2 police in one command
+//! - [`bench`]: throughput, latency and memory scenarios against a private Redis
 //! - [`shutdown`]: signals → cancellation token
 //! - [`telemetry`]: tracing subscriber
 
 pub mod agent;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -149,21 +149,33 @@ impl Generator {
     }
 }
 
-/// Formats the current time once per millisecond rather than once per event.
+/// Formats the date and time once per second and only the microseconds per event:
+/// `2026-11-27T10:00:00.123456Z`. Microseconds let the benchmark measure latency.
 #[derive(Default)]
 struct TimestampCache {
-    millis: i64,
+    second: i64,
     text: String,
 }
 
 impl TimestampCache {
     fn now(&mut self) -> &str {
         let now = chrono::Utc::now();
-        let millis = now.timestamp_millis();
-        if millis != self.millis || self.text.is_empty() {
-            self.millis = millis;
-            self.text = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let second = now.timestamp();
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = now.format("%Y-%m-%dT%H:%M:%S.000000Z").to_string();
         }
+        let micros = now.timestamp_subsec_micros().min(999_999);
+        // Overwrite the six digits before the final 'Z' in place.
+        let digits_start = self.text.len() - 7;
+        let mut digits = [b'0'; 6];
+        let mut rest = micros;
+        for digit in digits.iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        self.text
+            .replace_range(digits_start..digits_start + 6, std::str::from_utf8(&digits).expect("ASCII digits"));
         &self.text
     }
 }
@@ -188,6 +200,18 @@ mod tests {
             assert_eq!(event.id, format!("agent-1:r1:{sequence}"));
             assert_eq!(event.level, level);
             assert!((120..320).contains(&out.len()), "event of {} bytes", out.len());
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let mut cache = TimestampCache::default();
+        for _ in 0..1000 {
+            let text = cache.now().to_string();
+            assert_eq!(text.len(), 27, "{text}");
+            let parsed = chrono::DateTime::parse_from_rfc3339(&text).unwrap();
+            let age = chrono::Utc::now().signed_duration_since(parsed);
+            assert!(age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::seconds(5), "{text}");
         }
     }
 

@@ -79,21 +79,33 @@ impl FromStr for Level {
         if let Ok(severity) = trimmed.parse::<u8>() {
             return Level::from_syslog_severity(severity).ok_or_else(|| UnknownLevel(text.into()));
         }
-        // Longest alias is "informational" (13 bytes); anything longer is not a level.
-        if trimmed.len() > 13 {
-            return Err(UnknownLevel(text.into()));
-        }
-        let lower = trimmed.to_ascii_lowercase();
-        Ok(match lower.as_str() {
-            "trace" | "trc" => Level::Trace,
-            "debug" | "dbg" => Level::Debug,
-            "info" | "inf" | "information" | "informational" => Level::Info,
-            "notice" => Level::Notice,
-            "warning" | "warn" | "wrn" => Level::Warning,
-            "error" | "err" | "eror" => Level::Error,
-            "critical" | "crit" | "fatal" => Level::Critical,
-            "alert" => Level::Alert,
-            "emergency" | "emerg" | "panic" => Level::Emergency,
+        // Case-insensitive comparison without allocating: this runs once per event.
+        const ALIASES: &[(&str, Level)] = &[
+            ("INFO", Level::Info),
+            ("WARNING", Level::Warning),
+            ("ERROR", Level::Error),
+            ("CRITICAL", Level::Critical),
+            ("DEBUG", Level::Debug),
+            ("TRACE", Level::Trace),
+            ("NOTICE", Level::Notice),
+            ("ALERT", Level::Alert),
+            ("EMERGENCY", Level::Emergency),
+            ("warn", Level::Warning),
+            ("err", Level::Error),
+            ("crit", Level::Critical),
+            ("fatal", Level::Critical),
+            ("emerg", Level::Emergency),
+            ("panic", Level::Emergency),
+            ("information", Level::Info),
+            ("informational", Level::Info),
+            ("inf", Level::Info),
+            ("trc", Level::Trace),
+            ("dbg", Level::Debug),
+            ("wrn", Level::Warning),
+            ("eror", Level::Error),
+        ];
+        Ok(match ALIASES.iter().find(|(alias, _)| alias.eq_ignore_ascii_case(trimmed)) {
+            Some((_, level)) => *level,
             _ => return Err(UnknownLevel(text.into())),
         })
     }

@@ -81,9 +81,8 @@ async fn process(
             Outcome::evaluate(item, decoded, &police.rules)
         })
         .collect();
-    police
-        .deliver_and_settle(connection, Source::List { processing_list }, &outcomes)
-        .await
+    police.deliver_locally(&outcomes).await?;
+    police.settle(connection, Source::List { processing_list }, &outcomes).await
 }
 
 /// FNV-1a: a stable content hash, so a re-processed foreign item gets the same event id.

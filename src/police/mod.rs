@@ -43,7 +43,8 @@ pub struct Police {
     /// Lowest level any rule fires at; events below it are only validated and counted.
     pub interest: crate::event::Level,
     pub sinks: LocalSinks,
-    pub totals: Settled,
+    /// What this police settled; shared cells so that a settle can run beside a read.
+    pub totals: settle::Totals,
     pub shutdown: CancellationToken,
 }
 
@@ -89,7 +90,7 @@ impl Police {
             broker,
             config,
             sinks: LocalSinks { console, file },
-            totals: Settled::default(),
+            totals: settle::Totals::default(),
             shutdown,
         })
     }
@@ -124,43 +125,37 @@ impl Police {
                 }
             }
         }
+        let totals = self.totals.get();
         info!(
             consumer = %self.config.consumer,
-            settled = self.totals.items,
-            alerts = self.totals.alerts_written,
-            dead = self.totals.dead_written,
+            settled = totals.items,
+            alerts = totals.alerts_written,
+            dead = totals.dead_written,
             "police stopped"
         );
-        self.totals
+        totals
     }
 
-    /// Delivers the alerts of `outcomes` to the local sinks, then settles them in Redis.
-    async fn deliver_and_settle(
-        &mut self,
+    /// Writes the alerts of `outcomes` to the local sinks (console, file). Must return
+    /// before [`Self::settle`] is called for the same outcomes.
+    async fn deliver_locally(&mut self, outcomes: &[Outcome]) -> Result<(), SessionError> {
+        for outcome in outcomes {
+            self.sinks.deliver(&outcome.alerts).await.map_err(SessionError::Sink)?;
+        }
+        Ok(())
+    }
+
+    /// Writes alerts and dead letters to Redis and acknowledges the input, atomically.
+    async fn settle(
+        &self,
         connection: &mut crate::broker::Connection,
         source: settle::Source<'_>,
         outcomes: &[Outcome],
     ) -> Result<(), SessionError> {
-        for outcome in outcomes {
-            self.sinks.deliver(&outcome.alerts).await.map_err(SessionError::Sink)?;
-        }
-        let settled = settle::settle(
-            connection,
-            &self.broker.keys,
-            source,
-            self.config.alert_dedup_ttl_s,
-            outcomes,
-        )
-        .await?;
-        self.totals.items += settled.items;
-        self.totals.alerts_written += settled.alerts_written;
-        self.totals.duplicate_alerts += settled.duplicate_alerts;
-        self.totals.dead_written += settled.dead_written;
+        let settled = settle::settle(connection, &self.broker.keys, source, self.config.alert_dedup_ttl_s, outcomes).await?;
+        self.totals.add(settled);
         if settled.dead_written > 0 {
-            tracing::warn!(
-                dead_letters = settled.dead_written,
-                "input sent to the dead-letter stream"
-            );
+            tracing::warn!(dead_letters = settled.dead_written, "input sent to the dead-letter stream");
         }
         Ok(())
     }

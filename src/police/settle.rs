@@ -55,6 +55,26 @@ impl Outcome {
     }
 }
 
+/// Running totals of a police. A `Cell` because settling borrows the police immutably
+/// while the next read runs beside it (single-threaded runtime: no lock needed).
+#[derive(Debug, Default)]
+pub struct Totals(std::cell::Cell<Settled>);
+
+impl Totals {
+    pub fn add(&self, settled: Settled) {
+        let mut totals = self.0.get();
+        totals.items += settled.items;
+        totals.alerts_written += settled.alerts_written;
+        totals.duplicate_alerts += settled.duplicate_alerts;
+        totals.dead_written += settled.dead_written;
+        self.0.set(totals);
+    }
+
+    pub fn get(&self) -> Settled {
+        self.0.get()
+    }
+}
+
 /// Which fence the settle script uses (see [`scripts::SETTLE`]).
 pub enum Source<'a> {
     Stream,

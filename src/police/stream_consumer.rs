@@ -31,35 +31,60 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
     finish_own_pending(police, &mut connection).await?;
 
     let mut next_maintenance = Instant::now();
+    let mut entries_in_hand: Vec<StreamEntry> = Vec::new();
     loop {
-        if police.shutdown.is_cancelled() {
-            leave_group_if_idle(police, &mut connection).await?;
-            return Ok(SessionEnd::Stopped);
+        if entries_in_hand.is_empty() {
+            if police.shutdown.is_cancelled() {
+                leave_group_if_idle(police, &mut connection).await?;
+                return Ok(SessionEnd::Stopped);
+            }
+            if Instant::now() >= next_maintenance {
+                maintain(police, &mut connection).await?;
+                next_maintenance = Instant::now() + police.config.maintenance_interval;
+            }
+            entries_in_hand = read_new(police, &mut connection, next_maintenance).await?;
+            continue;
         }
-        if Instant::now() >= next_maintenance {
-            maintain(police, &mut connection).await?;
-            next_maintenance = Instant::now() + police.config.maintenance_interval;
+        // New entries were delivered once so far: no delivery counts needed.
+        let outcomes = evaluate(police, std::mem::take(&mut entries_in_hand), None);
+        police.deliver_locally(&outcomes).await?;
+        if police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
+            police.settle(&mut connection, Source::Stream, &outcomes).await?;
+            continue;
         }
-        let block_ms = police
-            .config
-            .block
-            .min(next_maintenance.saturating_duration_since(Instant::now()))
-            .as_millis()
-            .max(1) as u64;
-        let entries = stream::read_group(
-            &mut connection,
-            &police.broker.keys,
-            &police.config.consumer,
-            ">",
-            police.config.read_count,
-            Some(block_ms),
-        )
-        .await?;
-        if !entries.is_empty() {
-            // New entries were delivered exactly once so far.
-            process(police, &mut connection, entries, None).await?;
-        }
+        // Settle this batch and read the next one in one round trip: Redis runs the two
+        // commands in order, so the read cannot see this batch's entries again.
+        let mut read_connection = connection.clone();
+        let (settled, next) = tokio::join!(
+            police.settle(&mut connection, Source::Stream, &outcomes),
+            read_new_with(&police.broker.keys, &police.config, &mut read_connection, next_maintenance),
+        );
+        settled?;
+        entries_in_hand = next?;
     }
+}
+
+async fn read_new(
+    police: &Police,
+    connection: &mut Connection,
+    next_maintenance: Instant,
+) -> Result<Vec<StreamEntry>, SessionError> {
+    read_new_with(&police.broker.keys, &police.config, connection, next_maintenance).await
+}
+
+/// Blocking read of new entries (`>`), waking up in time for the next maintenance.
+async fn read_new_with(
+    keys: &crate::broker::keys::Keys,
+    config: &crate::config::PoliceConfig,
+    connection: &mut Connection,
+    next_maintenance: Instant,
+) -> Result<Vec<StreamEntry>, SessionError> {
+    let block_ms = config
+        .block
+        .min(next_maintenance.saturating_duration_since(Instant::now()))
+        .as_millis()
+        .max(1) as u64;
+    Ok(stream::read_group(connection, keys, &config.consumer, ">", config.read_count, Some(block_ms)).await?)
 }
 
 /// Re-reads and finishes the entries this consumer name had in hand when it stopped.
@@ -115,11 +140,16 @@ async fn process(
     entries: Vec<StreamEntry>,
     delivery_counts: Option<HashMap<String, u64>>,
 ) -> Result<(), SessionError> {
+    let outcomes = evaluate(police, entries, delivery_counts.as_ref());
+    police.deliver_locally(&outcomes).await?;
+    police.settle(connection, Source::Stream, &outcomes).await
+}
+
+fn evaluate(police: &Police, entries: Vec<StreamEntry>, delivery_counts: Option<&HashMap<String, u64>>) -> Vec<Outcome> {
     let max_deliveries = police.config.max_deliveries;
     let mut outcomes = Vec::with_capacity(entries.len());
     for entry in entries {
         let deliveries = delivery_counts
-            .as_ref()
             .and_then(|counts| counts.get(&entry.id).copied())
             .unwrap_or(1);
         let Some(fields) = entry.fields else {
@@ -136,7 +166,7 @@ async fn process(
         let decoded = event::decode_entry(&entry.id, &fields, police.interest);
         outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules));
     }
-    police.deliver_and_settle(connection, Source::Stream, &outcomes).await
+    outcomes
 }
 
 /// Periodic work: claim from dead consumers, remove idle consumers, trim.

@@ -1,0 +1,356 @@
+//! `logsentinel bench`: throughput, latency and memory of agents and police against a
+//! private `redis-server`, beside the Redis XADD ceiling measured in the same run by
+//! `redis-benchmark`. Prints a Markdown table and writes JSON. Figures are printed, never
+//! asserted: machines are noisy.
+
+mod processes;
+mod report;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, Connection, keys::Keys};
+use crate::cli::BenchArgs;
+use crate::local_redis::LocalRedis;
+use processes::{Fleet, wait_processed};
+use report::{Latency, Report, Throughput};
+
+/// Settings of one benchmark run, derived from the arguments.
+struct Plan {
+    repeat: usize,
+    events: u64,
+    pack: usize,
+    latency_rates: Vec<u64>,
+    latency_duration: Duration,
+    ceiling_requests: u64,
+}
+
+impl Plan {
+    fn from_args(args: &BenchArgs) -> Plan {
+        let (default_repeat, default_events) = if args.smoke { (1, 20_000) } else { (3, 1_000_000) };
+        Plan {
+            repeat: args.repeat.unwrap_or(default_repeat).max(1),
+            events: args.events.unwrap_or(default_events).max(100),
+            pack: args.pack.max(2),
+            latency_rates: if args.smoke {
+                vec![1_000, 10_000]
+            } else {
+                vec![1_000, 10_000, 50_000, 100_000]
+            },
+            latency_duration: Duration::from_secs(if args.smoke { 1 } else { 5 }),
+            ceiling_requests: if args.smoke { 100_000 } else { 2_000_000 },
+        }
+    }
+}
+
+/// A throughput scenario; each is run `repeat` times on a flushed Redis.
+enum Scenario {
+    /// One agent writing `events` as fast as it can.
+    Ingest { pack: usize },
+    /// One police draining a stream pre-filled with `events`.
+    Drain { pack: usize },
+    /// Agents and police running together, until the police processed every event.
+    EndToEnd { agents: u64, police: usize, pack: usize, list: bool },
+}
+
+struct Bench {
+    url: String,
+    port: u16,
+    connection: Connection,
+    keys: Keys,
+    plan: Plan,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = Plan::from_args(&args);
+    let dir = std::env::temp_dir().join(format!("logsentinel-bench-{}", std::process::id()));
+    let redis_args: &[&str] = if args.aof {
+        &["--appendonly", "yes", "--appendfsync", "everysec"]
+    } else {
+        &["--appendonly", "no"]
+    };
+    let redis_dir = dir.clone();
+    let redis = tokio::task::spawn_blocking(move || LocalRedis::start(&redis_dir, redis_args))
+        .await
+        .context("starting redis-server")??;
+    let connection = broker::connect(&redis.url()).await?;
+    let mut bench = Bench {
+        url: redis.url(),
+        port: redis.port,
+        connection,
+        keys: Keys::default(),
+        plan,
+    };
+    eprintln!(
+        "[bench] redis-server on {} (AOF {}), {} events per run, {} runs per scenario",
+        bench.url,
+        if args.aof { "everysec" } else { "off" },
+        bench.plan.events,
+        bench.plan.repeat
+    );
+    let outcome = bench.run_all(args.aof).await;
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = outcome?;
+    report.print_markdown();
+    std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.json_out.display()))?;
+    eprintln!("[bench] JSON written to {}", args.json_out.display());
+    Ok(())
+}
+
+impl Bench {
+    async fn run_all(&mut self, aof: bool) -> anyhow::Result<Report> {
+        let ceiling = self.ceiling().await?;
+        let pack = self.plan.pack;
+        let packed = format!("pack {pack}");
+        let mut scenarios = vec![
+            ("agent ingest, pack 1".to_string(), Scenario::Ingest { pack: 1 }),
+            (format!("agent ingest, {packed}"), Scenario::Ingest { pack }),
+            ("police drain, pack 1".to_string(), Scenario::Drain { pack: 1 }),
+            (format!("police drain, {packed}"), Scenario::Drain { pack }),
+        ];
+        for (agents, police) in [(1, 1), (5, 2)] {
+            for entry_pack in [1, pack] {
+                let name = format!("end to end, {agents} agent(s) + {police} police, pack {entry_pack}");
+                scenarios.push((name, Scenario::EndToEnd { agents, police, pack: entry_pack, list: false }));
+            }
+        }
+        scenarios.push((
+            "list mode end to end, 1 agent + 1 police".to_string(),
+            Scenario::EndToEnd { agents: 1, police: 1, pack: 1, list: true },
+        ));
+        let mut throughput = Vec::new();
+        for (name, scenario) in &scenarios {
+            throughput.push(self.repeat(name, scenario).await?);
+        }
+        let mut latency = Vec::new();
+        for rate in self.plan.latency_rates.clone() {
+            latency.push(self.latency(rate).await?);
+        }
+        Ok(Report::new(ceiling, throughput, latency, aof, self.plan.events))
+    }
+
+    async fn repeat(&mut self, name: &str, scenario: &Scenario) -> anyhow::Result<Throughput> {
+        let mut runs = Vec::new();
+        for _ in 0..self.plan.repeat {
+            self.flush().await?;
+            let run = match *scenario {
+                Scenario::Ingest { pack } => self.ingest(pack).await,
+                Scenario::Drain { pack } => self.drain(pack).await,
+                Scenario::EndToEnd { agents, police, pack, list } => self.end_to_end(agents, police, pack, list).await,
+            };
+            runs.push(run.with_context(|| format!("scenario {name}"))?);
+        }
+        let throughput = Throughput::from_runs(name, &runs);
+        eprintln!("[bench] {name}: median {:.0} events/s", throughput.median);
+        Ok(throughput)
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        redis::cmd("FLUSHALL").query_async::<()>(&mut self.connection).await?;
+        Ok(())
+    }
+
+    /// XADD ceiling: redis-benchmark, 1 connection, pipeline 64, 200-byte values.
+    async fn ceiling(&mut self) -> anyhow::Result<Throughput> {
+        let value = "x".repeat(200);
+        let mut runs = Vec::new();
+        for _ in 0..self.plan.repeat {
+            let output = tokio::process::Command::new("redis-benchmark")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-c", "1", "-P", "64", "-q"])
+                .args(["-n", &self.plan.ceiling_requests.to_string()])
+                .args(["XADD", "bench:ceiling", "*", "payload", &value])
+                .output()
+                .await
+                .context("running redis-benchmark (Debian: apt-get install redis-tools)")?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            let per_second = parse_requests_per_second(&text)
+                .with_context(|| format!("no 'requests per second' in redis-benchmark output: {text:?}"))?;
+            runs.push(RunFigures::rate(per_second));
+            redis::cmd("DEL").arg("bench:ceiling").query_async::<()>(&mut self.connection).await?;
+        }
+        let ceiling = Throughput::from_runs("redis-benchmark XADD ceiling (1 conn, pipeline 64, 200 B)", &runs);
+        eprintln!("[bench] XADD ceiling: median {:.0}/s", ceiling.median);
+        Ok(ceiling)
+    }
+
+    fn agent_args(&self, count: u64, pack: usize, list: bool, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = ["--count", &count.to_string(), "--rate", "0", "--pack", &pack.to_string()]
+            .map(String::from)
+            .to_vec();
+        if list {
+            args.extend(["--sink", "list"].map(String::from));
+        }
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        args
+    }
+
+    async fn ingest(&mut self, pack: usize) -> anyhow::Result<RunFigures> {
+        let mut fleet = Fleet::new(&self.url)?;
+        let started = Instant::now();
+        fleet.spawn_agent(&self.agent_args(self.plan.events, pack, false, &[]))?;
+        fleet.wait_agents().await?;
+        let elapsed = started.elapsed();
+        Ok(RunFigures::measured(self.plan.events, elapsed, &fleet))
+    }
+
+    async fn drain(&mut self, pack: usize) -> anyhow::Result<RunFigures> {
+        let mut prefill = Fleet::new(&self.url)?;
+        prefill.spawn_agent(&self.agent_args(self.plan.events, pack, false, &[]))?;
+        prefill.wait_agents().await?;
+        let mut fleet = Fleet::new(&self.url)?;
+        let started = Instant::now();
+        fleet.spawn_police(&[])?;
+        let stats_key = self.keys.stats(&self.keys.stream);
+        let done = wait_processed(&mut self.connection, &stats_key, self.plan.events, &mut fleet).await?;
+        fleet.stop_police().await?;
+        Ok(RunFigures::measured(self.plan.events, done - started, &fleet))
+    }
+
+    async fn end_to_end(&mut self, agents: u64, police: usize, pack: usize, list: bool) -> anyhow::Result<RunFigures> {
+        let mut fleet = Fleet::new(&self.url)?;
+        let police_args: Vec<String> = if list { vec!["--source".into(), "list".into()] } else { Vec::new() };
+        for _ in 0..police {
+            fleet.spawn_police(&police_args)?;
+        }
+        let per_agent = self.plan.events / agents;
+        let total = per_agent * agents;
+        let started = Instant::now();
+        for index in 0..agents {
+            let agent_id = format!("bench-agent-{index}");
+            fleet.spawn_agent(&self.agent_args(per_agent, pack, list, &["--agent-id", &agent_id]))?;
+        }
+        let stats_key = if list { self.keys.stats(&self.keys.list) } else { self.keys.stats(&self.keys.stream) };
+        let done = wait_processed(&mut self.connection, &stats_key, total, &mut fleet).await?;
+        fleet.wait_agents().await?;
+        fleet.stop_police().await?;
+        Ok(RunFigures::measured(total, done - started, &fleet))
+    }
+
+    /// Latency from event creation (its timestamp) to its alert arriving in the alerts
+    /// stream, read by a blocking XREAD here; 2% of the events are CRITICAL.
+    async fn latency(&mut self, rate: u64) -> anyhow::Result<Latency> {
+        self.flush().await?;
+        let mut fleet = Fleet::new(&self.url)?;
+        fleet.spawn_police(&[])?;
+        let stop_reader = CancellationToken::new();
+        let reader = tokio::spawn(read_alert_latencies(self.url.clone(), self.keys.alerts.clone(), stop_reader.clone()));
+        let count = rate * self.plan.latency_duration.as_secs().max(1);
+        let mut args = self.agent_args(count, 1, false, &["--level-mix", "INFO=98,CRITICAL=2"]);
+        args[3] = rate.to_string(); // --rate
+        fleet.spawn_agent(&args)?;
+        let stats_key = self.keys.stats(&self.keys.stream);
+        wait_processed(&mut self.connection, &stats_key, count, &mut fleet).await?;
+        fleet.wait_agents().await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop_reader.cancel();
+        let mut latencies_us = reader.await??;
+        fleet.stop_police().await?;
+        if latencies_us.is_empty() {
+            bail!("no alert arrived at {rate} events/s");
+        }
+        latencies_us.sort_unstable();
+        let latency = Latency::new(rate, &latencies_us, &fleet);
+        eprintln!(
+            "[bench] latency at {rate} events/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} alerts)",
+            latency.p50_ms, latency.p99_ms, latency.max_ms, latency.alerts
+        );
+        Ok(latency)
+    }
+}
+
+async fn read_alert_latencies(url: String, alerts: String, stop: CancellationToken) -> anyhow::Result<Vec<u64>> {
+    let mut connection = broker::connect(&url).await?;
+    let mut last_id = "0-0".to_string();
+    let mut latencies_us = Vec::new();
+    while !stop.is_cancelled() {
+        let reply: redis::Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(100)
+            .arg("STREAMS")
+            .arg(&alerts)
+            .arg(&last_id)
+            .query_async(&mut connection)
+            .await?;
+        let arrived = chrono::Utc::now();
+        for stream in broker::value_items(&reply) {
+            let Some(entries) = broker::value_items(stream).get(1) else {
+                continue;
+            };
+            for entry in broker::value_items(entries) {
+                let parts = broker::value_items(entry);
+                let (Some(id), Some(fields)) = (parts.first().and_then(broker::value_text), parts.get(1)) else {
+                    continue;
+                };
+                last_id = id;
+                let alert_json = broker::value_pairs(fields)
+                    .into_iter()
+                    .find(|(name, _)| name == "alert")
+                    .and_then(|(_, value)| broker::value_text(value));
+                let created = alert_json
+                    .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+                    .and_then(|alert| alert["event"]["timestamp"].as_str().map(str::to_string))
+                    .and_then(|text| chrono::DateTime::parse_from_rfc3339(&text).ok());
+                if let Some(created) = created {
+                    let micros = arrived.signed_duration_since(created).num_microseconds().unwrap_or(0);
+                    latencies_us.push(micros.max(0) as u64);
+                }
+            }
+        }
+    }
+    Ok(latencies_us)
+}
+
+/// One run of a throughput scenario.
+pub struct RunFigures {
+    pub events_per_s: f64,
+    pub agent_peak_rss_kb: u64,
+    pub police_peak_rss_kb: u64,
+}
+
+impl RunFigures {
+    fn measured(events: u64, elapsed: Duration, fleet: &Fleet) -> RunFigures {
+        RunFigures {
+            events_per_s: events as f64 / elapsed.as_secs_f64().max(1e-9),
+            agent_peak_rss_kb: fleet.agent_peak_rss_kb,
+            police_peak_rss_kb: fleet.police_peak_rss_kb,
+        }
+    }
+
+    fn rate(per_second: f64) -> RunFigures {
+        RunFigures {
+            events_per_s: per_second,
+            agent_peak_rss_kb: 0,
+            police_peak_rss_kb: 0,
+        }
+    }
+}
+
+/// The figure of the last `… requests per second` line of `redis-benchmark -q`.
+fn parse_requests_per_second(output: &str) -> Option<f64> {
+    let line = output
+        .split(['\n', '\r'])
+        .rev()
+        .find(|line| line.contains("requests per second"))?;
+    let before = line.split("requests per second").next()?;
+    before.trim().rsplit([' ', ':']).find(|token| !token.is_empty())?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_redis_benchmark_quiet_output() {
+        let output = "XADD bench:ceiling * payload xxx: rps=0.0 (overall: nan) avg_msec=nan\r\
+            XADD bench:ceiling * payload xxx: 213675.22 requests per second, p50=0.223 msec\n";
+        assert_eq!(parse_requests_per_second(output), Some(213_675.22));
+        assert_eq!(parse_requests_per_second("nothing"), None);
+    }
+}
