@@ -92,7 +92,7 @@ pub struct AgentArgs {
     /// Stream entries (or list items) per pipelined batch, at most 8192 events [default: 256]
     #[arg(long, env = "LOGSENTINEL_BATCH")]
     pub batch: Option<usize>,
-    /// Longest wait before a partial batch is sent, in milliseconds [default: 5]
+    /// Longest wait before a partial batch is sent, in milliseconds [default: 1]
     #[arg(long, env = "LOGSENTINEL_LINGER_MS")]
     pub linger_ms: Option<u64>,
     /// Batches waiting for Redis before the generator waits too [default: 4]

@@ -222,7 +222,7 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         sink: args.sink.or(from_file.sink).unwrap_or(Transport::Stream),
         pack,
         batch_entries,
-        linger: Duration::from_millis(args.linger_ms.or(from_file.linger_ms).unwrap_or(5)),
+        linger: Duration::from_millis(args.linger_ms.or(from_file.linger_ms).unwrap_or(1)),
         queue_batches,
         shutdown_timeout: Duration::from_millis(
             args.shutdown_timeout_ms

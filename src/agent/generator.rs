@@ -2,29 +2,9 @@
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use serde::Serialize;
 
 use crate::config::LevelMix;
 use crate::event::Level;
-
-/// Borrowed mirror of [`crate::event::LogEvent`]: same fields in the same order, so the
-/// output decodes as a `LogEvent`, without allocating a `LogEvent` per generated event.
-#[derive(Serialize)]
-struct EventRef<'a> {
-    id: &'a str,
-    timestamp: &'a str,
-    level: &'static str,
-    service: &'a str,
-    host: &'a str,
-    message: &'a str,
-    extra: ExtraRef<'a>,
-}
-
-#[derive(Serialize)]
-struct ExtraRef<'a> {
-    region: &'static str,
-    request_id: &'a str,
-}
 
 const REGIONS: [&str; 4] = ["eu-west-1", "us-east-1", "ap-south-1", "sa-east-1"];
 const ROUTES: [&str; 5] = [
@@ -35,19 +15,21 @@ const ROUTES: [&str; 5] = [
     "/healthz",
 ];
 
+/// Writes events as JSON by hand: this is the agent's hot path, and serde_json spent most
+/// of its time scanning for characters to escape. Only the user-given strings (agent id,
+/// service, host) can need escaping; they are escaped once, here, by serde_json. Everything
+/// else written per event is ASCII without quotes, backslashes or control characters.
 pub struct Generator {
     rng: SmallRng,
     /// Cumulative weights, for picking a level with one random draw.
     cumulative_weights: Vec<(u32, Level)>,
     total_weight: u32,
-    service: String,
-    host: String,
-    /// `<agent-id>:<run>:`; the sequence number completes the event id.
-    id_prefix: String,
+    /// `{"id":"<agent-id>:<run>:` (escaped); the sequence number completes the id.
+    id_prefix: Vec<u8>,
+    /// `","service":<service>,"host":<host>,"message":"` (escaped).
+    source_fields: Vec<u8>,
     next_sequence: u64,
     message: String,
-    id: String,
-    request_id: String,
     timestamp: TimestampCache,
 }
 
@@ -61,24 +43,31 @@ impl Generator {
                 cumulative_weights.push((total_weight, *level));
             }
         }
+        let quoted = |text: &str| serde_json::to_string(text).expect("a string serialises");
+        let quoted_id_prefix = quoted(&format!("{agent_id}:{run_id}:"));
+        let mut id_prefix = b"{\"id\":".to_vec();
+        // Drop the closing quote: the sequence number and the quote follow per event.
+        id_prefix.extend_from_slice(&quoted_id_prefix.as_bytes()[..quoted_id_prefix.len() - 1]);
+        let source_fields = format!(
+            ",\"service\":{},\"host\":{},\"message\":\"",
+            quoted(service),
+            quoted(host)
+        )
+        .into_bytes();
         Generator {
             rng: SmallRng::seed_from_u64(seed),
             cumulative_weights,
             total_weight,
-            service: service.to_string(),
-            host: host.to_string(),
-            id_prefix: format!("{agent_id}:{run_id}:"),
+            id_prefix,
+            source_fields,
             next_sequence: 0,
             message: String::with_capacity(160),
-            id: String::with_capacity(64),
-            request_id: String::with_capacity(16),
             timestamp: TimestampCache::default(),
         }
     }
 
     /// Appends the JSON of the next event to `out` and returns its level.
     pub fn write_next(&mut self, out: &mut Vec<u8>) -> Level {
-        use std::fmt::Write;
         let draw = self.rng.random_range(0..self.total_weight);
         let level = self
             .cumulative_weights
@@ -88,64 +77,91 @@ impl Generator {
             .expect("draw is below the total weight, so some cumulative weight exceeds it");
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        self.id.clear();
-        self.id.push_str(&self.id_prefix);
-        write!(self.id, "{sequence}").expect("writing to a String cannot fail");
-        self.request_id.clear();
-        write!(self.request_id, "{:016x}", self.rng.random::<u64>()).expect("writing to a String cannot fail");
         self.write_message(level);
         let region = REGIONS[self.rng.random_range(0..REGIONS.len())];
-        let event = EventRef {
-            id: &self.id,
-            timestamp: self.timestamp.now(),
-            level: level.as_str(),
-            service: &self.service,
-            host: &self.host,
-            message: &self.message,
-            extra: ExtraRef {
-                region,
-                request_id: &self.request_id,
-            },
-        };
-        serde_json::to_writer(out, &event).expect("serialising into memory cannot fail");
+        let request_id: u64 = self.rng.random();
+        let mut integer = itoa::Buffer::new();
+
+        out.extend_from_slice(&self.id_prefix);
+        out.extend_from_slice(integer.format(sequence).as_bytes());
+        out.extend_from_slice(b"\",\"timestamp\":\"");
+        out.extend_from_slice(self.timestamp.now().as_bytes());
+        out.extend_from_slice(b"\",\"level\":\"");
+        out.extend_from_slice(level.as_str().as_bytes());
+        out.push(b'"');
+        out.extend_from_slice(&self.source_fields);
+        out.extend_from_slice(self.message.as_bytes());
+        out.extend_from_slice(b"\",\"extra\":{\"region\":\"");
+        out.extend_from_slice(region.as_bytes());
+        out.extend_from_slice(b"\",\"request_id\":\"");
+        write_hex(out, request_id);
+        out.extend_from_slice(b"\"}}");
         level
     }
 
     fn write_message(&mut self, level: Level) {
-        use std::fmt::Write;
         let rng = &mut self.rng;
         let route = ROUTES[rng.random_range(0..ROUTES.len())];
-        let number = rng.random_range(1000..99_999);
-        let millis = rng.random_range(1..2_000);
-        self.message.clear();
-        let written = match level {
-            Level::Trace | Level::Debug => write!(
-                self.message,
-                "cache lookup for {route}/{number}: hit={} in {millis}us",
-                number % 2 == 0
-            ),
-            Level::Info | Level::Notice => write!(
-                self.message,
-                "GET {route}/{number} 200 {millis}ms user=u{} bytes={}",
-                number % 977,
-                number * 3
-            ),
-            Level::Warning => write!(
-                self.message,
-                "slow request GET {route}/{number} took {millis}ms (threshold 500ms)"
-            ),
-            Level::Error => write!(
-                self.message,
-                "upstream payments returned 502 for order {number}, retry {}/3",
-                millis % 3 + 1
-            ),
-            Level::Critical | Level::Alert | Level::Emergency => write!(
-                self.message,
-                "database pool exhausted: 100/100 connections busy, {} requests waiting, {route} failing",
-                number % 500
-            ),
-        };
-        written.expect("writing to a String cannot fail");
+        let number: u32 = rng.random_range(1000..99_999);
+        let millis: u32 = rng.random_range(1..2_000);
+        let mut integer = itoa::Buffer::new();
+        let message = &mut self.message;
+        message.clear();
+        let mut push_number = |message: &mut String, value: u32| message.push_str(integer.format(value));
+        match level {
+            Level::Trace | Level::Debug => {
+                message.push_str("cache lookup for ");
+                message.push_str(route);
+                message.push('/');
+                push_number(message, number);
+                message.push_str(if number % 2 == 0 { ": hit in " } else { ": miss in " });
+                push_number(message, millis);
+                message.push_str("us");
+            }
+            Level::Info | Level::Notice => {
+                message.push_str("GET ");
+                message.push_str(route);
+                message.push('/');
+                push_number(message, number);
+                message.push_str(" 200 ");
+                push_number(message, millis);
+                message.push_str("ms user=u");
+                push_number(message, number % 977);
+                message.push_str(" bytes=");
+                push_number(message, number * 3);
+            }
+            Level::Warning => {
+                message.push_str("slow request GET ");
+                message.push_str(route);
+                message.push('/');
+                push_number(message, number);
+                message.push_str(" took ");
+                push_number(message, millis);
+                message.push_str("ms (threshold 500ms)");
+            }
+            Level::Error => {
+                message.push_str("upstream payments returned 502 for order ");
+                push_number(message, number);
+                message.push_str(", retry ");
+                push_number(message, millis % 3 + 1);
+                message.push_str("/3");
+            }
+            Level::Critical | Level::Alert | Level::Emergency => {
+                message.push_str("database pool exhausted: 100/100 connections busy, ");
+                push_number(message, number % 500);
+                message.push_str(" requests waiting, ");
+                message.push_str(route);
+                message.push_str(" failing");
+            }
+        }
+    }
+}
+
+/// 16 lower-case hex digits.
+fn write_hex(out: &mut Vec<u8>, value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(DIGITS[((value >> (shift * 4)) & 0xf) as usize]);
     }
 }
 
@@ -174,8 +190,10 @@ impl TimestampCache {
             *digit = b'0' + (rest % 10) as u8;
             rest /= 10;
         }
-        self.text
-            .replace_range(digits_start..digits_start + 6, std::str::from_utf8(&digits).expect("ASCII digits"));
+        self.text.replace_range(
+            digits_start..digits_start + 6,
+            std::str::from_utf8(&digits).expect("ASCII digits"),
+        );
         &self.text
     }
 }
@@ -186,14 +204,15 @@ mod tests {
     use crate::event::LogEvent;
 
     fn generator(seed: u64) -> Generator {
-        let mix = LevelMix::parse(LevelMix::DEFAULT).unwrap();
+        let mix = LevelMix::parse("TRACE=1,DEBUG=1,INFO=1,NOTICE=1,WARNING=1,ERROR=1,CRITICAL=1,ALERT=1,EMERGENCY=1")
+            .unwrap();
         Generator::new(seed, &mix, "checkout", "host-1", "agent-1", "r1")
     }
 
     #[test]
     fn events_decode_as_log_events_with_sequential_ids() {
         let mut events = generator(7);
-        for sequence in 0..100 {
+        for sequence in 0..2000 {
             let mut out = Vec::new();
             let level = events.write_next(&mut out);
             let event: LogEvent = serde_json::from_slice(&out).unwrap();
@@ -211,8 +230,24 @@ mod tests {
             assert_eq!(text.len(), 27, "{text}");
             let parsed = chrono::DateTime::parse_from_rfc3339(&text).unwrap();
             let age = chrono::Utc::now().signed_duration_since(parsed);
-            assert!(age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::seconds(5), "{text}");
+            assert!(
+                age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::seconds(5),
+                "{text}"
+            );
         }
+    }
+
+    #[test]
+    fn user_given_strings_are_escaped() {
+        let mix = LevelMix::parse("INFO=1").unwrap();
+        let mut events = Generator::new(1, &mix, "say \"hi\"\\", "host\n1", "agent\t1", "r");
+        let mut out = Vec::new();
+        events.write_next(&mut out);
+        let event: LogEvent = serde_json::from_slice(&out).unwrap();
+        assert_eq!(event.service, "say \"hi\"\\");
+        assert_eq!(event.host, "host\n1");
+        assert_eq!(event.id, "agent\t1:r:0");
+        assert_eq!(event.extra["request_id"].len(), 16);
     }
 
     #[test]

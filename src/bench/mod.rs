@@ -53,7 +53,12 @@ enum Scenario {
     /// One police draining a stream pre-filled with `events`.
     Drain { pack: usize },
     /// Agents and police running together, until the police processed every event.
-    EndToEnd { agents: u64, police: usize, pack: usize, list: bool },
+    EndToEnd {
+        agents: u64,
+        police: usize,
+        pack: usize,
+        list: bool,
+    },
 }
 
 struct Bench {
@@ -116,12 +121,25 @@ impl Bench {
         for (agents, police) in [(1, 1), (5, 2)] {
             for entry_pack in [1, pack] {
                 let name = format!("end to end, {agents} agent(s) + {police} police, pack {entry_pack}");
-                scenarios.push((name, Scenario::EndToEnd { agents, police, pack: entry_pack, list: false }));
+                scenarios.push((
+                    name,
+                    Scenario::EndToEnd {
+                        agents,
+                        police,
+                        pack: entry_pack,
+                        list: false,
+                    },
+                ));
             }
         }
         scenarios.push((
             "list mode end to end, 1 agent + 1 police".to_string(),
-            Scenario::EndToEnd { agents: 1, police: 1, pack: 1, list: true },
+            Scenario::EndToEnd {
+                agents: 1,
+                police: 1,
+                pack: 1,
+                list: true,
+            },
         ));
         let mut throughput = Vec::new();
         for (name, scenario) in &scenarios {
@@ -141,7 +159,12 @@ impl Bench {
             let run = match *scenario {
                 Scenario::Ingest { pack } => self.ingest(pack).await,
                 Scenario::Drain { pack } => self.drain(pack).await,
-                Scenario::EndToEnd { agents, police, pack, list } => self.end_to_end(agents, police, pack, list).await,
+                Scenario::EndToEnd {
+                    agents,
+                    police,
+                    pack,
+                    list,
+                } => self.end_to_end(agents, police, pack, list).await,
             };
             runs.push(run.with_context(|| format!("scenario {name}"))?);
         }
@@ -161,7 +184,17 @@ impl Bench {
         let mut runs = Vec::new();
         for _ in 0..self.plan.repeat {
             let output = tokio::process::Command::new("redis-benchmark")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-c", "1", "-P", "64", "-q"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-c",
+                    "1",
+                    "-P",
+                    "64",
+                    "-q",
+                ])
                 .args(["-n", &self.plan.ceiling_requests.to_string()])
                 .args(["XADD", "bench:ceiling", "*", "payload", &value])
                 .output()
@@ -171,7 +204,10 @@ impl Bench {
             let per_second = parse_requests_per_second(&text)
                 .with_context(|| format!("no 'requests per second' in redis-benchmark output: {text:?}"))?;
             runs.push(RunFigures::rate(per_second));
-            redis::cmd("DEL").arg("bench:ceiling").query_async::<()>(&mut self.connection).await?;
+            redis::cmd("DEL")
+                .arg("bench:ceiling")
+                .query_async::<()>(&mut self.connection)
+                .await?;
         }
         let ceiling = Throughput::from_runs("redis-benchmark XADD ceiling (1 conn, pipeline 64, 200 B)", &runs);
         eprintln!("[bench] XADD ceiling: median {:.0}/s", ceiling.median);
@@ -179,9 +215,16 @@ impl Bench {
     }
 
     fn agent_args(&self, count: u64, pack: usize, list: bool, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = ["--count", &count.to_string(), "--rate", "0", "--pack", &pack.to_string()]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = [
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "0",
+            "--pack",
+            &pack.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
         if list {
             args.extend(["--sink", "list"].map(String::from));
         }
@@ -213,7 +256,11 @@ impl Bench {
 
     async fn end_to_end(&mut self, agents: u64, police: usize, pack: usize, list: bool) -> anyhow::Result<RunFigures> {
         let mut fleet = Fleet::new(&self.url)?;
-        let police_args: Vec<String> = if list { vec!["--source".into(), "list".into()] } else { Vec::new() };
+        let police_args: Vec<String> = if list {
+            vec!["--source".into(), "list".into()]
+        } else {
+            Vec::new()
+        };
         for _ in 0..police {
             fleet.spawn_police(&police_args)?;
         }
@@ -224,7 +271,11 @@ impl Bench {
             let agent_id = format!("bench-agent-{index}");
             fleet.spawn_agent(&self.agent_args(per_agent, pack, list, &["--agent-id", &agent_id]))?;
         }
-        let stats_key = if list { self.keys.stats(&self.keys.list) } else { self.keys.stats(&self.keys.stream) };
+        let stats_key = if list {
+            self.keys.stats(&self.keys.list)
+        } else {
+            self.keys.stats(&self.keys.stream)
+        };
         let done = wait_processed(&mut self.connection, &stats_key, total, &mut fleet).await?;
         fleet.wait_agents().await?;
         fleet.stop_police().await?;
@@ -238,7 +289,11 @@ impl Bench {
         let mut fleet = Fleet::new(&self.url)?;
         fleet.spawn_police(&[])?;
         let stop_reader = CancellationToken::new();
-        let reader = tokio::spawn(read_alert_latencies(self.url.clone(), self.keys.alerts.clone(), stop_reader.clone()));
+        let reader = tokio::spawn(read_alert_latencies(
+            self.url.clone(),
+            self.keys.alerts.clone(),
+            stop_reader.clone(),
+        ));
         let count = rate * self.plan.latency_duration.as_secs().max(1);
         let mut args = self.agent_args(count, 1, false, &["--level-mix", "INFO=98,CRITICAL=2"]);
         args[3] = rate.to_string(); // --rate
@@ -339,7 +394,12 @@ fn parse_requests_per_second(output: &str) -> Option<f64> {
         .rev()
         .find(|line| line.contains("requests per second"))?;
     let before = line.split("requests per second").next()?;
-    before.trim().rsplit([' ', ':']).find(|token| !token.is_empty())?.parse().ok()
+    before
+        .trim()
+        .rsplit([' ', ':'])
+        .find(|token| !token.is_empty())?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

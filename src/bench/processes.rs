@@ -48,7 +48,9 @@ impl Fleet {
     }
 
     pub fn spawn_agent(&mut self, args: &[String]) -> anyhow::Result<()> {
-        let child = self.command(&[vec!["agent".to_string()], args.to_vec()].concat()).spawn()?;
+        let child = self
+            .command(&[vec!["agent".to_string()], args.to_vec()].concat())
+            .spawn()?;
         self.agents.push(child);
         Ok(())
     }

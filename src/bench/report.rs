@@ -84,7 +84,13 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(mut ceiling: Throughput, mut throughput: Vec<Throughput>, latency: Vec<Latency>, aof: bool, events_per_run: u64) -> Report {
+    pub fn new(
+        mut ceiling: Throughput,
+        mut throughput: Vec<Throughput>,
+        latency: Vec<Latency>,
+        aof: bool,
+        events_per_run: u64,
+    ) -> Report {
         ceiling.ratio_to_ceiling = 1.0;
         for row in &mut throughput {
             row.ratio_to_ceiling = row.median / ceiling.median.max(1.0);
@@ -133,5 +139,9 @@ impl Report {
 }
 
 fn megabytes(value: f64) -> String {
-    if value == 0.0 { "-".into() } else { format!("{value:.1} MB") }
+    if value == 0.0 {
+        "-".into()
+    } else {
+        format!("{value:.1} MB")
+    }
 }

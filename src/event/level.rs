@@ -104,10 +104,12 @@ impl FromStr for Level {
             ("wrn", Level::Warning),
             ("eror", Level::Error),
         ];
-        Ok(match ALIASES.iter().find(|(alias, _)| alias.eq_ignore_ascii_case(trimmed)) {
-            Some((_, level)) => *level,
-            _ => return Err(UnknownLevel(text.into())),
-        })
+        Ok(
+            match ALIASES.iter().find(|(alias, _)| alias.eq_ignore_ascii_case(trimmed)) {
+                Some((_, level)) => *level,
+                _ => return Err(UnknownLevel(text.into())),
+            },
+        )
     }
 }
 

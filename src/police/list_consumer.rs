@@ -82,7 +82,9 @@ async fn process(
         })
         .collect();
     police.deliver_locally(&outcomes).await?;
-    police.settle(connection, Source::List { processing_list }, &outcomes).await
+    police
+        .settle(connection, Source::List { processing_list }, &outcomes)
+        .await
 }
 
 /// FNV-1a: a stable content hash, so a re-processed foreign item gets the same event id.

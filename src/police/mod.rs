@@ -152,10 +152,20 @@ impl Police {
         source: settle::Source<'_>,
         outcomes: &[Outcome],
     ) -> Result<(), SessionError> {
-        let settled = settle::settle(connection, &self.broker.keys, source, self.config.alert_dedup_ttl_s, outcomes).await?;
+        let settled = settle::settle(
+            connection,
+            &self.broker.keys,
+            source,
+            self.config.alert_dedup_ttl_s,
+            outcomes,
+        )
+        .await?;
         self.totals.add(settled);
         if settled.dead_written > 0 {
-            tracing::warn!(dead_letters = settled.dead_written, "input sent to the dead-letter stream");
+            tracing::warn!(
+                dead_letters = settled.dead_written,
+                "input sent to the dead-letter stream"
+            );
         }
         Ok(())
     }

@@ -57,7 +57,12 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
         let mut read_connection = connection.clone();
         let (settled, next) = tokio::join!(
             police.settle(&mut connection, Source::Stream, &outcomes),
-            read_new_with(&police.broker.keys, &police.config, &mut read_connection, next_maintenance),
+            read_new_with(
+                &police.broker.keys,
+                &police.config,
+                &mut read_connection,
+                next_maintenance
+            ),
         );
         settled?;
         entries_in_hand = next?;
@@ -84,7 +89,15 @@ async fn read_new_with(
         .min(next_maintenance.saturating_duration_since(Instant::now()))
         .as_millis()
         .max(1) as u64;
-    Ok(stream::read_group(connection, keys, &config.consumer, ">", config.read_count, Some(block_ms)).await?)
+    Ok(stream::read_group(
+        connection,
+        keys,
+        &config.consumer,
+        ">",
+        config.read_count,
+        Some(block_ms),
+    )
+    .await?)
 }
 
 /// Re-reads and finishes the entries this consumer name had in hand when it stopped.
@@ -145,7 +158,11 @@ async fn process(
     police.settle(connection, Source::Stream, &outcomes).await
 }
 
-fn evaluate(police: &Police, entries: Vec<StreamEntry>, delivery_counts: Option<&HashMap<String, u64>>) -> Vec<Outcome> {
+fn evaluate(
+    police: &Police,
+    entries: Vec<StreamEntry>,
+    delivery_counts: Option<&HashMap<String, u64>>,
+) -> Vec<Outcome> {
     let max_deliveries = police.config.max_deliveries;
     let mut outcomes = Vec::with_capacity(entries.len());
     for entry in entries {
