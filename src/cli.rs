@@ -89,7 +89,7 @@ pub struct AgentArgs {
     /// Events per stream entry; 1 keeps entries readable by any tool [default: 1]
     #[arg(long, env = "LOGSENTINEL_PACK")]
     pub pack: Option<usize>,
-    /// Stream entries (or list items) per pipelined batch, at most 8192 events [default: 256]
+    /// Stream entries (or list items) per pipelined batch, at most 2048 events [default: 256]
     #[arg(long, env = "LOGSENTINEL_BATCH")]
     pub batch: Option<usize>,
     /// Longest wait before a partial batch is sent, in milliseconds [default: 1]

@@ -114,7 +114,11 @@ impl Generator {
                 message.push_str(route);
                 message.push('/');
                 push_number(message, number);
-                message.push_str(if number.is_multiple_of(2) { ": hit in " } else { ": miss in " });
+                message.push_str(if number.is_multiple_of(2) {
+                    ": hit in "
+                } else {
+                    ": miss in "
+                });
                 push_number(message, millis);
                 message.push_str("us");
             }
