@@ -26,6 +26,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput, latency and memory against a private Redis
     Bench(BenchArgs),
+    /// Exit 0 if Redis answers PING (and, with a health file, the police loop is alive)
+    Healthcheck(HealthcheckArgs),
 }
 
 /// Options shared by every subcommand.
@@ -147,6 +149,9 @@ pub struct PoliceArgs {
     /// Period of the maintenance work (claim, trim, cleanup), in ms [default: 1000]
     #[arg(long, env = "LOGSENTINEL_MAINTENANCE_INTERVAL_MS")]
     pub maintenance_interval_ms: Option<u64>,
+    /// File touched by the read loop at least every few seconds, for `healthcheck`
+    #[arg(long, env = "LOGSENTINEL_HEALTH_FILE")]
+    pub health_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -189,4 +194,14 @@ pub struct BenchArgs {
     /// Where to write the JSON results
     #[arg(long, default_value = "bench-results.json")]
     pub json_out: PathBuf,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct HealthcheckArgs {
+    /// Also require this file (a police's `--health-file`), when it exists, to be fresh
+    #[arg(long, env = "LOGSENTINEL_HEALTH_FILE")]
+    pub health_file: Option<PathBuf>,
+    /// Oldest acceptable age of the health file, in seconds
+    #[arg(long, default_value_t = 30)]
+    pub max_age_s: u64,
 }

@@ -75,6 +75,7 @@ struct PoliceFile {
     consumer_idle_remove_ms: Option<u64>,
     trim: Option<bool>,
     maintenance_interval_ms: Option<u64>,
+    health_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -248,6 +249,7 @@ pub struct PoliceConfig {
     pub consumer_idle_remove: Duration,
     pub trim: bool,
     pub maintenance_interval: Duration,
+    pub health_file: Option<PathBuf>,
 }
 
 pub fn police_config(args: &PoliceArgs, file: &FileConfig) -> Result<PoliceConfig, ConfigError> {
@@ -309,6 +311,7 @@ pub fn police_config(args: &PoliceArgs, file: &FileConfig) -> Result<PoliceConfi
         ),
         trim: args.trim.or(from_file.trim).unwrap_or(true),
         maintenance_interval: Duration::from_millis(maintenance_interval_ms),
+        health_file: args.health_file.clone().or_else(|| from_file.health_file.clone()),
     })
 }
 

@@ -78,6 +78,27 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Healthcheck(args) => {
+            let url = &broker_config.redis_url;
+            let mut connection = broker::connect(url)
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot reach Redis at {}: {error}", redact(url)))?;
+            redis::cmd("PING").query_async::<String>(&mut connection).await?;
+            // A missing file means no police loop runs here (an agent uses the same image).
+            if let Some(path) = &args.health_file
+                && let Ok(modified) = std::fs::metadata(path).and_then(|metadata| metadata.modified())
+            {
+                let age = modified.elapsed().unwrap_or_default();
+                if age.as_secs() > args.max_age_s {
+                    anyhow::bail!(
+                        "police loop stalled: health file {} is {} s old",
+                        path.display(),
+                        age.as_secs()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -258,3 +258,46 @@ fn demo_runs_and_prints_totals() {
     assert_eq!(figure("events processed by police"), sent);
     assert_eq!(figure("dead letters"), 0);
 }
+
+#[test]
+fn healthcheck_follows_redis_and_the_police_loop() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let health_file = dir.path().join("alive");
+    let health_path = health_file.to_str().unwrap();
+    let healthcheck = |url: &str| {
+        logsentinel(url)
+            .args(["healthcheck", "--health-file", health_path, "--max-age-s", "2"])
+            .output()
+            .unwrap()
+    };
+    let no_loop_here = healthcheck(&url);
+    assert!(
+        no_loop_here.status.success(),
+        "no health file: nothing but Redis to check"
+    );
+
+    let police = spawn_police(
+        &url,
+        "p1",
+        &["--health-file", health_path, "--maintenance-interval-ms", "200"],
+    );
+    wait_until("the police marks itself alive", Duration::from_secs(20), || {
+        healthcheck(&url).status.success()
+    });
+    stop_gracefully(police);
+    wait_until("a stopped police turns unhealthy", Duration::from_secs(20), || {
+        let output = healthcheck(&url);
+        !output.status.success() && String::from_utf8_lossy(&output.stderr).contains("police loop stalled")
+    });
+    let unreachable = logsentinel("redis://127.0.0.1:1").arg("healthcheck").output().unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach Redis"));
+    let redis_only = logsentinel(&url).arg("healthcheck").output().unwrap();
+    assert!(
+        redis_only.status.success(),
+        "{}",
+        String::from_utf8_lossy(&redis_only.stderr)
+    );
+}

@@ -13,9 +13,10 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Value};
 use tracing::{info, warn};
 
-/// Longest a reply may take before the connection is considered broken. Blocking reads
-/// wait at most `block_ms`, which stays well below this.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a reply may take before the connection is considered broken (a peer cut off
+/// the network sends no reset: only a timeout notices). Blocking reads wait at most
+/// `block_ms` (default 1 s), well below this.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub type Connection = MultiplexedConnection;

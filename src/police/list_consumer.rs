@@ -52,6 +52,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
                 info!(items = returned, "gave items of a dead consumer back to the list");
             }
             next_maintenance = Instant::now() + police.config.maintenance_interval;
+            police.mark_alive().await;
         }
         let items = list::take_items(
             &mut connection,

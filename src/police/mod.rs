@@ -136,6 +136,16 @@ impl Police {
         totals
     }
 
+    /// Touches the health file (if any): proof for `healthcheck` that the loop runs.
+    async fn mark_alive(&self) {
+        let Some(path) = &self.config.health_file else {
+            return;
+        };
+        if let Err(error) = tokio::fs::write(path, crate::event::now_rfc3339()).await {
+            tracing::warn!(path = %path.display(), error = %error, "cannot write the health file");
+        }
+    }
+
     /// Writes the alerts of `outcomes` to the local sinks (console, file). Must return
     /// before [`Self::settle`] is called for the same outcomes.
     async fn deliver_locally(&mut self, outcomes: &[Outcome]) -> Result<(), SessionError> {

@@ -41,6 +41,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
             if Instant::now() >= next_maintenance {
                 maintain(police, &mut connection).await?;
                 next_maintenance = Instant::now() + police.config.maintenance_interval;
+                police.mark_alive().await;
             }
             entries_in_hand = read_new(police, &mut connection, next_maintenance).await?;
             continue;
