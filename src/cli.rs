@@ -65,8 +65,21 @@ pub enum Transport {
     List,
 }
 
+/// Where an agent's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentSource {
+    /// Realistic synthetic logs at `--rate`
+    Synthetic,
+    /// Lines read from standard input (JSON, logfmt or plain text), until end of input
+    Stdin,
+}
+
 #[derive(Debug, Args, Default)]
 pub struct AgentArgs {
+    /// Where events come from: synthetic or stdin [default: synthetic]
+    #[arg(long, env = "LOGSENTINEL_AGENT_SOURCE")]
+    pub source: Option<AgentSource>,
     /// Events per second, 0 = unlimited [default: 1000]
     #[arg(long, env = "LOGSENTINEL_RATE")]
     pub rate: Option<u64>,
@@ -79,7 +92,7 @@ pub struct AgentArgs {
     /// Share of each level, e.g. INFO=70,WARNING=20,ERROR=8,CRITICAL=2
     #[arg(long, env = "LOGSENTINEL_LEVEL_MIX")]
     pub level_mix: Option<String>,
-    /// Service name of the generated events [default: checkout]
+    /// Service of the events (stdin: when a line names none) [default: checkout; stdin: stdin]
     #[arg(long, env = "LOGSENTINEL_SERVICE")]
     pub service: Option<String>,
     /// Agent id, the first part of every event id [default: the hostname]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::broker::keys::Keys;
-use crate::cli::{AgentArgs, CommonArgs, PoliceArgs, Transport};
+use crate::cli::{AgentArgs, AgentSource, CommonArgs, PoliceArgs, Transport};
 use crate::event::Level;
 
 /// A configuration problem; the process exits with code 2.
@@ -45,6 +45,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AgentFile {
+    source: Option<AgentSource>,
     rate: Option<u64>,
     count: Option<u64>,
     seed: Option<u64>,
@@ -163,6 +164,7 @@ impl LevelMix {
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    pub source: AgentSource,
     pub rate_per_s: u64,
     pub count: Option<u64>,
     pub seed: Option<u64>,
@@ -209,7 +211,13 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
             format!("{agent_id:?} must be non-empty, without spaces"),
         ));
     }
+    let source = args.source.or(from_file.source).unwrap_or(AgentSource::Synthetic);
+    let default_service = match source {
+        AgentSource::Synthetic => "checkout",
+        AgentSource::Stdin => "stdin",
+    };
     Ok(AgentConfig {
+        source,
         rate_per_s: args.rate.or(from_file.rate).unwrap_or(1000),
         count: args.count.or(from_file.count),
         seed: args.seed.or(from_file.seed),
@@ -218,7 +226,7 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
             .service
             .clone()
             .or_else(|| from_file.service.clone())
-            .unwrap_or_else(|| "checkout".into()),
+            .unwrap_or_else(|| default_service.into()),
         agent_id,
         sink: args.sink.or(from_file.sink).unwrap_or(Transport::Stream),
         pack,

@@ -3,9 +3,10 @@
 //! # Layout
 //! - [`cli`]: clap types of the `agent`, `police`, `status` and `demo` subcommands
 //! - [`config`]: flags > environment > TOML file > defaults, validation naming the key
-//! - [`event`]: the event model, severity levels, the on-stream encoding, other shippers' shapes
+//! - [`event`]: the event model, severity levels, the on-stream encoding, other shippers'
+//!   shapes, parsing of raw lines (JSON, logfmt, plain text)
 //! - [`broker`]: Redis connections and backoff, key names, stream and list commands, Lua scripts
-//! - [`agent`]: synthetic generator → batcher → shipper, with backpressure
+//! - [`agent`]: synthetic generator or stdin → batcher → shipper, with backpressure
 //! - [`police`]: consumer group loop, list-mode loop, rules, alerts, local alert sinks
 //! - [`status`]: stream, group, consumer, lag and dead-letter figures
 //! - [`local_redis`]: a private `redis-server` on a free loopback port (demo and tests)

@@ -109,7 +109,7 @@ impl Generator {
         message.clear();
         let mut push_number = |message: &mut String, value: u32| message.push_str(integer.format(value));
         match level {
-            Level::Trace | Level::Debug => {
+            Level::Unknown | Level::Trace | Level::Debug => {
                 message.push_str("cache lookup for ");
                 message.push_str(route);
                 message.push('/');

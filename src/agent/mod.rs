@@ -1,4 +1,4 @@
-//! The agent: generate → batch → ship.
+//! The agent: generate (or read stdin) → batch → ship.
 //!
 //! The generator and the shipper are joined by a bounded channel of batches: when Redis is
 //! slow or down, the channel fills and the generator waits (backpressure) instead of
@@ -7,6 +7,7 @@
 pub mod batcher;
 pub mod generator;
 pub mod shipper;
+pub mod stdin;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::cli::AgentSource;
 use crate::config::{AgentConfig, BrokerConfig};
 use crate::event::Level;
 use batcher::{Batch, Batcher};
@@ -64,7 +66,10 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
     let shipper_task = tokio::spawn(shipper.run(batch_receiver, shutdown.clone(), config.shutdown_timeout));
     info!(agent_id = %config.agent_id, run_id = %run_id, rate = config.rate_per_s, pack = config.pack, "agent started");
 
-    let events_per_level = generate(&config, &run_id, batch_sender, &shutdown).await;
+    let events_per_level = match config.source {
+        AgentSource::Synthetic => generate(&config, &run_id, batch_sender, &shutdown).await,
+        AgentSource::Stdin => stdin::read_lines(&config, &run_id, batch_sender, &shutdown).await,
+    };
     let report: ShipReport = shipper_task.await.unwrap_or_else(|join_error| {
         tracing::error!(error = %join_error, "shipper task failed");
         ShipReport::default()
@@ -102,7 +107,7 @@ async fn generate(
     run_id: &str,
     batch_sender: mpsc::Sender<Batch>,
     shutdown: &CancellationToken,
-) -> [u64; 9] {
+) -> [u64; Level::ALL.len()] {
     let seed = config.seed.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -120,7 +125,7 @@ async fn generate(
         run_id,
     );
     let mut batcher = Batcher::new(config.pack, config.batch_entries, config.linger);
-    let mut events_per_level = [0u64; 9];
+    let mut events_per_level = [0u64; Level::ALL.len()];
     let mut generated: u64 = 0;
     let limit = config.count.unwrap_or(u64::MAX);
     let started = Instant::now();

@@ -41,38 +41,53 @@ const HOST_NAMES: &[&str] = &[
     "server",
 ];
 
+/// What a document that lacks a field gets instead.
+pub struct Defaults<'a> {
+    pub level: Level,
+    pub service: &'a str,
+    pub host: &'a str,
+}
+
+/// For entries of other shippers: INFO, and `unknown` service and host.
+pub const SHIPPER_DEFAULTS: Defaults<'static> = Defaults {
+    level: Level::Info,
+    service: "unknown",
+    host: "unknown",
+};
+
 /// Decodes the fields of a stream entry that has no `v` field. `entry_id` becomes the
 /// event id, so a redelivered entry gives the same id (and the same alert id).
 pub fn decode_fields(entry_id: &str, fields: &[(String, String)]) -> Result<LogEvent, String> {
     if let [(_, only_value)] = fields
         && let Ok(Value::Object(document)) = serde_json::from_str::<Value>(only_value)
     {
-        return decode_object(entry_id, document);
+        return decode_object(entry_id, document, &SHIPPER_DEFAULTS);
     }
     let flat: Map<String, Value> = fields
         .iter()
         .map(|(key, value)| (key.clone(), Value::String(value.clone())))
         .collect();
-    decode_object(entry_id, flat)
+    decode_object(entry_id, flat, &SHIPPER_DEFAULTS)
 }
 
 /// Decodes one JSON document (a list item). The id is derived from the content, so a
 /// re-processed item gives the same id.
 pub fn decode_json_document(source: &str, text: &str) -> Result<LogEvent, String> {
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(document)) => decode_object(source, document),
+        Ok(Value::Object(document)) => decode_object(source, document, &SHIPPER_DEFAULTS),
         Ok(_) => Err("JSON document is not an object".into()),
         Err(error) => Err(format!("malformed JSON: {error}")),
     }
 }
 
-fn decode_object(id: &str, mut document: Map<String, Value>) -> Result<LogEvent, String> {
+/// Maps a document with the common field names to an event.
+pub fn decode_object(id: &str, mut document: Map<String, Value>, defaults: &Defaults) -> Result<LogEvent, String> {
     let Some(message_value) = take_first(&mut document, MESSAGE_NAMES) else {
         return Err(format!("no message field (looked for {})", MESSAGE_NAMES.join(", ")));
     };
     let message = value_as_text(message_value);
     let level = match take_first(&mut document, LEVEL_NAMES) {
-        None => Level::Info,
+        None => defaults.level,
         Some(Value::Number(number)) => number
             .as_u64()
             .and_then(|severity| u8::try_from(severity).ok())
@@ -91,8 +106,8 @@ fn decode_object(id: &str, mut document: Map<String, Value>) -> Result<LogEvent,
             }
         },
     };
-    let service = take_first(&mut document, SERVICE_NAMES).map_or_else(|| "unknown".into(), name_of);
-    let host = take_first(&mut document, HOST_NAMES).map_or_else(|| "unknown".into(), name_of);
+    let service = take_first(&mut document, SERVICE_NAMES).map_or_else(|| defaults.service.into(), name_of);
+    let host = take_first(&mut document, HOST_NAMES).map_or_else(|| defaults.host.into(), name_of);
     for (key, value) in document {
         extra.insert(key, value_as_text(value));
     }

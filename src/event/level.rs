@@ -4,9 +4,11 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Severity of a log event. The order of the variants is the order of severity, so
-/// `level >= Level::Critical` reads as "critical or worse".
+/// `level >= Level::Critical` reads as "critical or worse". `Unknown` (a line whose level
+/// could not be found) ranks lowest: it never raises a level alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
+    Unknown,
     Trace,
     Debug,
     Info,
@@ -23,7 +25,8 @@ pub enum Level {
 pub struct UnknownLevel(pub String);
 
 impl Level {
-    pub const ALL: [Level; 9] = [
+    pub const ALL: [Level; 10] = [
+        Level::Unknown,
         Level::Trace,
         Level::Debug,
         Level::Info,
@@ -38,6 +41,7 @@ impl Level {
     /// Canonical upper-case name, as written on the stream.
     pub fn as_str(self) -> &'static str {
         match self {
+            Level::Unknown => "UNKNOWN",
             Level::Trace => "TRACE",
             Level::Debug => "DEBUG",
             Level::Info => "INFO",
@@ -90,6 +94,7 @@ impl FromStr for Level {
             ("NOTICE", Level::Notice),
             ("ALERT", Level::Alert),
             ("EMERGENCY", Level::Emergency),
+            ("UNKNOWN", Level::Unknown),
             ("warn", Level::Warning),
             ("err", Level::Error),
             ("crit", Level::Critical),
@@ -166,7 +171,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn canonical_names_round_trip(index in 0usize..9, upper in any::<bool>()) {
+        fn canonical_names_round_trip(index in 0usize..10, upper in any::<bool>()) {
             let level = Level::ALL[index];
             let name = if upper { level.as_str().to_string() } else { level.as_str().to_lowercase() };
             prop_assert_eq!(name.parse::<Level>(), Ok(level));

@@ -4,10 +4,12 @@
 //! - `v=1`, `event=<JSON event>`: one event per entry, readable by any tool, or
 //! - `v=1`, `n=<count>`, `events=<NDJSON>`: `n` events, one JSON document per line.
 //!
-//! Entries without `v` come from other shippers and are read by [`foreign`].
+//! Entries without `v` come from other shippers and are read by [`foreign`]; raw lines
+//! from real sources are parsed by [`line`].
 
 pub mod foreign;
 pub mod level;
+pub mod line;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
