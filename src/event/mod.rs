@@ -10,6 +10,7 @@
 pub mod foreign;
 pub mod level;
 pub mod line;
+pub mod syslog;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
