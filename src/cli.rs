@@ -73,13 +73,21 @@ pub enum AgentSource {
     Synthetic,
     /// Lines read from standard input (JSON, logfmt or plain text), until end of input
     Stdin,
+    /// Syslog messages (RFC 5424, RFC 3164) over UDP and TCP
+    Syslog,
 }
 
 #[derive(Debug, Args, Default)]
 pub struct AgentArgs {
-    /// Where events come from: synthetic or stdin [default: synthetic]
+    /// Where events come from: synthetic, stdin or syslog [default: synthetic]
     #[arg(long, env = "LOGSENTINEL_AGENT_SOURCE")]
     pub source: Option<AgentSource>,
+    /// Syslog UDP address to listen on [default with --source syslog and no TCP: 0.0.0.0:5514]
+    #[arg(long, env = "LOGSENTINEL_SYSLOG_UDP")]
+    pub syslog_udp: Option<String>,
+    /// Syslog TCP address to listen on [default with --source syslog and no UDP: 0.0.0.0:5514]
+    #[arg(long, env = "LOGSENTINEL_SYSLOG_TCP")]
+    pub syslog_tcp: Option<String>,
     /// Events per second, 0 = unlimited [default: 1000]
     #[arg(long, env = "LOGSENTINEL_RATE")]
     pub rate: Option<u64>,

@@ -46,6 +46,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct AgentFile {
     source: Option<AgentSource>,
+    syslog_udp: Option<String>,
+    syslog_tcp: Option<String>,
     rate: Option<u64>,
     count: Option<u64>,
     seed: Option<u64>,
@@ -165,6 +167,8 @@ impl LevelMix {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub source: AgentSource,
+    pub syslog_udp: Option<std::net::SocketAddr>,
+    pub syslog_tcp: Option<std::net::SocketAddr>,
     pub rate_per_s: u64,
     pub count: Option<u64>,
     pub seed: Option<u64>,
@@ -215,9 +219,33 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
     let default_service = match source {
         AgentSource::Synthetic => "checkout",
         AgentSource::Stdin => "stdin",
+        AgentSource::Syslog => "syslog",
     };
+    let address = |value: Option<String>, key: &'static str| {
+        value
+            .map(|text| {
+                text.parse::<std::net::SocketAddr>()
+                    .map_err(|_| invalid(key, format!("{text:?} is not an address like 0.0.0.0:5514")))
+            })
+            .transpose()
+    };
+    let mut syslog_udp = address(
+        args.syslog_udp.clone().or_else(|| from_file.syslog_udp.clone()),
+        "syslog_udp",
+    )?;
+    let mut syslog_tcp = address(
+        args.syslog_tcp.clone().or_else(|| from_file.syslog_tcp.clone()),
+        "syslog_tcp",
+    )?;
+    if source == AgentSource::Syslog && syslog_udp.is_none() && syslog_tcp.is_none() {
+        let default_address = std::net::SocketAddr::from(([0, 0, 0, 0], 5514));
+        syslog_udp = Some(default_address);
+        syslog_tcp = Some(default_address);
+    }
     Ok(AgentConfig {
         source,
+        syslog_udp,
+        syslog_tcp,
         rate_per_s: args.rate.or(from_file.rate).unwrap_or(1000),
         count: args.count.or(from_file.count),
         seed: args.seed.or(from_file.seed),

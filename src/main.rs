@@ -43,7 +43,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => {
             let agent_config = config::agent_config(&args, &file)?;
             let summary_json = agent_config.summary_json;
-            let summary = agent::run(broker_config, agent_config, shutdown).await;
+            let summary = agent::run(broker_config, agent_config, shutdown).await?;
             summary.print(summary_json);
             Ok(if summary.unsent_events == 0 {
                 ExitCode::SUCCESS

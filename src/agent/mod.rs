@@ -7,7 +7,9 @@
 pub mod batcher;
 pub mod generator;
 pub mod shipper;
+pub mod sources;
 pub mod stdin;
+pub mod syslog;
 
 use std::time::Duration;
 
@@ -57,9 +59,24 @@ impl Summary {
     }
 }
 
-/// Runs until `count` events are shipped or `shutdown` fires, then flushes and summarises.
-pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: CancellationToken) -> Summary {
+/// Runs until `count` events are shipped, the sources end, or `shutdown` fires; then
+/// flushes and summarises. Fails only when a source cannot start (e.g. an address in use).
+pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<Summary> {
     let run_id = run_id();
+    let listeners = match config.source {
+        AgentSource::Syslog => Some(
+            syslog::bind(config.syslog_udp, config.syslog_tcp)
+                .await
+                .map_err(|error| {
+                    anyhow::anyhow!(
+                        "cannot listen for syslog on udp {:?} / tcp {:?}: {error}",
+                        config.syslog_udp,
+                        config.syslog_tcp
+                    )
+                })?,
+        ),
+        _ => None,
+    };
     let started = Instant::now();
     let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(config.queue_batches);
     let shipper = Shipper::new(broker.redis_url.clone(), broker.keys.clone(), config.sink);
@@ -68,7 +85,28 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
 
     let events_per_level = match config.source {
         AgentSource::Synthetic => generate(&config, &run_id, batch_sender, &shutdown).await,
-        AgentSource::Stdin => stdin::read_lines(&config, &run_id, batch_sender, &shutdown).await,
+        AgentSource::Stdin | AgentSource::Syslog => {
+            let (event_sender, event_receiver) = mpsc::channel(sources::SOURCE_QUEUE_EVENTS);
+            match listeners {
+                Some((udp_socket, tcp_listener)) => {
+                    if let Some(socket) = udp_socket {
+                        tokio::spawn(syslog::listen_udp(socket, event_sender.clone(), shutdown.clone()));
+                    }
+                    if let Some(listener) = tcp_listener {
+                        tokio::spawn(syslog::listen_tcp(listener, event_sender.clone(), shutdown.clone()));
+                    }
+                }
+                None => {
+                    tokio::spawn(stdin::read_lines(
+                        config.service.clone(),
+                        event_sender.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+            }
+            drop(event_sender); // the sources hold the only senders: the loop ends when they do
+            sources::ship_events(event_receiver, &config, &run_id, batch_sender, &shutdown).await
+        }
     };
     let report: ShipReport = shipper_task.await.unwrap_or_else(|join_error| {
         tracing::error!(error = %join_error, "shipper task failed");
@@ -76,7 +114,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
     });
 
     let elapsed_s = started.elapsed().as_secs_f64();
-    Summary {
+    Ok(Summary {
         agent_id: config.agent_id.clone(),
         run_id,
         events: report.events,
@@ -89,7 +127,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         unsent_events: report.unsent_events,
         elapsed_s,
         events_per_s: report.events as f64 / elapsed_s.max(1e-9),
-    }
+    })
 }
 
 /// Identifies this run of the agent, so that event ids stay unique across restarts of an
