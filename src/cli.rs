@@ -124,6 +124,10 @@ pub struct AgentArgs {
     /// On stop, how long to keep retrying Redis before giving up, in ms [default: 10000]
     #[arg(long, env = "LOGSENTINEL_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// Hold batches while the consumers are this many entries behind (group lag, or list
+    /// length in list mode); 0 = no limit [default: 1000000]
+    #[arg(long, env = "LOGSENTINEL_MAX_LAG")]
+    pub max_lag: Option<u64>,
     /// Print the final summary as one JSON line
     #[arg(long)]
     pub summary_json: bool,

@@ -60,6 +60,7 @@ struct AgentFile {
     linger_ms: Option<u64>,
     queue_batches: Option<usize>,
     shutdown_timeout_ms: Option<u64>,
+    max_lag: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +182,8 @@ pub struct AgentConfig {
     pub linger: Duration,
     pub queue_batches: usize,
     pub shutdown_timeout: Duration,
+    /// 0 = no limit.
+    pub max_lag: u64,
     pub summary_json: bool,
 }
 
@@ -266,6 +269,7 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
                 .or(from_file.shutdown_timeout_ms)
                 .unwrap_or(10_000),
         ),
+        max_lag: args.max_lag.or(from_file.max_lag).unwrap_or(1_000_000),
         summary_json: args.summary_json,
     })
 }

@@ -301,3 +301,49 @@ fn healthcheck_follows_redis_and_the_police_loop() {
         String::from_utf8_lossy(&redis_only.stderr)
     );
 }
+
+#[test]
+fn agent_holds_batches_above_max_lag_until_the_police_returns() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("logsentinel:logs")
+        .arg("police")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut connection)
+        .unwrap();
+    let agent = spawn_agent(
+        &url,
+        "agent-1",
+        &["--count", "30000", "--rate", "5000", "--max-lag", "2000"],
+    );
+    let length = |connection: &mut redis::Connection| -> u64 {
+        redis::cmd("XLEN").arg("logsentinel:logs").query(connection).unwrap()
+    };
+    wait_until("the lag limit reached", Duration::from_secs(30), || {
+        length(&mut connection) >= 2000
+    });
+    // The lag is read once a second: at most a second of traffic (5000) goes past the limit.
+    let mut held_length = 0;
+    wait_until("the stream to stop growing", Duration::from_secs(30), || {
+        let before = length(&mut connection);
+        std::thread::sleep(Duration::from_millis(1500));
+        held_length = length(&mut connection);
+        held_length == before
+    });
+    assert!(
+        held_length < 2000 + 5000 + 256,
+        "stream grew to {held_length} with max lag 2000"
+    );
+
+    let police = spawn_police(&url, "p1", &[]);
+    let summary = agent_summary(agent);
+    assert_eq!(summary.events, 30_000);
+    wait_until("the police drained everything", Duration::from_secs(60), || {
+        counters(&mut connection, "logsentinel:logs:stats").get("events") == Some(&30_000)
+    });
+    stop_gracefully(police);
+}

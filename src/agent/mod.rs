@@ -79,7 +79,12 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
     };
     let started = Instant::now();
     let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(config.queue_batches);
-    let shipper = Shipper::new(broker.redis_url.clone(), broker.keys.clone(), config.sink);
+    let shipper = Shipper::new(
+        broker.redis_url.clone(),
+        broker.keys.clone(),
+        config.sink,
+        config.max_lag,
+    );
     let shipper_task = tokio::spawn(shipper.run(batch_receiver, shutdown.clone(), config.shutdown_timeout));
     info!(agent_id = %config.agent_id, run_id = %run_id, rate = config.rate_per_s, pack = config.pack, "agent started");
 

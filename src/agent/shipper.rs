@@ -8,6 +8,9 @@
 //!   removes what every group has acknowledged
 //! - after a stop is requested, retries go on for `shutdown_timeout`; what is still unsent
 //!   then is counted and reported, never dropped silently
+//! - while the consumers are `max_lag` entries or more behind, batches are held (the queue
+//!   fills and the sources wait), so Redis memory cannot grow without bound while the
+//!   police is down; a stop request ships what is held regardless
 
 use redis::RedisError;
 use tokio::sync::mpsc;
@@ -28,22 +31,32 @@ pub struct ShipReport {
     pub unsent_events: u64,
 }
 
+/// How often the consumers' lag is read while they keep up.
+const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long to wait before reading the lag again while it is over the limit.
+const LAG_WAIT: Duration = Duration::from_millis(200);
+
 pub struct Shipper {
     redis_url: String,
     keys: Keys,
     sink: Transport,
     connection: Option<Connection>,
     backoff: Backoff,
+    /// 0 = no limit.
+    max_lag: u64,
+    next_lag_check: Instant,
 }
 
 impl Shipper {
-    pub fn new(redis_url: String, keys: Keys, sink: Transport) -> Shipper {
+    pub fn new(redis_url: String, keys: Keys, sink: Transport, max_lag: u64) -> Shipper {
         Shipper {
             redis_url,
             keys,
             sink,
             connection: None,
             backoff: Backoff::new("agent"),
+            max_lag,
+            next_lag_check: Instant::now(),
         }
     }
 
@@ -57,6 +70,9 @@ impl Shipper {
         let mut report = ShipReport::default();
         let mut gave_up = false;
         while let Some(batch) = batches.recv().await {
+            if !gave_up {
+                self.wait_for_consumers(&shutdown).await;
+            }
             if !gave_up && self.ship_with_retry(&batch, &shutdown, shutdown_timeout).await {
                 report.entries += batch.entries.len() as u64;
                 report.events += batch.event_count;
@@ -72,6 +88,63 @@ impl Shipper {
             );
         }
         report
+    }
+
+    /// Holds the next batch while the consumers are `max_lag` entries or more behind.
+    /// Errors reading the lag are left to the shipping that follows (and its backoff).
+    async fn wait_for_consumers(&mut self, shutdown: &CancellationToken) {
+        if self.max_lag == 0 || Instant::now() < self.next_lag_check {
+            return;
+        }
+        let mut holding = false;
+        while !shutdown.is_cancelled() {
+            let Ok(lag) = self.consumer_lag().await else {
+                break;
+            };
+            if lag < self.max_lag {
+                break;
+            }
+            if !holding {
+                tracing::warn!(lag, max_lag = self.max_lag, "consumers are behind, holding batches");
+                holding = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LAG_WAIT) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        if holding {
+            tracing::info!("consumers caught up, shipping again");
+        }
+        self.next_lag_check = Instant::now() + LAG_CHECK_INTERVAL;
+    }
+
+    /// Entries not yet delivered to the consumer group (stream; the stream length when
+    /// there is no group yet or Redis cannot tell), or the list length (list mode).
+    async fn consumer_lag(&mut self) -> Result<u64, RedisError> {
+        if self.connection.is_none() {
+            self.connection = Some(broker::connect(&self.redis_url).await?);
+        }
+        let connection = self.connection.as_mut().expect("connection was just set");
+        let keys = &self.keys;
+        match self.sink {
+            Transport::List => redis::cmd("LLEN").arg(&keys.list).query_async(connection).await,
+            Transport::Stream => {
+                let exists: bool = redis::cmd("EXISTS").arg(&keys.stream).query_async(connection).await?;
+                if !exists {
+                    return Ok(0);
+                }
+                let group_lag = broker::stream::groups(connection, &keys.stream)
+                    .await?
+                    .into_iter()
+                    .find(|group| group.name == keys.group)
+                    .and_then(|group| group.lag);
+                match group_lag {
+                    Some(lag) => Ok(lag),
+                    None => redis::cmd("XLEN").arg(&keys.stream).query_async(connection).await,
+                }
+            }
+        }
     }
 
     /// Returns false only when a stop was requested and `shutdown_timeout` has passed.
