@@ -215,6 +215,7 @@ impl Bench {
     }
 
     fn agent_args(&self, count: u64, pack: usize, list: bool, extra: &[&str]) -> Vec<String> {
+        // --max-lag 0: the ingest and drain scenarios fill the stream with no consumer on purpose.
         let mut args: Vec<String> = [
             "--count",
             &count.to_string(),
@@ -222,6 +223,8 @@ impl Bench {
             "0",
             "--pack",
             &pack.to_string(),
+            "--max-lag",
+            "0",
         ]
         .map(String::from)
         .to_vec();
