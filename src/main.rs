@@ -58,10 +58,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {
-            let url = &broker_config.redis_url;
-            let mut connection = broker::connect(url)
-                .await
-                .map_err(|error| anyhow::anyhow!("cannot reach Redis at {}: {error}", redact(url)))?;
+            let mut connection = connect_or_explain(&broker_config.redis_url).await?;
             let figures = status::collect(&mut connection, &broker_config.keys).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&figures)?);
@@ -79,10 +76,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck(args) => {
-            let url = &broker_config.redis_url;
-            let mut connection = broker::connect(url)
-                .await
-                .map_err(|error| anyhow::anyhow!("cannot reach Redis at {}: {error}", redact(url)))?;
+            let mut connection = connect_or_explain(&broker_config.redis_url).await?;
             redis::cmd("PING").query_async::<String>(&mut connection).await?;
             // A missing file means no police loop runs here (an agent uses the same image).
             if let Some(path) = &args.health_file
@@ -100,6 +94,13 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One connection, or an error naming the URL (without its password).
+async fn connect_or_explain(url: &str) -> anyhow::Result<broker::Connection> {
+    broker::connect(url)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot reach Redis at {}: {error}", redact(url)))
 }
 
 /// The URL without its password, for messages.

@@ -21,14 +21,7 @@ fn poison_and_over_delivered_entries_land_in_the_dead_letter_stream() {
     let redis = TestRedis::start(&[]);
     let url = redis.url();
     let mut connection = redis.connection();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("logsentinel:logs")
-        .arg("police")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut connection)
-        .unwrap();
+    create_group(&mut connection, "police");
 
     // An entry a crashing consumer keeps failing on: delivered 9 times already.
     let critical = r#"{"id":"x:1:0","timestamp":"2026-11-27T10:00:00Z","level":"CRITICAL","service":"s","host":"h","message":"m"}"#;

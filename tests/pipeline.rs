@@ -110,14 +110,7 @@ fn trimming_keeps_unacknowledged_entries() {
     let url = redis.url();
     let mut connection = redis.connection();
     // A second group that reads nothing: trimming must keep every entry for it.
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("logsentinel:logs")
-        .arg("archive")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut connection)
-        .unwrap();
+    create_group(&mut connection, "archive");
     let police = spawn_police(&url, "p1", &["--maintenance-interval-ms", "100"]);
     let summary = agent_summary(spawn_agent(&url, "agent-1", &["--count", "5000", "--rate", "0"]));
     wait_until("every event processed", Duration::from_secs(60), || {
@@ -307,14 +300,7 @@ fn agent_holds_batches_above_max_lag_until_the_police_returns() {
     let redis = TestRedis::start(&[]);
     let url = redis.url();
     let mut connection = redis.connection();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("logsentinel:logs")
-        .arg("police")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut connection)
-        .unwrap();
+    create_group(&mut connection, "police");
     let agent = spawn_agent(
         &url,
         "agent-1",

@@ -55,10 +55,7 @@ fn stdin_lines_are_shipped_parsed_and_alerted_on() {
     assert_eq!(summary.events, 6, "blank lines are not events, every other line is");
     assert_eq!(summary.alerting_events, 2);
 
-    let events: Vec<serde_json::Value> = read_stream(&mut connection, "logsentinel:logs")
-        .iter()
-        .map(|(_, fields)| serde_json::from_str(&fields["event"]).unwrap())
-        .collect();
+    let events = stream_events(&mut connection);
     let by_message = |message: &str| {
         events
             .iter()

@@ -92,10 +92,7 @@ fn logger_over_udp_and_tcp_in_both_formats() {
     assert_eq!(summary.events, 5);
     assert_eq!(summary.alerting_events, 2);
 
-    let events: Vec<serde_json::Value> = read_stream(&mut connection, "logsentinel:logs")
-        .iter()
-        .map(|(_, fields)| serde_json::from_str(&fields["event"]).unwrap())
-        .collect();
+    let events = stream_events(&mut connection);
     let by_message = |message: &str| {
         events
             .iter()

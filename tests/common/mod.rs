@@ -200,3 +200,23 @@ pub fn status_json(url: &str) -> serde_json::Value {
 pub fn group_lag(status: &serde_json::Value) -> u64 {
     status["stream"]["groups"][0]["lag"].as_u64().expect("group lag")
 }
+
+/// XGROUP CREATE <stream> <group> 0 MKSTREAM.
+pub fn create_group(connection: &mut redis::Connection, group: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("logsentinel:logs")
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(connection)
+        .unwrap();
+}
+
+/// The events of the log stream (one per entry), as JSON.
+pub fn stream_events(connection: &mut redis::Connection) -> Vec<serde_json::Value> {
+    read_stream(connection, "logsentinel:logs")
+        .iter()
+        .map(|(_, fields)| serde_json::from_str(&fields["event"]).expect("event is JSON"))
+        .collect()
+}
