@@ -120,9 +120,13 @@ wait_for 60 "pending entries of gone consumers claimed" bash -c \
 redis XINFO CONSUMERS logsentinel:logs police | paste - - - - - - | sed 's/^/   /'
 
 step "the README workflow: status from a one-off container"
-compose run --rm police status | tee /dev/stderr | grep -q "group police" || fail "status did not show the group"
-docker run --rm --network "${project}_sentinel-net" -e LOGSENTINEL_REDIS_URL=redis://redis-store:6379 \
-  "logsentinel:$LOGSENTINEL_TAG" status --json | grep -q '"groups"' || fail "one-off docker run on sentinel-net failed"
+# -T: CI gives no terminal; output captured, not piped into grep -q (pipefail + SIGPIPE).
+status_text=$(compose run --rm -T police status) || fail "status exited with an error"
+echo "$status_text" | sed 's/^/   /'
+grep -q "group police" <<<"$status_text" || fail "status did not show the group"
+status_json=$(docker run --rm --network "${project}_sentinel-net" -e LOGSENTINEL_REDIS_URL=redis://redis-store:6379 \
+  "logsentinel:$LOGSENTINEL_TAG" status --json) || fail "one-off docker run on sentinel-net failed"
+grep -q '"groups"' <<<"$status_json" || fail "one-off docker run printed no groups: $status_json"
 
 step "police stopped: the lag grows; started again: it drains to 0"
 compose start log-agent >/dev/null 2>&1
