@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate logs and ship them to Redis in batches
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Consume logs in a consumer group, raise alerts, acknowledge
     Police(PoliceArgs),
     /// Show stream, group, consumer, lag and dead-letter figures
@@ -75,13 +75,61 @@ pub enum AgentSource {
     Stdin,
     /// Syslog messages (RFC 5424, RFC 3164) over UDP and TCP
     Syslog,
+    /// Files tailed by path or glob, following rotation, with checkpoints
+    File,
+    /// HTTP `POST /ingest` with NDJSON or a JSON array
+    Http,
+}
+
+/// Where a file never seen before is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// The first line
+    Start,
+    /// Only lines written after the agent found the file
+    End,
 }
 
 #[derive(Debug, Args, Default)]
 pub struct AgentArgs {
-    /// Where events come from: synthetic, stdin or syslog [default: synthetic]
-    #[arg(long, env = "LOGSENTINEL_AGENT_SOURCE")]
-    pub source: Option<AgentSource>,
+    /// Where events come from: synthetic, or any of stdin, syslog, file, http (repeat the
+    /// flag or separate with commas) [default: synthetic]
+    #[arg(long, env = "LOGSENTINEL_AGENT_SOURCE", value_delimiter = ',')]
+    pub source: Vec<AgentSource>,
+    /// File source: a path or glob to tail (repeat the flag or separate with commas)
+    #[arg(long, env = "LOGSENTINEL_FILE", value_delimiter = ',')]
+    pub file: Vec<String>,
+    /// File source: where files without a checkpoint are read from [default: start]
+    #[arg(long, env = "LOGSENTINEL_READ_FROM")]
+    pub read_from: Option<ReadFrom>,
+    /// File source: where read offsets are kept [default: logsentinel-checkpoints.json]
+    #[arg(long, env = "LOGSENTINEL_CHECKPOINT_FILE")]
+    pub checkpoint_file: Option<PathBuf>,
+    /// File and stdin sources: lines matching this regex continue the previous event (e.g.
+    /// '^\s' for indented stack traces) [default: every line is an event]
+    #[arg(long, env = "LOGSENTINEL_MULTILINE_CONTINUATION")]
+    pub multiline_continuation: Option<String>,
+    /// Plain-text lines: regex finding the level (its first group, or the whole match)
+    /// [default: the first common level word among the first tokens]
+    #[arg(long, env = "LOGSENTINEL_LEVEL_PATTERN")]
+    pub level_pattern: Option<String>,
+    /// HTTP source: address to listen on [default: 0.0.0.0:8080]
+    #[arg(long, env = "LOGSENTINEL_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// HTTP source: largest request body, in bytes [default: 10485760]
+    #[arg(long, env = "LOGSENTINEL_HTTP_MAX_BODY_BYTES")]
+    pub http_max_body_bytes: Option<usize>,
+    /// Disk spool directory: batches Redis cannot take go there and are replayed in order
+    /// [default: no spool, batches wait in memory and the sources wait]
+    #[arg(long, env = "LOGSENTINEL_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Largest size of the spool on disk, in bytes [default: 1073741824]
+    #[arg(long, env = "LOGSENTINEL_SPOOL_MAX_BYTES")]
+    pub spool_max_bytes: Option<u64>,
+    /// When the spool is full: block (sources wait) or drop_newest (counted) [default: block]
+    #[arg(long, env = "LOGSENTINEL_WHEN_FULL")]
+    pub when_full: Option<crate::agent::spool::WhenFull>,
     /// Syslog UDP address to listen on [default with --source syslog and no TCP: 0.0.0.0:5514]
     #[arg(long, env = "LOGSENTINEL_SYSLOG_UDP")]
     pub syslog_udp: Option<String>,

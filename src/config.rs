@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::agent::spool::{SpoolConfig, WhenFull};
 use crate::broker::keys::Keys;
-use crate::cli::{AgentArgs, AgentSource, CommonArgs, PoliceArgs, Transport};
+use crate::cli::{AgentArgs, AgentSource, CommonArgs, PoliceArgs, ReadFrom, Transport};
 use crate::event::Level;
 
 /// A configuration problem; the process exits with code 2.
@@ -45,7 +46,17 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AgentFile {
-    source: Option<AgentSource>,
+    source: Option<OneOrMany<AgentSource>>,
+    file: Option<OneOrMany<String>>,
+    read_from: Option<ReadFrom>,
+    checkpoint_file: Option<PathBuf>,
+    multiline_continuation: Option<String>,
+    level_pattern: Option<String>,
+    http_listen: Option<String>,
+    http_max_body_bytes: Option<usize>,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: Option<u64>,
+    when_full: Option<WhenFull>,
     syslog_udp: Option<String>,
     syslog_tcp: Option<String>,
     rate: Option<u64>,
@@ -61,6 +72,23 @@ struct AgentFile {
     queue_batches: Option<usize>,
     shutdown_timeout_ms: Option<u64>,
     max_lag: Option<u64>,
+}
+
+/// `key = "a"` or `key = ["a", "b"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(value) => vec![value],
+            OneOrMany::Many(values) => values,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,7 +195,16 @@ impl LevelMix {
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub source: AgentSource,
+    /// Synthetic alone, or any set of the real sources.
+    pub sources: Vec<AgentSource>,
+    pub files: Vec<String>,
+    pub read_from: ReadFrom,
+    pub checkpoint_file: PathBuf,
+    pub multiline_continuation: Option<regex::Regex>,
+    pub level_pattern: Option<regex::Regex>,
+    pub http_listen: std::net::SocketAddr,
+    pub http_max_body_bytes: usize,
+    pub spool: Option<SpoolConfig>,
     pub syslog_udp: Option<std::net::SocketAddr>,
     pub syslog_tcp: Option<std::net::SocketAddr>,
     pub rate_per_s: u64,
@@ -218,12 +255,85 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
             format!("{agent_id:?} must be non-empty, without spaces"),
         ));
     }
-    let source = args.source.or(from_file.source).unwrap_or(AgentSource::Synthetic);
+    let mut sources = if args.source.is_empty() {
+        from_file.source.clone().map(OneOrMany::into_vec).unwrap_or_default()
+    } else {
+        args.source.clone()
+    };
+    sources.dedup();
+    if sources.is_empty() {
+        sources.push(AgentSource::Synthetic);
+    }
+    if sources.contains(&AgentSource::Synthetic) && sources.len() > 1 {
+        return Err(invalid("source", "synthetic cannot be combined with other sources"));
+    }
+    let source = sources[0];
+    let has = |wanted: AgentSource| sources.contains(&wanted);
     let default_service = match source {
+        _ if sources.len() > 1 => "agent",
         AgentSource::Synthetic => "checkout",
         AgentSource::Stdin => "stdin",
         AgentSource::Syslog => "syslog",
+        AgentSource::File => "file",
+        AgentSource::Http => "http",
     };
+    let files = if args.file.is_empty() {
+        from_file.file.clone().map(OneOrMany::into_vec).unwrap_or_default()
+    } else {
+        args.file.clone()
+    };
+    if has(AgentSource::File) && files.is_empty() {
+        return Err(invalid("file", "the file source needs at least one path or glob"));
+    }
+    for pattern in &files {
+        glob::Pattern::new(pattern).map_err(|error| invalid("file", format!("{pattern:?}: {error}")))?;
+    }
+    let regex = |value: Option<String>, key: &'static str| {
+        value
+            .map(|text| regex::Regex::new(&text).map_err(|error| invalid(key, format!("{text:?}: {error}"))))
+            .transpose()
+    };
+    let multiline_continuation = regex(
+        args.multiline_continuation
+            .clone()
+            .or_else(|| from_file.multiline_continuation.clone()),
+        "multiline_continuation",
+    )?;
+    let level_pattern = regex(
+        args.level_pattern.clone().or_else(|| from_file.level_pattern.clone()),
+        "level_pattern",
+    )?;
+    let http_listen_text = args
+        .http_listen
+        .clone()
+        .or_else(|| from_file.http_listen.clone())
+        .unwrap_or_else(|| "0.0.0.0:8080".into());
+    let http_listen = http_listen_text.parse().map_err(|_| {
+        invalid(
+            "http_listen",
+            format!("{http_listen_text:?} is not an address like 0.0.0.0:8080"),
+        )
+    })?;
+    let http_max_body_bytes = args
+        .http_max_body_bytes
+        .or(from_file.http_max_body_bytes)
+        .unwrap_or(10 << 20);
+    if http_max_body_bytes == 0 {
+        return Err(invalid("http_max_body_bytes", "must be at least 1"));
+    }
+    let spool_max_bytes = args.spool_max_bytes.or(from_file.spool_max_bytes).unwrap_or(1 << 30);
+    if spool_max_bytes < 65_536 {
+        return Err(invalid("spool_max_bytes", format!("{spool_max_bytes} is below 65536")));
+    }
+    let spool = args
+        .spool_dir
+        .clone()
+        .or_else(|| from_file.spool_dir.clone())
+        .map(|dir| SpoolConfig {
+            dir,
+            max_bytes: spool_max_bytes,
+            when_full: args.when_full.or(from_file.when_full).unwrap_or(WhenFull::Block),
+        });
     let address = |value: Option<String>, key: &'static str| {
         value
             .map(|text| {
@@ -240,13 +350,25 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         args.syslog_tcp.clone().or_else(|| from_file.syslog_tcp.clone()),
         "syslog_tcp",
     )?;
-    if source == AgentSource::Syslog && syslog_udp.is_none() && syslog_tcp.is_none() {
+    if has(AgentSource::Syslog) && syslog_udp.is_none() && syslog_tcp.is_none() {
         let default_address = std::net::SocketAddr::from(([0, 0, 0, 0], 5514));
         syslog_udp = Some(default_address);
         syslog_tcp = Some(default_address);
     }
     Ok(AgentConfig {
-        source,
+        sources,
+        files,
+        read_from: args.read_from.or(from_file.read_from).unwrap_or(ReadFrom::Start),
+        checkpoint_file: args
+            .checkpoint_file
+            .clone()
+            .or_else(|| from_file.checkpoint_file.clone())
+            .unwrap_or_else(|| PathBuf::from("logsentinel-checkpoints.json")),
+        multiline_continuation,
+        level_pattern,
+        http_listen,
+        http_max_body_bytes,
+        spool,
         syslog_udp,
         syslog_tcp,
         rate_per_s: args.rate.or(from_file.rate).unwrap_or(1000),

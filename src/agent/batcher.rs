@@ -10,11 +10,36 @@ pub struct Entry {
     pub payload: Vec<u8>,
 }
 
-/// Entries shipped in one pipeline.
-#[derive(Debug, Default)]
+/// What became of the events a source handed over, told once the batch holding the last
+/// of them is settled (every earlier batch is settled before: batches ship in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// In Redis, or in the disk spool.
+    Stored,
+    /// Dropped because the spool was full (`when_full = drop_newest`).
+    Dropped,
+    /// Still undelivered when the agent stopped (Redis unreachable, no spool).
+    Unsent,
+}
+
+/// Called with the fate of a source's events: acknowledges an HTTP request, moves a file
+/// checkpoint.
+pub type Receipt = Box<dyn FnOnce(Settled) + Send + Sync>;
+
+/// Entries shipped in one pipeline, and the receipts to settle once they are stored.
+#[derive(Default)]
 pub struct Batch {
     pub entries: Vec<Entry>,
     pub event_count: u64,
+    pub receipts: Vec<Receipt>,
+}
+
+impl Batch {
+    pub fn settle(&mut self, settled: Settled) {
+        for receipt in self.receipts.drain(..) {
+            receipt(settled);
+        }
+    }
 }
 
 /// Most events in one batch, whatever `pack` is: with `pack` 100 and 256 entries a batch
@@ -32,6 +57,7 @@ pub struct Batcher {
     batch_event_count: u64,
     /// When the oldest event of the batch was added; the batch is due `linger` later.
     oldest_event_at: Option<Instant>,
+    receipts: Vec<Receipt>,
 }
 
 impl Batcher {
@@ -49,6 +75,7 @@ impl Batcher {
             },
             batch_event_count: 0,
             oldest_event_at: None,
+            receipts: Vec::new(),
         }
     }
 
@@ -93,7 +120,12 @@ impl Batcher {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.batch_event_count == 0
+        self.batch_event_count == 0 && self.receipts.is_empty()
+    }
+
+    /// Settles `receipt` with the batch being built (events pushed before it are in it).
+    pub fn attach(&mut self, receipt: Receipt) {
+        self.receipts.push(receipt);
     }
 
     /// When the batch must be sent even if not full.
@@ -116,7 +148,11 @@ impl Batcher {
         self.oldest_event_at = None;
         let event_count = std::mem::take(&mut self.batch_event_count);
         let entries = std::mem::replace(&mut self.entries, Vec::with_capacity(self.batch_entries));
-        Some(Batch { entries, event_count })
+        Some(Batch {
+            entries,
+            event_count,
+            receipts: std::mem::take(&mut self.receipts),
+        })
     }
 }
 

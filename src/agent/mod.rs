@@ -1,13 +1,17 @@
-//! The agent: generate (or read stdin) → batch → ship.
+//! The agent: generate (or read real sources) → batch → ship (through the disk spool when
+//! Redis cannot take the batches).
 //!
 //! The generator and the shipper are joined by a bounded channel of batches: when Redis is
 //! slow or down, the channel fills and the generator waits (backpressure) instead of
 //! dropping or growing memory without bound.
 
 pub mod batcher;
+pub mod files;
 pub mod generator;
+pub mod http;
 pub mod shipper;
 pub mod sources;
+pub mod spool;
 pub mod stdin;
 pub mod syslog;
 
@@ -35,6 +39,13 @@ pub struct Summary {
     pub events_per_level: std::collections::BTreeMap<&'static str, u64>,
     pub entries: u64,
     pub unsent_events: u64,
+    pub spooled_events: u64,
+    pub replayed_events: u64,
+    pub dropped_events: u64,
+    pub spool_bytes_left: u64,
+    pub corrupt_spool_segments: u64,
+    /// Lines shipped as plain text with level UNKNOWN (no level found).
+    pub unknown_level_lines: u64,
     pub elapsed_s: f64,
     pub events_per_s: f64,
 }
@@ -54,6 +65,20 @@ impl Summary {
         if self.unsent_events > 0 {
             println!("  UNSENT     {}", self.unsent_events);
         }
+        if self.spooled_events > 0 || self.replayed_events > 0 || self.spool_bytes_left > 0 {
+            println!("  spooled    {}", self.spooled_events);
+            println!("  replayed   {}", self.replayed_events);
+            println!("  in spool   {} bytes", self.spool_bytes_left);
+        }
+        if self.unknown_level_lines > 0 {
+            println!("  no level   {} lines (shipped as UNKNOWN)", self.unknown_level_lines);
+        }
+        if self.dropped_events > 0 {
+            println!("  DROPPED    {}", self.dropped_events);
+        }
+        if self.corrupt_spool_segments > 0 {
+            println!("  CORRUPT    {} spool segments", self.corrupt_spool_segments);
+        }
         println!("  elapsed    {:.3} s", self.elapsed_s);
         println!("  rate       {:.0} events/s", self.events_per_s);
     }
@@ -63,8 +88,17 @@ impl Summary {
 /// flushes and summarises. Fails only when a source cannot start (e.g. an address in use).
 pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<Summary> {
     let run_id = run_id();
-    let listeners = match config.source {
-        AgentSource::Syslog => Some(
+    let spool = match &config.spool {
+        Some(spool_config) => Some((
+            spool::Spool::open(spool_config)
+                .map_err(|error| anyhow::anyhow!("cannot open the spool in {}: {error}", spool_config.dir.display()))?,
+            spool_config.when_full,
+        )),
+        None => None,
+    };
+    let has = |wanted: AgentSource| config.sources.contains(&wanted);
+    let syslog_listeners = if has(AgentSource::Syslog) {
+        Some(
             syslog::bind(config.syslog_udp, config.syslog_tcp)
                 .await
                 .map_err(|error| {
@@ -74,9 +108,20 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
                         config.syslog_tcp
                     )
                 })?,
-        ),
-        _ => None,
+        )
+    } else {
+        None
     };
+    let http_listener = if has(AgentSource::Http) {
+        Some(
+            tokio::net::TcpListener::bind(config.http_listen)
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot listen for HTTP on {}: {error}", config.http_listen))?,
+        )
+    } else {
+        None
+    };
+    let unknown_level_lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(config.queue_batches);
     let shipper = Shipper::new(
@@ -84,39 +129,58 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         broker.keys.clone(),
         config.sink,
         config.max_lag,
+        spool,
     );
     let shipper_task = tokio::spawn(shipper.run(batch_receiver, shutdown.clone(), config.shutdown_timeout));
-    info!(agent_id = %config.agent_id, run_id = %run_id, rate = config.rate_per_s, pack = config.pack, "agent started");
+    info!(agent_id = %config.agent_id, run_id = %run_id, sources = ?config.sources, pack = config.pack, "agent started");
 
-    let events_per_level = match config.source {
-        AgentSource::Synthetic => generate(&config, &run_id, batch_sender, &shutdown).await,
-        AgentSource::Stdin | AgentSource::Syslog => {
-            let (event_sender, event_receiver) = mpsc::channel(sources::SOURCE_QUEUE_EVENTS);
-            match listeners {
-                Some((udp_socket, tcp_listener)) => {
-                    if let Some(socket) = udp_socket {
-                        tokio::spawn(syslog::listen_udp(socket, event_sender.clone(), shutdown.clone()));
-                    }
-                    if let Some(listener) = tcp_listener {
-                        tokio::spawn(syslog::listen_tcp(listener, event_sender.clone(), shutdown.clone()));
-                    }
-                }
-                None => {
-                    tokio::spawn(stdin::read_lines(
-                        config.service.clone(),
-                        event_sender.clone(),
-                        shutdown.clone(),
-                    ));
-                }
+    let mut file_source = None;
+    let events_per_level = if has(AgentSource::Synthetic) {
+        generate(&config, &run_id, batch_sender, &shutdown).await
+    } else {
+        let (message_sender, message_receiver) = mpsc::channel(sources::SOURCE_QUEUE_MESSAGES);
+        let line_parser = sources::LineParser::new(&config, unknown_level_lines.clone());
+        if let Some((udp_socket, tcp_listener)) = syslog_listeners {
+            if let Some(socket) = udp_socket {
+                tokio::spawn(syslog::listen_udp(socket, message_sender.clone(), shutdown.clone()));
             }
-            drop(event_sender); // the sources hold the only senders: the loop ends when they do
-            sources::ship_events(event_receiver, &config, &run_id, batch_sender, &shutdown).await
+            if let Some(listener) = tcp_listener {
+                tokio::spawn(syslog::listen_tcp(listener, message_sender.clone(), shutdown.clone()));
+            }
         }
+        if has(AgentSource::Stdin) {
+            tokio::spawn(stdin::read_lines(
+                line_parser.clone(),
+                sources::MultilineJoiner::new(config.multiline_continuation.clone()),
+                message_sender.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if has(AgentSource::File) {
+            file_source = Some(files::start(
+                &config,
+                line_parser.clone(),
+                message_sender.clone(),
+                shutdown.clone(),
+            )?);
+        }
+        if let Some(listener) = http_listener {
+            tokio::spawn(http::serve(
+                listener,
+                http::HttpSource::new(&config, message_sender.clone()),
+                shutdown.clone(),
+            ));
+        }
+        drop(message_sender); // the sources hold the only senders: the loop ends when they do
+        sources::ship_events(message_receiver, &config, &run_id, batch_sender, &shutdown).await
     };
     let report: ShipReport = shipper_task.await.unwrap_or_else(|join_error| {
         tracing::error!(error = %join_error, "shipper task failed");
         ShipReport::default()
     });
+    if let Some(file_source) = file_source {
+        file_source.finish().await;
+    }
 
     let elapsed_s = started.elapsed().as_secs_f64();
     Ok(Summary {
@@ -130,6 +194,12 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
             .collect(),
         entries: report.entries,
         unsent_events: report.unsent_events,
+        spooled_events: report.spooled_events,
+        replayed_events: report.replayed_events,
+        dropped_events: report.dropped_events,
+        spool_bytes_left: report.spool_bytes_left,
+        corrupt_spool_segments: report.corrupt_spool_segments,
+        unknown_level_lines: unknown_level_lines.load(std::sync::atomic::Ordering::Relaxed),
         elapsed_s,
         events_per_s: report.events as f64 / elapsed_s.max(1e-9),
     })

@@ -1,40 +1,55 @@
-//! Ships batches to Redis: pipelined XADD (stream) or one variadic LPUSH (list).
+//! Ships batches to Redis: pipelined XADD (stream) or one variadic LPUSH (list), through
+//! the disk spool when Redis cannot take them.
 //!
 //! Invariants:
-//! - a batch is dropped only after Redis replied OK to all of it; on error the same batch
-//!   is resent after a capped exponential backoff (at-least-once: a resend after a lost
-//!   reply can write an entry twice; alert ids make the alerts of such twins count once)
+//! - a batch is settled `Stored` only once Redis replied OK to all of it, or once it is
+//!   written to the spool; batches are settled in the order they came
+//! - without a spool, a failed batch is resent after a capped exponential backoff (the
+//!   queue fills and the sources wait); with one, it goes to the spool at once and every
+//!   later batch follows it there until the spool is replayed, so order is kept
+//! - at-least-once: a resend after a lost reply, or a replay interrupted by a crash, can
+//!   write an entry twice; alert ids make the alerts of such twins count once
 //! - entries are never trimmed here (no MAXLEN): trimming is the police's job and only
 //!   removes what every group has acknowledged
+//! - while the consumers are `max_lag` entries or more behind, nothing is sent: batches go
+//!   to the spool, or (without one) are held so that the sources wait
 //! - after a stop is requested, retries go on for `shutdown_timeout`; what is still unsent
-//!   then is counted and reported, never dropped silently
-//! - while the consumers are `max_lag` entries or more behind, batches are held (the queue
-//!   fills and the sources wait), so Redis memory cannot grow without bound while the
-//!   police is down; a stop request ships what is held regardless
+//!   then is counted and reported, never dropped silently (with a spool it stays there and
+//!   is replayed by the next run)
 
 use redis::RedisError;
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{error, info, warn};
 
-use super::batcher::Batch;
+use super::batcher::{Batch, Entry, Settled};
+use super::spool::{Spool, WhenFull};
 use crate::broker::{self, Backoff, Connection, keys::Keys};
 use crate::cli::Transport;
 use crate::event::ENCODING_VERSION;
 
-/// What reached Redis, and what could not be delivered before the stop deadline.
+/// What reached Redis, what went through the spool, and what could not be delivered.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ShipReport {
     pub entries: u64,
     pub events: u64,
     pub unsent_events: u64,
+    pub spooled_events: u64,
+    /// Events read back from the spool and shipped (part of `events`).
+    pub replayed_events: u64,
+    pub dropped_events: u64,
+    /// Bytes left in the spool at exit, replayed by the next run.
+    pub spool_bytes_left: u64,
+    pub corrupt_spool_segments: u64,
 }
 
 /// How often the consumers' lag is read while they keep up.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long to wait before reading the lag again while it is over the limit.
 const LAG_WAIT: Duration = Duration::from_millis(200);
+/// How often the open spool segment is synced to the disk.
+const SPOOL_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Shipper {
     redis_url: String,
@@ -42,21 +57,45 @@ pub struct Shipper {
     sink: Transport,
     connection: Option<Connection>,
     backoff: Backoff,
+    /// No Redis attempt before this instant (backoff after a failure).
+    retry_at: Option<Instant>,
     /// 0 = no limit.
     max_lag: u64,
+    lag_over: bool,
     next_lag_check: Instant,
+    spool: Option<(Spool, WhenFull)>,
+    last_sync: Instant,
+    report: ShipReport,
+}
+
+enum Replay {
+    Shipped,
+    Empty,
+    /// Redis down or consumers behind: try again at that instant.
+    NotBefore(Instant),
 }
 
 impl Shipper {
-    pub fn new(redis_url: String, keys: Keys, sink: Transport, max_lag: u64) -> Shipper {
+    pub fn new(
+        redis_url: String,
+        keys: Keys,
+        sink: Transport,
+        max_lag: u64,
+        spool: Option<(Spool, WhenFull)>,
+    ) -> Shipper {
         Shipper {
             redis_url,
             keys,
             sink,
             connection: None,
             backoff: Backoff::new("agent"),
+            retry_at: None,
             max_lag,
+            lag_over: false,
             next_lag_check: Instant::now(),
+            spool,
+            last_sync: Instant::now(),
+            report: ShipReport::default(),
         }
     }
 
@@ -67,56 +106,302 @@ impl Shipper {
         shutdown: CancellationToken,
         shutdown_timeout: Duration,
     ) -> ShipReport {
-        let mut report = ShipReport::default();
-        let mut gave_up = false;
-        while let Some(batch) = batches.recv().await {
-            if !gave_up {
-                self.wait_for_consumers(&shutdown).await;
-            }
-            if !gave_up && self.ship_with_retry(&batch, &shutdown, shutdown_timeout).await {
-                report.entries += batch.entries.len() as u64;
-                report.events += batch.event_count;
-                continue;
-            }
-            gave_up = true;
-            report.unsent_events += batch.event_count;
+        if self.spool.is_some() {
+            self.run_spooled(&mut batches, &shutdown, shutdown_timeout).await;
+        } else {
+            self.run_in_memory(&mut batches, &shutdown, shutdown_timeout).await;
         }
-        if report.unsent_events > 0 {
+        if self.report.unsent_events > 0 {
             error!(
-                unsent_events = report.unsent_events,
+                unsent_events = self.report.unsent_events,
                 "redis still unreachable at the stop deadline, events not delivered"
             );
         }
-        report
+        if let Some((spool, _)) = self.spool.as_mut() {
+            if let Err(error) = spool.sync() {
+                error!(error = %error, "cannot sync the spool");
+            }
+            self.report.spool_bytes_left = spool.bytes();
+            self.report.corrupt_spool_segments = spool.corrupt_segments;
+            if !spool.is_empty() {
+                warn!(
+                    bytes = spool.bytes(),
+                    "batches left in the spool, replayed at the next start"
+                );
+            }
+        }
+        self.report
     }
 
-    /// Holds the next batch while the consumers are `max_lag` entries or more behind.
-    /// Errors reading the lag are left to the shipping that follows (and its backoff).
-    async fn wait_for_consumers(&mut self, shutdown: &CancellationToken) {
-        if self.max_lag == 0 || Instant::now() < self.next_lag_check {
+    async fn run_in_memory(
+        &mut self,
+        batches: &mut mpsc::Receiver<Batch>,
+        shutdown: &CancellationToken,
+        shutdown_timeout: Duration,
+    ) {
+        let mut gave_up = false;
+        while let Some(mut batch) = batches.recv().await {
+            if !gave_up {
+                while !shutdown.is_cancelled() && !self.consumers_keep_up().await {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LAG_WAIT) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+            if !gave_up && self.ship_with_retry(&batch, shutdown, shutdown_timeout).await {
+                self.shipped(&batch.entries, batch.event_count);
+                batch.settle(Settled::Stored);
+                continue;
+            }
+            gave_up = true;
+            self.report.unsent_events += batch.event_count;
+            batch.settle(Settled::Unsent);
+        }
+    }
+
+    async fn run_spooled(
+        &mut self,
+        batches: &mut mpsc::Receiver<Batch>,
+        shutdown: &CancellationToken,
+        shutdown_timeout: Duration,
+    ) {
+        let mut open = true;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            if shutdown.is_cancelled() && stop_deadline.is_none() {
+                stop_deadline = Some(Instant::now() + shutdown_timeout);
+            }
+            if !self.has_backlog() {
+                if !open {
+                    break;
+                }
+                match batches.recv().await {
+                    Some(batch) => self.accept(batch, shutdown, stop_deadline).await,
+                    None => open = false,
+                }
+                continue;
+            }
+            // Backlog: new batches go behind it, then one record is replayed.
+            if open {
+                match batches.try_recv() {
+                    Ok(batch) => {
+                        self.accept(batch, shutdown, stop_deadline).await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            match self.replay_one().await {
+                Replay::Shipped | Replay::Empty => {}
+                Replay::NotBefore(at) => {
+                    // Stopping: what is in the spool is safe there, the next run replays it.
+                    if stop_deadline.is_some() && !open {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        batch = batches.recv(), if open => match batch {
+                            Some(batch) => self.accept(batch, shutdown, stop_deadline).await,
+                            None => open = false,
+                        },
+                        _ = shutdown.cancelled(), if stop_deadline.is_none() => {}
+                    }
+                }
+            }
+            if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) && !open {
+                break;
+            }
+        }
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.spool.as_ref().is_some_and(|(spool, _)| !spool.is_empty())
+    }
+
+    fn shipped(&mut self, entries: &[Entry], event_count: u64) {
+        self.report.entries += entries.len() as u64;
+        self.report.events += event_count;
+    }
+
+    fn redis_failed(&mut self, error: &RedisError) {
+        self.connection = None;
+        let delay = self.backoff.failed(error);
+        self.retry_at = Some(Instant::now() + delay);
+    }
+
+    /// Ships `batch` directly when nothing waits in the spool and Redis is up, else spools it.
+    async fn accept(&mut self, mut batch: Batch, shutdown: &CancellationToken, stop_deadline: Option<Instant>) {
+        if batch.entries.is_empty() {
+            batch.settle(Settled::Stored);
             return;
         }
-        let mut holding = false;
-        while !shutdown.is_cancelled() {
-            let Ok(lag) = self.consumer_lag().await else {
-                break;
-            };
-            if lag < self.max_lag {
-                break;
-            }
-            if !holding {
-                tracing::warn!(lag, max_lag = self.max_lag, "consumers are behind, holding batches");
-                holding = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(LAG_WAIT) => {}
-                _ = shutdown.cancelled() => {}
+        let redis_may_be_up = self.retry_at.is_none_or(|at| Instant::now() >= at);
+        if !self.has_backlog() && redis_may_be_up && self.consumers_keep_up().await {
+            match ship_entries(
+                &mut self.connection,
+                &self.redis_url,
+                &self.keys,
+                self.sink,
+                &batch.entries,
+            )
+            .await
+            {
+                Ok(()) => {
+                    self.backoff.succeeded();
+                    self.retry_at = None;
+                    self.shipped(&batch.entries, batch.event_count);
+                    batch.settle(Settled::Stored);
+                    return;
+                }
+                Err(error) => self.redis_failed(&error),
             }
         }
-        if holding {
-            tracing::info!("consumers caught up, shipping again");
+        self.spool_batch(batch, shutdown, stop_deadline).await;
+    }
+
+    async fn spool_batch(&mut self, mut batch: Batch, shutdown: &CancellationToken, stop_deadline: Option<Instant>) {
+        let record_bytes = Spool::record_bytes(&batch);
+        let mut warned_full = false;
+        loop {
+            let (spool, when_full) = self.spool.as_mut().expect("spooled mode");
+            let when_full = *when_full;
+            if spool.has_room(record_bytes) {
+                match spool.append(&batch) {
+                    Ok(_) => {
+                        self.report.spooled_events += batch.event_count;
+                        if self.last_sync.elapsed() >= SPOOL_SYNC_INTERVAL {
+                            self.last_sync = Instant::now();
+                            if let Err(error) = spool.sync() {
+                                error!(error = %error, "cannot sync the spool");
+                            }
+                        }
+                        batch.settle(Settled::Stored);
+                        return;
+                    }
+                    Err(error) => {
+                        // Disk trouble: hold the batch in memory and keep trying Redis.
+                        error!(error = %error, "cannot write to the spool, holding the batch in memory");
+                        let timeout = stop_deadline.map_or(Duration::from_secs(3600 * 24 * 365), |deadline| {
+                            deadline.saturating_duration_since(Instant::now())
+                        });
+                        if self.ship_with_retry(&batch, shutdown, timeout).await {
+                            self.shipped(&batch.entries, batch.event_count);
+                            batch.settle(Settled::Stored);
+                        } else {
+                            self.report.unsent_events += batch.event_count;
+                            batch.settle(Settled::Unsent);
+                        }
+                        return;
+                    }
+                }
+            }
+            match when_full {
+                WhenFull::DropNewest => {
+                    if self.report.dropped_events == 0 || self.report.dropped_events % 100_000 < batch.event_count {
+                        warn!(
+                            dropped_events = self.report.dropped_events + batch.event_count,
+                            "spool full: dropping the newest events (when_full = drop_newest)"
+                        );
+                    }
+                    self.report.dropped_events += batch.event_count;
+                    batch.settle(Settled::Dropped);
+                    return;
+                }
+                WhenFull::Block => {
+                    if !warned_full {
+                        warn!("spool full: sources wait until the spool is replayed (when_full = block)");
+                        warned_full = true;
+                    }
+                    if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        self.report.unsent_events += batch.event_count;
+                        batch.settle(Settled::Unsent);
+                        return;
+                    }
+                    if let Replay::NotBefore(at) = self.replay_one().await {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at) => {}
+                            _ = shutdown.cancelled(), if stop_deadline.is_none() => {}
+                        }
+                    }
+                }
+            }
         }
-        self.next_lag_check = Instant::now() + LAG_CHECK_INTERVAL;
+    }
+
+    /// Ships the oldest spooled record, if Redis and the consumers allow.
+    async fn replay_one(&mut self) -> Replay {
+        if let Some(at) = self.retry_at
+            && Instant::now() < at
+        {
+            return Replay::NotBefore(at);
+        }
+        if !self.consumers_keep_up().await {
+            return Replay::NotBefore(Instant::now() + LAG_WAIT);
+        }
+        let Some((spool, _)) = self.spool.as_mut() else {
+            return Replay::Empty;
+        };
+        let spooled = match spool.peek() {
+            Ok(Some(spooled)) => spooled,
+            Ok(None) => return Replay::Empty,
+            Err(error) => {
+                error!(error = %error, "cannot read the spool");
+                return Replay::NotBefore(Instant::now() + Duration::from_secs(1));
+            }
+        };
+        match ship_entries(
+            &mut self.connection,
+            &self.redis_url,
+            &self.keys,
+            self.sink,
+            &spooled.entries,
+        )
+        .await
+        {
+            Ok(()) => {
+                self.backoff.succeeded();
+                self.retry_at = None;
+                let (entries, events) = (spooled.entries.len() as u64, spooled.event_count);
+                self.report.entries += entries;
+                self.report.events += events;
+                self.report.replayed_events += events;
+                if let Err(error) = spool.consume() {
+                    error!(error = %error, "cannot move the spool cursor");
+                }
+                Replay::Shipped
+            }
+            Err(error) => {
+                self.redis_failed(&error);
+                Replay::NotBefore(self.retry_at.unwrap_or_else(Instant::now))
+            }
+        }
+    }
+
+    /// False while the consumers are `max_lag` entries or more behind. The lag is read at
+    /// most every second while they keep up; errors reading it are left to the shipping
+    /// that follows (and its backoff).
+    async fn consumers_keep_up(&mut self) -> bool {
+        if self.max_lag == 0 || Instant::now() < self.next_lag_check {
+            return !self.lag_over;
+        }
+        let lag = match self.consumer_lag().await {
+            Ok(lag) => lag,
+            Err(_) => {
+                self.connection = None;
+                return true;
+            }
+        };
+        let over = lag >= self.max_lag;
+        if over && !self.lag_over {
+            warn!(lag, max_lag = self.max_lag, "consumers are behind, holding batches");
+        } else if !over && self.lag_over {
+            info!("consumers caught up, shipping again");
+        }
+        self.lag_over = over;
+        self.next_lag_check = Instant::now() + if over { LAG_WAIT } else { LAG_CHECK_INTERVAL };
+        !over
     }
 
     /// Entries not yet delivered to the consumer group (stream; the stream length when
@@ -156,9 +441,18 @@ impl Shipper {
     ) -> bool {
         let mut give_up_at: Option<Instant> = None;
         loop {
-            match self.ship_once(batch).await {
+            match ship_entries(
+                &mut self.connection,
+                &self.redis_url,
+                &self.keys,
+                self.sink,
+                &batch.entries,
+            )
+            .await
+            {
                 Ok(()) => {
                     self.backoff.succeeded();
+                    self.retry_at = None;
                     return true;
                 }
                 Err(error) => {
@@ -179,43 +473,50 @@ impl Shipper {
             }
         }
     }
+}
 
-    async fn ship_once(&mut self, batch: &Batch) -> Result<(), RedisError> {
-        if self.connection.is_none() {
-            self.connection = Some(broker::connect(&self.redis_url).await?);
+/// One pipelined round trip for `entries` (stream: XADD each; list: one LPUSH).
+async fn ship_entries(
+    connection: &mut Option<Connection>,
+    redis_url: &str,
+    keys: &Keys,
+    sink: Transport,
+    entries: &[Entry],
+) -> Result<(), RedisError> {
+    if connection.is_none() {
+        *connection = Some(broker::connect(redis_url).await?);
+    }
+    let connection = connection.as_mut().expect("connection was just set");
+    match sink {
+        Transport::Stream => {
+            let mut pipeline = redis::pipe();
+            for entry in entries {
+                let command = pipeline
+                    .cmd("XADD")
+                    .arg(&keys.stream)
+                    .arg("*")
+                    .arg("v")
+                    .arg(ENCODING_VERSION);
+                if entry.event_count == 1 {
+                    command.arg("event").arg(&entry.payload).ignore();
+                } else {
+                    command
+                        .arg("n")
+                        .arg(entry.event_count)
+                        .arg("events")
+                        .arg(&entry.payload)
+                        .ignore();
+                }
+            }
+            pipeline.query_async::<()>(connection).await
         }
-        let connection = self.connection.as_mut().expect("connection was just set");
-        match self.sink {
-            Transport::Stream => {
-                let mut pipeline = redis::pipe();
-                for entry in &batch.entries {
-                    let command = pipeline
-                        .cmd("XADD")
-                        .arg(&self.keys.stream)
-                        .arg("*")
-                        .arg("v")
-                        .arg(ENCODING_VERSION);
-                    if entry.event_count == 1 {
-                        command.arg("event").arg(&entry.payload).ignore();
-                    } else {
-                        command
-                            .arg("n")
-                            .arg(entry.event_count)
-                            .arg("events")
-                            .arg(&entry.payload)
-                            .ignore();
-                    }
-                }
-                pipeline.query_async::<()>(connection).await
+        Transport::List => {
+            let mut command = redis::cmd("LPUSH");
+            command.arg(&keys.list);
+            for entry in entries {
+                command.arg(&entry.payload);
             }
-            Transport::List => {
-                let mut command = redis::cmd("LPUSH");
-                command.arg(&self.keys.list);
-                for entry in &batch.entries {
-                    command.arg(&entry.payload);
-                }
-                command.query_async::<()>(connection).await
-            }
+            command.query_async::<()>(connection).await
         }
     }
 }

@@ -8,20 +8,35 @@
 //!   source accepted is dropped
 //! - a partial batch waits at most `linger`
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::batcher::{Batch, Batcher};
+use super::batcher::{Batch, Batcher, Receipt};
 use crate::config::AgentConfig;
+use crate::event::foreign::Defaults;
+use crate::event::line::parse_line_with;
 use crate::event::{Level, LogEvent};
 
-/// Events parsed by sources and not yet batched.
-pub const SOURCE_QUEUE_EVENTS: usize = 4096;
+/// Messages parsed by sources and not yet batched (a chunk holds at most [`MAX_CHUNK_EVENTS`]).
+pub const SOURCE_QUEUE_MESSAGES: usize = 4096;
+pub const MAX_CHUNK_EVENTS: usize = 64;
+
+/// What a source hands over.
+pub enum SourceMessage {
+    Event(LogEvent),
+    /// Several events at once (file reading), cheaper than one message each.
+    Chunk(Vec<LogEvent>),
+    /// To be settled once every event sent before it is stored.
+    Receipt(Receipt),
+}
 
 /// Batches events until every source has ended (all senders dropped) or a stop request.
 /// Returns the count per level.
 pub async fn ship_events(
-    mut events: mpsc::Receiver<LogEvent>,
+    mut messages: mpsc::Receiver<SourceMessage>,
     config: &AgentConfig,
     run_id: &str,
     batch_sender: mpsc::Sender<Batch>,
@@ -34,30 +49,55 @@ pub async fn ship_events(
     loop {
         let deadline = batcher.deadline();
         let received = tokio::select! {
-            received = events.recv() => received,
+            received = messages.recv() => received,
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 if let Some(batch) = batcher.take() && batch_sender.send(batch).await.is_err() {
                     break;
                 }
                 continue;
             }
-            _ = shutdown.cancelled(), if !events.is_closed() => {
+            _ = shutdown.cancelled(), if !messages.is_closed() => {
                 // No new events; those already queued are still received below.
-                events.close();
+                messages.close();
                 continue;
             }
         };
-        let Some(mut event) = received else {
-            break;
+        let mut push = |batcher: &mut Batcher, mut event: LogEvent| {
+            event.id.clear();
+            event.id.push_str(&id_prefix);
+            event.id.push_str(itoa::Buffer::new().format(next_sequence));
+            next_sequence += 1;
+            events_per_level[event.level.index()] += 1;
+            batcher.push(|out| event.encode_into(out));
         };
-        event.id = format!("{id_prefix}{next_sequence}");
-        next_sequence += 1;
-        events_per_level[event.level.index()] += 1;
-        batcher.push(|out| event.encode_into(out));
-        if batcher.room() == 0
-            && let Some(batch) = batcher.take()
-            && batch_sender.send(batch).await.is_err()
-        {
+        // A single event is not boxed into a Vec: stdin and syslog send one at a time.
+        let (single, chunk) = match received {
+            None => break,
+            Some(SourceMessage::Event(event)) => (Some(event), Vec::new()),
+            Some(SourceMessage::Chunk(events)) => (None, events),
+            Some(SourceMessage::Receipt(receipt)) => {
+                batcher.attach(receipt);
+                if batcher.deadline().is_none()
+                    && let Some(batch) = batcher.take()
+                    && batch_sender.send(batch).await.is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut closed = false;
+        for event in single.into_iter().chain(chunk) {
+            push(&mut batcher, event);
+            if batcher.room() == 0
+                && let Some(batch) = batcher.take()
+                && batch_sender.send(batch).await.is_err()
+            {
+                closed = true;
+                break;
+            }
+        }
+        if closed {
             break;
         }
     }
@@ -65,4 +105,117 @@ pub async fn ship_events(
         let _ = batch_sender.send(batch).await;
     }
     events_per_level
+}
+
+/// Turns lines of the stdin and file sources into events: JSON, logfmt or plain text
+/// (level by `level_pattern` or the level words). Counts the lines whose level could not
+/// be found (shipped with level UNKNOWN, never dropped).
+#[derive(Clone)]
+pub struct LineParser {
+    service: String,
+    host: String,
+    level_pattern: Option<regex::Regex>,
+    unknown_level_lines: Arc<AtomicU64>,
+}
+
+impl LineParser {
+    pub fn new(config: &AgentConfig, unknown_level_lines: Arc<AtomicU64>) -> LineParser {
+        LineParser {
+            service: config.service.clone(),
+            host: crate::hostname(),
+            level_pattern: config.level_pattern.clone(),
+            unknown_level_lines,
+        }
+    }
+
+    pub fn parse(&self, line: &str) -> LogEvent {
+        let defaults = Defaults {
+            level: Level::Unknown,
+            service: &self.service,
+            host: &self.host,
+        };
+        // The id is given by the batching loop.
+        let (event, _format) = parse_line_with("", line, &defaults, self.level_pattern.as_ref());
+        if event.level == Level::Unknown {
+            self.unknown_level_lines.fetch_add(1, Ordering::Relaxed);
+        }
+        event
+    }
+}
+
+/// Joins continuation lines (those matching `continuation`, e.g. indented stack-trace
+/// lines) to the line before them. Tracks the byte offset where the event being joined
+/// started, so that a checkpoint never lands inside an event.
+pub struct MultilineJoiner {
+    continuation: Option<regex::Regex>,
+    pending: Option<String>,
+    pending_start: u64,
+}
+
+impl MultilineJoiner {
+    pub fn new(continuation: Option<regex::Regex>) -> MultilineJoiner {
+        MultilineJoiner {
+            continuation,
+            pending: None,
+            pending_start: 0,
+        }
+    }
+
+    /// Takes the line that started at byte `start`; returns an event's text when the line
+    /// completes the previous one.
+    pub fn push(&mut self, line: &str, start: u64) -> Option<String> {
+        let Some(continuation) = &self.continuation else {
+            return Some(line.to_string());
+        };
+        if let Some(pending) = self.pending.as_mut()
+            && continuation.is_match(line)
+        {
+            pending.push('\n');
+            pending.push_str(line);
+            return None;
+        }
+        self.pending_start = start;
+        self.pending.replace(line.to_string())
+    }
+
+    /// The event being joined, if any (at end of input, or after a quiet while).
+    pub fn flush(&mut self) -> Option<String> {
+        self.pending.take()
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Where the event being joined started; lines before it are complete.
+    pub fn pending_start(&self) -> Option<u64> {
+        self.pending.as_ref().map(|_| self.pending_start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_indented_lines_to_the_line_before() {
+        let mut joiner = MultilineJoiner::new(Some(regex::Regex::new(r"^\s").unwrap()));
+        let mut events = Vec::new();
+        let lines = ["first", "panic: boom", "  at a()", "\tat b()", "next", "last"];
+        let mut offset = 0;
+        for line in lines {
+            events.extend(joiner.push(line, offset));
+            offset += line.len() as u64 + 1;
+        }
+        assert_eq!(joiner.pending_start(), Some(offset - 5));
+        events.extend(joiner.flush());
+        assert_eq!(events, vec!["first", "panic: boom\n  at a()\n\tat b()", "next", "last"]);
+    }
+
+    #[test]
+    fn without_a_pattern_every_line_is_an_event() {
+        let mut joiner = MultilineJoiner::new(None);
+        assert_eq!(joiner.push("  indented", 0).as_deref(), Some("  indented"));
+        assert!(!joiner.is_pending());
+    }
 }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::sources::SourceMessage;
 use crate::event::foreign::Defaults;
 use crate::event::{Level, LogEvent, line, syslog};
 
@@ -29,7 +30,7 @@ fn to_event(message: &str, peer: SocketAddr) -> LogEvent {
     })
 }
 
-pub async fn listen_udp(socket: UdpSocket, events: mpsc::Sender<LogEvent>, shutdown: CancellationToken) {
+pub async fn listen_udp(socket: UdpSocket, events: mpsc::Sender<SourceMessage>, shutdown: CancellationToken) {
     let mut datagram = vec![0u8; 65_536];
     loop {
         let received = tokio::select! {
@@ -39,7 +40,11 @@ pub async fn listen_udp(socket: UdpSocket, events: mpsc::Sender<LogEvent>, shutd
         match received {
             Ok((length, peer)) => {
                 let message = String::from_utf8_lossy(&datagram[..length]);
-                if events.send(to_event(&message, peer)).await.is_err() {
+                if events
+                    .send(SourceMessage::Event(to_event(&message, peer)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -48,7 +53,7 @@ pub async fn listen_udp(socket: UdpSocket, events: mpsc::Sender<LogEvent>, shutd
     }
 }
 
-pub async fn listen_tcp(listener: TcpListener, events: mpsc::Sender<LogEvent>, shutdown: CancellationToken) {
+pub async fn listen_tcp(listener: TcpListener, events: mpsc::Sender<SourceMessage>, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -66,7 +71,7 @@ pub async fn listen_tcp(listener: TcpListener, events: mpsc::Sender<LogEvent>, s
 async fn read_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    events: mpsc::Sender<LogEvent>,
+    events: mpsc::Sender<SourceMessage>,
     shutdown: CancellationToken,
 ) {
     let mut reader = BufReader::new(stream);
@@ -82,7 +87,12 @@ async fn read_connection(
             Ok(true) => {
                 let message = String::from_utf8_lossy(&frame);
                 let message = message.trim_end_matches(['\n', '\r']);
-                if !message.trim().is_empty() && events.send(to_event(message, peer)).await.is_err() {
+                if !message.trim().is_empty()
+                    && events
+                        .send(SourceMessage::Event(to_event(message, peer)))
+                        .await
+                        .is_err()
+                {
                     return;
                 }
             }

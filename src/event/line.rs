@@ -21,6 +21,17 @@ pub enum LineFormat {
 
 /// Parses one line into an event with the given id; `defaults` fill missing fields.
 pub fn parse_line(id: &str, line: &str, defaults: &Defaults) -> (LogEvent, LineFormat) {
+    parse_line_with(id, line, defaults, None)
+}
+
+/// [`parse_line`], with plain-text levels found by `level_pattern` (its first group, or the
+/// whole match) instead of the level words.
+pub fn parse_line_with(
+    id: &str,
+    line: &str,
+    defaults: &Defaults,
+    level_pattern: Option<&regex::Regex>,
+) -> (LogEvent, LineFormat) {
     let trimmed = line.trim();
     if trimmed.starts_with('{')
         && let Ok(Value::Object(document)) = serde_json::from_str::<Value>(trimmed)
@@ -36,13 +47,27 @@ pub fn parse_line(id: &str, line: &str, defaults: &Defaults) -> (LogEvent, LineF
     let event = LogEvent {
         id: id.to_string(),
         timestamp: super::now_rfc3339(),
-        level: level_word(trimmed).unwrap_or(Level::Unknown),
+        level: match level_pattern {
+            Some(pattern) => level_by_pattern(pattern, trimmed),
+            None => level_word(trimmed),
+        }
+        .unwrap_or(Level::Unknown),
         service: defaults.service.to_string(),
         host: defaults.host.to_string(),
         message: line.trim_end_matches(['\r', '\n']).to_string(),
         extra: Default::default(),
     };
     (event, LineFormat::Plain)
+}
+
+fn level_by_pattern(pattern: &regex::Regex, line: &str) -> Option<Level> {
+    let captures = pattern.captures(line)?;
+    let found = captures.get(1).or_else(|| captures.get(0))?;
+    found
+        .as_str()
+        .parse::<Level>()
+        .ok()
+        .filter(|level| *level != Level::Unknown)
 }
 
 /// The first level word among the first tokens: `ERROR`, `[warn]`, `crit:`, `level=info`.
