@@ -220,3 +220,60 @@ pub fn stream_events(connection: &mut redis::Connection) -> Vec<serde_json::Valu
         .map(|(_, fields)| serde_json::from_str(&fields["event"]).expect("event is JSON"))
         .collect()
 }
+
+/// A free loopback address for a listener of the program under test.
+pub fn free_address() -> String {
+    format!(
+        "127.0.0.1:{}",
+        logsentinel::local_redis::free_loopback_port().expect("free port")
+    )
+}
+
+/// XLEN of the log stream.
+pub fn stream_length(connection: &mut redis::Connection) -> u64 {
+    redis::cmd("XLEN")
+        .arg("logsentinel:logs")
+        .query(connection)
+        .expect("XLEN")
+}
+
+/// Messages of the log stream's events, whether entries hold one event or several.
+pub fn stream_messages(connection: &mut redis::Connection) -> Vec<String> {
+    let mut messages = Vec::new();
+    for (_, fields) in read_stream(connection, "logsentinel:logs") {
+        let payload = fields.get("event").or_else(|| fields.get("events")).expect("v1 entry");
+        for line in payload.lines() {
+            let event: serde_json::Value = serde_json::from_str(line).expect("event is JSON");
+            messages.push(event["message"].as_str().expect("message").to_string());
+        }
+    }
+    messages
+}
+
+/// `curl` posting `body` (written to a file first); returns the status code and the
+/// response headers and body.
+pub fn curl_post(address: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let body_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(body_file.path(), body).expect("write body");
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "-m",
+            "60",
+            "-H",
+            "Content-Type: application/x-ndjson",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", body_file.path().display()))
+        .arg(format!("http://{address}{path}"))
+        .output()
+        .expect("the tests need curl");
+    let response = String::from_utf8_lossy(&output.stdout).to_string();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status from curl: {response:?}"));
+    (status, response)
+}
