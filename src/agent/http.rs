@@ -5,12 +5,15 @@
 //!   spool); a client that got 202 can forget the events
 //! - `400 {"error", "line"}` on malformed input: nothing of the request is taken
 //! - `413` over `--http-max-body-bytes`
-//! - `503` with `Retry-After` while the agent is backpressured (its queue is nearly full,
-//!   or the spool is full and drops), or stopping
+//! - `503` with `Retry-After` while the agent is backpressured (it holds batches because
+//!   Redis is down without a spool, the spool is full, or the consumers are `max_lag`
+//!   behind; or its queue is nearly full), when the spool dropped the events, or while
+//!   stopping
 //!
 //! `GET /health` answers 200 while the agent runs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -39,15 +42,22 @@ pub struct HttpSource {
     host: Arc<str>,
     max_body_bytes: usize,
     messages: mpsc::Sender<SourceMessage>,
+    /// Set by the shipper while it holds batches.
+    backpressure: Arc<AtomicBool>,
 }
 
 impl HttpSource {
-    pub fn new(config: &AgentConfig, messages: mpsc::Sender<SourceMessage>) -> HttpSource {
+    pub fn new(
+        config: &AgentConfig,
+        messages: mpsc::Sender<SourceMessage>,
+        backpressure: Arc<AtomicBool>,
+    ) -> HttpSource {
         HttpSource {
             service: config.service.as_str().into(),
             host: crate::hostname().into(),
             max_body_bytes: config.http_max_body_bytes,
             messages,
+            backpressure,
         }
     }
 }
@@ -101,8 +111,8 @@ async fn ingest(State(source): State<HttpSource>, body: Bytes) -> Response {
         return (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": 0 }))).into_response();
     }
     let needed_messages = accepted.div_ceil(MAX_CHUNK_EVENTS).min(SOURCE_QUEUE_MESSAGES / 2);
-    if source.messages.capacity() < needed_messages {
-        return unavailable("backpressured: the agent's queue is full, retry later");
+    if source.backpressure.load(Ordering::Relaxed) || source.messages.capacity() < needed_messages {
+        return unavailable("backpressured: the agent holds its batches, retry later");
     }
     let (settled_sender, settled_receiver) = oneshot::channel();
     let mut events = events.into_iter();

@@ -122,6 +122,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         None
     };
     let unknown_level_lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let backpressure = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
     let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(config.queue_batches);
     let shipper = Shipper::new(
@@ -130,6 +131,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         config.sink,
         config.max_lag,
         spool,
+        backpressure.clone(),
     );
     let shipper_task = tokio::spawn(shipper.run(batch_receiver, shutdown.clone(), config.shutdown_timeout));
     info!(agent_id = %config.agent_id, run_id = %run_id, sources = ?config.sources, pack = config.pack, "agent started");
@@ -167,7 +169,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         if let Some(listener) = http_listener {
             tokio::spawn(http::serve(
                 listener,
-                http::HttpSource::new(&config, message_sender.clone()),
+                http::HttpSource::new(&config, message_sender.clone(), backpressure.clone()),
                 shutdown.clone(),
             ));
         }

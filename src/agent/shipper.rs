@@ -17,6 +17,9 @@
 //!   then is counted and reported, never dropped silently (with a spool it stays there and
 //!   is replayed by the next run)
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use redis::RedisError;
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
@@ -63,6 +66,11 @@ pub struct Shipper {
     max_lag: u64,
     lag_over: bool,
     next_lag_check: Instant,
+    /// The lag last read, plus the entries shipped since: the lag is read again as soon
+    /// as this reaches `max_lag`, so the stream outgrows the limit by one batch at most.
+    lag_estimate: u64,
+    /// Set while batches are held and the sources must wait (the HTTP source answers 503).
+    backpressure: Arc<AtomicBool>,
     spool: Option<(Spool, WhenFull)>,
     last_sync: Instant,
     report: ShipReport,
@@ -82,6 +90,7 @@ impl Shipper {
         sink: Transport,
         max_lag: u64,
         spool: Option<(Spool, WhenFull)>,
+        backpressure: Arc<AtomicBool>,
     ) -> Shipper {
         Shipper {
             redis_url,
@@ -93,6 +102,8 @@ impl Shipper {
             max_lag,
             lag_over: false,
             next_lag_check: Instant::now(),
+            lag_estimate: 0,
+            backpressure,
             spool,
             last_sync: Instant::now(),
             report: ShipReport::default(),
@@ -143,6 +154,7 @@ impl Shipper {
         while let Some(mut batch) = batches.recv().await {
             if !gave_up {
                 while !shutdown.is_cancelled() && !self.consumers_keep_up().await {
+                    self.set_backpressure(true);
                     tokio::select! {
                         _ = tokio::time::sleep(LAG_WAIT) => {}
                         _ = shutdown.cancelled() => {}
@@ -223,6 +235,12 @@ impl Shipper {
     fn shipped(&mut self, entries: &[Entry], event_count: u64) {
         self.report.entries += entries.len() as u64;
         self.report.events += event_count;
+        self.lag_estimate += entries.len() as u64;
+        self.set_backpressure(false);
+    }
+
+    fn set_backpressure(&self, on: bool) {
+        self.backpressure.store(on, Ordering::Relaxed);
     }
 
     fn redis_failed(&mut self, error: &RedisError) {
@@ -270,6 +288,7 @@ impl Shipper {
             if spool.has_room(record_bytes) {
                 match spool.append(&batch) {
                     Ok(_) => {
+                        self.backpressure.store(false, Ordering::Relaxed);
                         self.report.spooled_events += batch.event_count;
                         if self.last_sync.elapsed() >= SPOOL_SYNC_INTERVAL {
                             self.last_sync = Instant::now();
@@ -310,6 +329,7 @@ impl Shipper {
                     return;
                 }
                 WhenFull::Block => {
+                    self.set_backpressure(true);
                     if !warned_full {
                         warn!("spool full: sources wait until the spool is replayed (when_full = block)");
                         warned_full = true;
@@ -367,6 +387,7 @@ impl Shipper {
                 self.report.entries += entries;
                 self.report.events += events;
                 self.report.replayed_events += events;
+                self.lag_estimate += entries;
                 if let Err(error) = spool.consume() {
                     error!(error = %error, "cannot move the spool cursor");
                 }
@@ -379,11 +400,13 @@ impl Shipper {
         }
     }
 
-    /// False while the consumers are `max_lag` entries or more behind. The lag is read at
-    /// most every second while they keep up; errors reading it are left to the shipping
+    /// False while the consumers are `max_lag` entries or more behind. The lag is read
+    /// every second while they keep up, and sooner once what was shipped since could
+    /// have reached the limit; errors reading it are left to the shipping
     /// that follows (and its backoff).
     async fn consumers_keep_up(&mut self) -> bool {
-        if self.max_lag == 0 || Instant::now() < self.next_lag_check {
+        let estimate_reached = !self.lag_over && self.lag_estimate >= self.max_lag;
+        if self.max_lag == 0 || (Instant::now() < self.next_lag_check && !estimate_reached) {
             return !self.lag_over;
         }
         let lag = match self.consumer_lag().await {
@@ -394,6 +417,7 @@ impl Shipper {
             }
         };
         let over = lag >= self.max_lag;
+        self.lag_estimate = lag;
         if over && !self.lag_over {
             warn!(lag, max_lag = self.max_lag, "consumers are behind, holding batches");
         } else if !over && self.lag_over {
@@ -457,6 +481,7 @@ impl Shipper {
                 }
                 Err(error) => {
                     self.connection = None;
+                    self.set_backpressure(true);
                     let delay = self.backoff.failed(&error);
                     if shutdown.is_cancelled() {
                         let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + shutdown_timeout);

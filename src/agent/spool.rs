@@ -38,6 +38,7 @@ pub enum WhenFull {
     /// Sources wait until replay frees room (backpressure)
     Block,
     /// The batch is dropped, counted and logged
+    #[value(name = "drop_newest")]
     DropNewest,
 }
 

@@ -67,6 +67,8 @@ pub struct AgentSummary {
     pub events: u64,
     pub alerting_events: u64,
     pub unsent_events: u64,
+    /// The whole summary, for the less common fields.
+    pub raw: serde_json::Value,
 }
 
 /// Waits for an agent and reads its summary.
@@ -92,6 +94,7 @@ pub fn agent_summary(mut agent: Child) -> AgentSummary {
         events: summary["events"].as_u64().unwrap(),
         alerting_events,
         unsent_events: summary["unsent_events"].as_u64().unwrap(),
+        raw: summary.clone(),
     }
 }
 
