@@ -266,7 +266,8 @@ impl Tailer {
     fn run(&mut self, shutdown: &CancellationToken) {
         let mut next_scan = Instant::now();
         let mut next_save = Instant::now() + CHECKPOINT_INTERVAL;
-        while !shutdown.is_cancelled() {
+        // A closed channel: the agent stops (e.g. `--count` reached).
+        while !shutdown.is_cancelled() && !self.messages.is_closed() {
             if Instant::now() >= next_scan {
                 self.scan();
                 next_scan = Instant::now() + GLOB_INTERVAL;

@@ -46,7 +46,11 @@ pub async fn ship_events(
     let mut batcher = Batcher::new(config.pack, config.batch_entries, config.linger);
     let mut events_per_level = [0u64; Level::ALL.len()];
     let mut next_sequence: u64 = 0;
+    let limit = config.count.unwrap_or(u64::MAX);
     loop {
+        if next_sequence >= limit {
+            break; // `--count` reached: dropping the receiver ends the sources
+        }
         let deadline = batcher.deadline();
         let received = tokio::select! {
             received = messages.recv() => received,
@@ -61,14 +65,6 @@ pub async fn ship_events(
                 messages.close();
                 continue;
             }
-        };
-        let mut push = |batcher: &mut Batcher, mut event: LogEvent| {
-            event.id.clear();
-            event.id.push_str(&id_prefix);
-            event.id.push_str(itoa::Buffer::new().format(next_sequence));
-            next_sequence += 1;
-            events_per_level[event.level.index()] += 1;
-            batcher.push(|out| event.encode_into(out));
         };
         // A single event is not boxed into a Vec: stdin and syslog send one at a time.
         let (single, chunk) = match received {
@@ -87,8 +83,16 @@ pub async fn ship_events(
             }
         };
         let mut closed = false;
-        for event in single.into_iter().chain(chunk) {
-            push(&mut batcher, event);
+        for mut event in single.into_iter().chain(chunk) {
+            if next_sequence >= limit {
+                break;
+            }
+            event.id.clear();
+            event.id.push_str(&id_prefix);
+            event.id.push_str(itoa::Buffer::new().format(next_sequence));
+            next_sequence += 1;
+            events_per_level[event.level.index()] += 1;
+            batcher.push(|out| event.encode_into(out));
             if batcher.room() == 0
                 && let Some(batch) = batcher.take()
                 && batch_sender.send(batch).await.is_err()

@@ -16,7 +16,7 @@ use crate::broker::{self, Connection, keys::Keys};
 use crate::cli::BenchArgs;
 use crate::local_redis::LocalRedis;
 use processes::{Fleet, wait_processed};
-use report::{Latency, Report, Throughput};
+use report::{Latency, Report, SpoolWrite, Throughput};
 
 /// Settings of one benchmark run, derived from the arguments.
 struct Plan {
@@ -52,6 +52,10 @@ enum Scenario {
     Ingest { pack: usize },
     /// One police draining a stream pre-filled with `events`.
     Drain { pack: usize },
+    /// One agent tailing a file of `events` plain-text lines (written before the clock starts).
+    FileTail { pack: usize },
+    /// One agent taking `events` RFC 5424 messages over one TCP connection.
+    SyslogTcp { pack: usize },
     /// Agents and police running together, until the police processed every event.
     EndToEnd {
         agents: u64,
@@ -118,6 +122,16 @@ impl Bench {
             ("police drain, pack 1".to_string(), Scenario::Drain { pack: 1 }),
             (format!("police drain, {packed}"), Scenario::Drain { pack }),
         ];
+        for source_pack in [1, pack] {
+            scenarios.push((
+                format!("agent file tail → stream, pack {source_pack}"),
+                Scenario::FileTail { pack: source_pack },
+            ));
+            scenarios.push((
+                format!("agent syslog TCP → stream, pack {source_pack}"),
+                Scenario::SyslogTcp { pack: source_pack },
+            ));
+        }
         for (agents, police) in [(1, 1), (5, 2)] {
             for entry_pack in [1, pack] {
                 let name = format!("end to end, {agents} agent(s) + {police} police, pack {entry_pack}");
@@ -149,7 +163,8 @@ impl Bench {
         for rate in self.plan.latency_rates.clone() {
             latency.push(self.latency(rate).await?);
         }
-        Ok(Report::new(ceiling, throughput, latency, aof, self.plan.events))
+        let spool = self.spool_write()?;
+        Ok(Report::new(ceiling, throughput, latency, spool, aof, self.plan.events))
     }
 
     async fn repeat(&mut self, name: &str, scenario: &Scenario) -> anyhow::Result<Throughput> {
@@ -159,6 +174,8 @@ impl Bench {
             let run = match *scenario {
                 Scenario::Ingest { pack } => self.ingest(pack).await,
                 Scenario::Drain { pack } => self.drain(pack).await,
+                Scenario::FileTail { pack } => self.file_tail(pack).await,
+                Scenario::SyslogTcp { pack } => self.syslog_tcp(pack).await,
                 Scenario::EndToEnd {
                     agents,
                     police,
@@ -244,6 +261,113 @@ impl Bench {
         Ok(RunFigures::measured(self.plan.events, elapsed, &fleet))
     }
 
+    async fn file_tail(&mut self, pack: usize) -> anyhow::Result<RunFigures> {
+        let dir = tempfile_dir("file-tail")?;
+        let log = dir.join("app.log");
+        let mut text = String::with_capacity(self.plan.events as usize * 100);
+        for number in 0..self.plan.events {
+            text.push_str(&plain_line(number));
+        }
+        std::fs::write(&log, text)?;
+        let mut fleet = Fleet::new(&self.url)?;
+        let checkpoints = dir.join("checkpoints.json");
+        let started = Instant::now();
+        let extra = [
+            "--source",
+            "file",
+            "--file",
+            log.to_str().context("temp path is UTF-8")?,
+            "--checkpoint-file",
+            checkpoints.to_str().context("temp path is UTF-8")?,
+        ];
+        fleet.spawn_agent(&self.agent_args(self.plan.events, pack, false, &extra))?;
+        fleet.wait_agents().await?;
+        let elapsed = started.elapsed();
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(RunFigures::measured(self.plan.events, elapsed, &fleet))
+    }
+
+    async fn syslog_tcp(&mut self, pack: usize) -> anyhow::Result<RunFigures> {
+        use tokio::io::AsyncWriteExt;
+        let port = crate::local_redis::free_loopback_port()?;
+        let address = format!("127.0.0.1:{port}");
+        let mut messages = Vec::with_capacity(self.plan.events as usize * 110);
+        for number in 0..self.plan.events {
+            messages.extend_from_slice(syslog_line(number).as_bytes());
+        }
+        let mut fleet = Fleet::new(&self.url)?;
+        fleet.spawn_agent(&self.agent_args(
+            self.plan.events,
+            pack,
+            false,
+            &["--source", "syslog", "--syslog-tcp", &address],
+        ))?;
+        let mut stream = connect_with_retry(&address).await?;
+        let started = Instant::now();
+        stream.write_all(&messages).await?;
+        stream.shutdown().await?;
+        fleet.wait_agents().await?;
+        let elapsed = started.elapsed();
+        Ok(RunFigures::measured(self.plan.events, elapsed, &fleet))
+    }
+
+    /// Appends batches of synthetic events (pack 1, 256 entries) to a fresh spool and
+    /// syncs it, in this process: the rate of the spool's writer alone.
+    fn spool_write(&self) -> anyhow::Result<SpoolWrite> {
+        use crate::agent::batcher::Batcher;
+        use crate::agent::spool::{Spool, SpoolConfig, WhenFull};
+        let mut generator = crate::agent::generator::Generator::new(
+            7,
+            &crate::config::LevelMix::parse(crate::config::LevelMix::DEFAULT).expect("default mix"),
+            "checkout",
+            "bench-host",
+            "bench",
+            "run",
+        );
+        let mut batcher = Batcher::new(1, 256, Duration::from_secs(1));
+        let mut batches = Vec::new();
+        for _ in 0..64 {
+            while batcher.room() > 0 {
+                batcher.push(|out| generator.write_next(out));
+            }
+            batches.push(batcher.take().expect("a full batch"));
+        }
+        let batch_bytes: u64 = batches.iter().map(Spool::record_bytes).sum();
+        let target_bytes = self.plan.events * 256; // 256 MB for a full run
+        let mut runs = Vec::new();
+        let mut events = 0;
+        for _ in 0..self.plan.repeat {
+            let dir = tempfile_dir("spool")?;
+            let config = SpoolConfig {
+                dir: dir.clone(),
+                max_bytes: target_bytes * 2,
+                when_full: WhenFull::Block,
+            };
+            let mut spool = Spool::open(&config)?;
+            let started = std::time::Instant::now();
+            let mut written = 0;
+            events = 0;
+            while written < target_bytes {
+                for batch in &batches {
+                    spool.append(batch)?;
+                    events += batch.event_count;
+                }
+                written += batch_bytes;
+            }
+            spool.sync()?;
+            let elapsed = started.elapsed().as_secs_f64();
+            runs.push((written as f64 / elapsed / 1e6, events as f64 / elapsed));
+            drop(spool);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let spool = SpoolWrite::from_runs(&runs, events);
+        eprintln!(
+            "[bench] spool write: median {:.0} MB/s ({:.0} events/s)",
+            spool.median_mb_per_s, spool.median_events_per_s
+        );
+        Ok(spool)
+    }
+
     async fn drain(&mut self, pack: usize) -> anyhow::Result<RunFigures> {
         let mut prefill = Fleet::new(&self.url)?;
         prefill.spawn_agent(&self.agent_args(self.plan.events, pack, false, &[]))?;
@@ -318,6 +442,45 @@ impl Bench {
             latency.p50_ms, latency.p99_ms, latency.max_ms, latency.alerts
         );
         Ok(latency)
+    }
+}
+
+fn tempfile_dir(what: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("logsentinel-bench-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A plain-text application log line of about 100 bytes.
+fn plain_line(number: u64) -> String {
+    let level = if number % 50 == 0 { "ERROR" } else { "INFO" };
+    format!(
+        "2026-11-28T10:00:00.{:06}Z {level} checkout[4242]: GET /api/cart/{number} 200 in 12 ms user=u{}\n",
+        number % 1_000_000,
+        number % 977
+    )
+}
+
+/// An RFC 5424 message of about 110 bytes, newline-framed.
+fn syslog_line(number: u64) -> String {
+    let priority = if number % 50 == 0 { 131 } else { 134 }; // local0.err / local0.info
+    format!(
+        "<{priority}>1 2026-11-28T10:00:00.{:06}Z web01 checkout 4242 - - GET /api/cart/{number} 200 in 12 ms\n",
+        number % 1_000_000
+    )
+}
+
+async fn connect_with_retry(address: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) if Instant::now() >= deadline => {
+                return Err(error).with_context(|| format!("the agent never listened on {address}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
 }
 

@@ -73,6 +73,35 @@ impl Latency {
     }
 }
 
+/// The spool writer alone: records appended to segment files, then synced.
+#[derive(Debug, Serialize)]
+pub struct SpoolWrite {
+    pub runs_mb_per_s: Vec<f64>,
+    pub median_mb_per_s: f64,
+    pub min_mb_per_s: f64,
+    pub max_mb_per_s: f64,
+    pub median_events_per_s: f64,
+    pub events_per_run: u64,
+}
+
+impl SpoolWrite {
+    /// `runs`: (MB/s, events/s) of each run.
+    pub fn from_runs(runs: &[(f64, f64)], events_per_run: u64) -> SpoolWrite {
+        let mut rates: Vec<f64> = runs.iter().map(|run| run.0).collect();
+        rates.sort_by(f64::total_cmp);
+        let mut event_rates: Vec<f64> = runs.iter().map(|run| run.1).collect();
+        event_rates.sort_by(f64::total_cmp);
+        SpoolWrite {
+            median_mb_per_s: median(&rates),
+            min_mb_per_s: rates.first().copied().unwrap_or(0.0),
+            max_mb_per_s: rates.last().copied().unwrap_or(0.0),
+            runs_mb_per_s: rates,
+            median_events_per_s: median(&event_rates),
+            events_per_run,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub cores: usize,
@@ -81,6 +110,7 @@ pub struct Report {
     pub ceiling: Throughput,
     pub throughput: Vec<Throughput>,
     pub latency: Vec<Latency>,
+    pub spool_write: SpoolWrite,
 }
 
 impl Report {
@@ -88,6 +118,7 @@ impl Report {
         mut ceiling: Throughput,
         mut throughput: Vec<Throughput>,
         latency: Vec<Latency>,
+        spool_write: SpoolWrite,
         aof: bool,
         events_per_run: u64,
     ) -> Report {
@@ -102,6 +133,7 @@ impl Report {
             ceiling,
             throughput,
             latency,
+            spool_write,
         }
     }
 
@@ -135,6 +167,18 @@ impl Report {
                 megabytes(row.police_peak_rss_mb)
             );
         }
+        println!();
+        let spool = &self.spool_write;
+        println!("| spool write (append + sync) | median MB/s | min | max | events/s (median) |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        println!(
+            "| {} events per run | {:.0} | {:.0} | {:.0} | {:.0} |",
+            spool.events_per_run,
+            spool.median_mb_per_s,
+            spool.min_mb_per_s,
+            spool.max_mb_per_s,
+            spool.median_events_per_s
+        );
     }
 }
 
