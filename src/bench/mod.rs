@@ -454,7 +454,7 @@ fn tempfile_dir(what: &str) -> anyhow::Result<std::path::PathBuf> {
 
 /// A plain-text application log line of about 100 bytes.
 fn plain_line(number: u64) -> String {
-    let level = if number % 50 == 0 { "ERROR" } else { "INFO" };
+    let level = if number.is_multiple_of(50) { "ERROR" } else { "INFO" };
     format!(
         "2026-11-28T10:00:00.{:06}Z {level} checkout[4242]: GET /api/cart/{number} 200 in 12 ms user=u{}\n",
         number % 1_000_000,
@@ -464,7 +464,7 @@ fn plain_line(number: u64) -> String {
 
 /// An RFC 5424 message of about 110 bytes, newline-framed.
 fn syslog_line(number: u64) -> String {
-    let priority = if number % 50 == 0 { 131 } else { 134 }; // local0.err / local0.info
+    let priority = if number.is_multiple_of(50) { 131 } else { 134 }; // local0.err / local0.info
     format!(
         "<{priority}>1 2026-11-28T10:00:00.{:06}Z web01 checkout 4242 - - GET /api/cart/{number} 200 in 12 ms\n",
         number % 1_000_000
