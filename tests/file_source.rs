@@ -181,3 +181,42 @@ fn stack_traces_are_joined_and_levels_found_by_pattern() {
     assert_eq!(events[2]["level"], "UNKNOWN");
     assert_eq!(events[2]["message"], "no level at all");
 }
+
+#[test]
+fn read_from_end_ships_only_new_lines_and_new_files_from_their_start() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.log");
+    append_lines(&old, 0..10);
+    let pattern = dir.path().join("*.log");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let agent = spawn_agent(
+        &url,
+        "tail",
+        &[
+            "--source",
+            "file",
+            "--file",
+            pattern.to_str().unwrap(),
+            "--checkpoint-file",
+            checkpoints.to_str().unwrap(),
+            "--read-from",
+            "end",
+        ],
+    );
+    // The agent has found old.log once its checkpoint names it.
+    wait_until("old.log in the checkpoint file", Duration::from_secs(20), || {
+        std::fs::read_to_string(&checkpoints).is_ok_and(|text| text.contains("old.log"))
+    });
+    append_lines(&old, 10..15);
+    append_lines(&dir.path().join("new.log"), 100..103);
+    wait_until("eight lines", Duration::from_secs(30), || {
+        stream_length(&mut connection) >= 8
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop_gracefully(agent);
+    let seen: Vec<u64> = delivered(&mut connection).into_keys().collect();
+    assert_eq!(seen, [10, 11, 12, 13, 14, 100, 101, 102]);
+}

@@ -21,7 +21,7 @@ use crate::event::line::parse_line_with;
 use crate::event::{Level, LogEvent};
 
 /// Messages parsed by sources and not yet batched (a chunk holds at most [`MAX_CHUNK_EVENTS`]).
-pub const SOURCE_QUEUE_MESSAGES: usize = 4096;
+pub const SOURCE_QUEUE_MESSAGES: usize = 1024;
 pub const MAX_CHUNK_EVENTS: usize = 64;
 
 /// What a source hands over.

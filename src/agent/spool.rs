@@ -408,3 +408,141 @@ fn decode_payload(mut payload: &[u8]) -> Option<Spooled> {
     }
     Some(Spooled { entries, event_count })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(texts: &[&str]) -> Batch {
+        Batch {
+            entries: texts
+                .iter()
+                .map(|text| Entry {
+                    event_count: 1,
+                    payload: text.as_bytes().to_vec(),
+                })
+                .collect(),
+            event_count: texts.len() as u64,
+            receipts: Vec::new(),
+        }
+    }
+
+    fn config(dir: &Path) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 20,
+            when_full: WhenFull::Block,
+        }
+    }
+
+    /// Peeks and consumes everything, returning the payloads in order.
+    fn drain(spool: &mut Spool) -> Vec<String> {
+        let mut payloads = Vec::new();
+        while let Some(spooled) = spool.peek().unwrap() {
+            payloads.extend(
+                spooled
+                    .entries
+                    .iter()
+                    .map(|entry| String::from_utf8(entry.payload.clone()).unwrap()),
+            );
+            spool.consume().unwrap();
+        }
+        payloads
+    }
+
+    fn segment_count(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|entry| segment_number(&entry.as_ref().unwrap().path()).is_some())
+            .count()
+    }
+
+    #[test]
+    fn replays_in_order_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        spool.append(&batch(&["a", "b"])).unwrap();
+        spool.append(&batch(&["c"])).unwrap();
+        spool.append(&batch(&["d"])).unwrap();
+        assert_eq!(spool.peek().unwrap().unwrap().event_count, 2);
+        spool.consume().unwrap();
+        drop(spool);
+
+        // A new process resumes after the cursor and writes to a new segment.
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        spool.append(&batch(&["e"])).unwrap();
+        assert_eq!(segment_count(dir.path()), 2);
+        assert_eq!(drain(&mut spool), ["c", "d", "e"]);
+        assert!(spool.is_empty());
+        assert_eq!(segment_count(dir.path()), 0, "replayed segments are removed");
+        drop(spool);
+
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        assert!(spool.is_empty());
+        spool.append(&batch(&["f"])).unwrap();
+        drop(spool);
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(
+            drain(&mut spool),
+            ["f"],
+            "a segment written after the spool emptied is not skipped"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_record_skips_the_rest_of_its_segment_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        spool.append(&batch(&["good"])).unwrap();
+        spool.append(&batch(&["flipped"])).unwrap();
+        spool.append(&batch(&["lost with its segment"])).unwrap();
+        drop(spool);
+        let first = dir.path().join(segment_name(0));
+        let mut bytes = fs::read(&first).unwrap();
+        let position = bytes.windows(7).position(|window| window == b"flipped").unwrap();
+        bytes[position] ^= 0x20;
+        fs::write(&first, bytes).unwrap();
+
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        spool.append(&batch(&["next segment"])).unwrap();
+        assert_eq!(drain(&mut spool), ["good", "next segment"]);
+        assert_eq!(spool.corrupt_segments, 1);
+        assert!(dir.path().join(format!("{}.corrupt", segment_name(0))).exists());
+    }
+
+    #[test]
+    fn a_torn_tail_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        spool.append(&batch(&["kept"])).unwrap();
+        drop(spool);
+        let mut segment = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(segment_name(0)))
+            .unwrap();
+        segment.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+        drop(segment);
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(drain(&mut spool), ["kept"]);
+        assert_eq!(spool.corrupt_segments, 1);
+        assert!(spool.is_empty());
+    }
+
+    #[test]
+    fn room_is_bounded_by_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(&SpoolConfig {
+            max_bytes: 100,
+            ..config(dir.path())
+        })
+        .unwrap();
+        let big = batch(&[&"x".repeat(80)]);
+        assert!(
+            spool.has_room(Spool::record_bytes(&big)),
+            "an empty spool takes any record"
+        );
+        spool.append(&big).unwrap();
+        assert!(!spool.has_room(Spool::record_bytes(&big)));
+        assert!(spool.has_room(4));
+    }
+}

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::sources::SourceMessage;
+use super::sources::{MAX_CHUNK_EVENTS, SourceMessage};
 use crate::event::foreign::Defaults;
 use crate::event::{Level, LogEvent, line, syslog};
 
@@ -71,36 +71,66 @@ pub async fn listen_tcp(listener: TcpListener, events: mpsc::Sender<SourceMessag
 async fn read_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    events: mpsc::Sender<SourceMessage>,
+    messages: mpsc::Sender<SourceMessage>,
     shutdown: CancellationToken,
 ) {
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::with_capacity(256 * 1024, stream);
     let mut frame = Vec::with_capacity(1024);
+    // Frames already in the read buffer go out together: one channel message per chunk.
+    let mut chunk = Vec::with_capacity(MAX_CHUNK_EVENTS);
     loop {
         frame.clear();
         let read = tokio::select! {
             read = read_frame(&mut reader, &mut frame) => read,
-            _ = shutdown.cancelled() => return,
+            // Frames already parsed (buffered ones) are handed over first.
+            _ = shutdown.cancelled(), if chunk.is_empty() => break,
         };
         match read {
-            Ok(false) => return,
+            Ok(false) => break,
             Ok(true) => {
                 let message = String::from_utf8_lossy(&frame);
                 let message = message.trim_end_matches(['\n', '\r']);
-                if !message.trim().is_empty()
-                    && events
-                        .send(SourceMessage::Event(to_event(message, peer)))
-                        .await
-                        .is_err()
-                {
-                    return;
+                if !message.trim().is_empty() {
+                    chunk.push(to_event(message, peer));
                 }
             }
             Err(error) => {
                 warn!(%peer, error = %error, "syslog TCP connection closed on a framing error");
-                return;
+                break;
             }
         }
+        if (chunk.len() >= MAX_CHUNK_EVENTS || !frame_buffered(reader.buffer()))
+            && !chunk.is_empty()
+            && messages
+                .send(SourceMessage::Chunk(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(MAX_CHUNK_EVENTS),
+                )))
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = messages.send(SourceMessage::Chunk(chunk)).await;
+    }
+}
+
+/// Whether `buffered` holds a whole frame, so that reading it cannot wait for the peer.
+fn frame_buffered(buffered: &[u8]) -> bool {
+    match buffered.first() {
+        None => false,
+        Some(first) if first.is_ascii_digit() => {
+            let Some(space) = memchr::memchr(b' ', buffered) else {
+                return false;
+            };
+            std::str::from_utf8(&buffered[..space])
+                .ok()
+                .and_then(|digits| digits.parse::<usize>().ok())
+                .is_some_and(|length| buffered.len() > space + length)
+        }
+        Some(_) => memchr::memchr(b'\n', buffered).is_some(),
     }
 }
 
