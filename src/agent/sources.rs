@@ -21,6 +21,8 @@ use crate::event::line::parse_line_with;
 use crate::event::{Level, LogEvent};
 
 /// Messages parsed by sources and not yet batched (a chunk holds at most [`MAX_CHUNK_EVENTS`]).
+/// Measured with syslog over TCP at pack 100 (1 M messages, one connection): 1,024 gave
+/// 425–600 k events/s at ~100 MB peak RSS, 512 gave ~300 k at 66 MB, 256 ~270 k at 42 MB.
 pub const SOURCE_QUEUE_MESSAGES: usize = 1024;
 pub const MAX_CHUNK_EVENTS: usize = 64;
 
