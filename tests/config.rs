@@ -54,6 +54,55 @@ fn invalid_config_exits_2_and_names_the_key() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+#[test]
+fn invalid_source_settings_exit_2_and_name_the_key() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["agent", "--source", "file"],
+            "invalid config: file: the file source needs",
+        ),
+        (
+            &["agent", "--source", "synthetic,http"],
+            "invalid config: source: synthetic cannot be combined",
+        ),
+        (
+            &["agent", "--source", "stdin", "--level-pattern", "(unclosed"],
+            "invalid config: level_pattern",
+        ),
+        (
+            &["agent", "--source", "stdin", "--multiline-continuation", "[a-"],
+            "invalid config: multiline_continuation",
+        ),
+        (
+            &["agent", "--source", "http", "--http-listen", "everywhere"],
+            "invalid config: http_listen",
+        ),
+        (
+            &["agent", "--spool-dir", "/tmp/x", "--spool-max-bytes", "10"],
+            "invalid config: spool_max_bytes",
+        ),
+        (&["agent", "--when-full", "explode"], "--when-full"),
+    ];
+    for (args, expected) in cases {
+        let (code, stderr) = run_failing(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "[agent]\nsource = [\"file\", \"http\"]\nfile = []\n").unwrap();
+    let (code, stderr) = run_failing(&["agent", "--config", file.path().to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "a list of sources from the file is read: {stderr}");
+    assert!(stderr.contains("invalid config: file:"), "{stderr}");
+
+    // A listening address already taken stops startup with a message, exit 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = run_failing(&["agent", "--source", "http", "--http-listen", &address], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot listen for HTTP"), "{stderr}");
+}
+
 /// Entries written by an agent of 8 events: the pack size tells which setting won.
 fn entries_written(redis: &TestRedis, config_path: &str, envs: &[(&str, &str)], args: &[&str]) -> u64 {
     let mut connection = redis.connection();

@@ -75,6 +75,8 @@ struct CheckpointFile {
 struct Checkpoints {
     path: PathBuf,
     stored: Mutex<HashMap<FileKey, Checkpoint>>,
+    /// Something changed since the last save.
+    changed: std::sync::atomic::AtomicBool,
 }
 
 impl Checkpoints {
@@ -100,6 +102,7 @@ impl Checkpoints {
         Ok(Checkpoints {
             path: path.to_path_buf(),
             stored: Mutex::new(stored),
+            changed: Default::default(),
         })
     }
 
@@ -117,6 +120,9 @@ impl Checkpoints {
         if let Some(current) = stored.get_mut(&key)
             && (checkpoint.offset >= current.offset || checkpoint.head_crc != current.head_crc)
         {
+            if current.offset != checkpoint.offset {
+                self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             *current = checkpoint;
         }
     }
@@ -127,14 +133,19 @@ impl Checkpoints {
             inode: checkpoint.inode,
         };
         self.stored.lock().expect("checkpoints lock").insert(key, checkpoint);
+        self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn forget(&self, key: FileKey) {
         self.stored.lock().expect("checkpoints lock").remove(&key);
+        self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Writes the file atomically (temporary file + rename).
+    /// Writes the file atomically (temporary file + rename), when something changed.
     fn save(&self) -> io::Result<()> {
+        if !self.changed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut files: Vec<Checkpoint> = self
             .stored
             .lock()
@@ -146,8 +157,16 @@ impl Checkpoints {
         let text = serde_json::to_string_pretty(&CheckpointFile { version: 1, files }).expect("serialises");
         let mut temporary = self.path.clone().into_os_string();
         temporary.push(".tmp");
-        std::fs::write(&temporary, text)?;
-        std::fs::rename(&temporary, &self.path)
+        let written = File::create(&temporary).and_then(|mut file| {
+            io::Write::write_all(&mut file, text.as_bytes())?;
+            // Synced before the rename, so that a power loss leaves the old file or the new one.
+            file.sync_all()?;
+            std::fs::rename(&temporary, &self.path)
+        });
+        if written.is_err() {
+            self.changed.store(true, std::sync::atomic::Ordering::Relaxed); // try again next time
+        }
+        written
     }
 }
 
