@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of the docker-compose stack, every image built here (nothing pulled):
-# Redis + 5 agents + 2 police; kill a police; restart Redis; cut an agent off the network for
-# 20 s; scale police 2 → 4 → 1; then check that every CRITICAL event raised exactly one
+# Redis + 5 agents (each with a disk spool) + 2 police; kill a police; restart Redis; cut an
+# agent off the network for 20 s; scale police 2 → 4 → 1; then check that every CRITICAL event raised exactly one
 # alert and that no consumer is left with pending entries. Prints each step with its
 # figures; exits non-zero on any failure; tears everything down (down -v) in every case.
 set -euo pipefail
@@ -93,16 +93,20 @@ echo "   police running: $(compose ps -q police | wc -l)"
 
 step "stopping the agents (they flush and print their summaries)"
 compose stop -t 30 log-agent >/dev/null 2>&1
-sent=0 critical=0
+sent=0 critical=0 spooled=0
 for container in $(compose ps -a -q log-agent); do
   summary=$(docker logs "$container" 2>/dev/null)
   events=$(echo "$summary" | awk '$1 == "events" { n = $2 } END { print n + 0 }')
   crit=$(echo "$summary" | awk '$1 == "CRITICAL" { n = $2 } END { print n + 0 }')
   unsent=$(echo "$summary" | awk '$1 == "UNSENT" { n = $2 } END { print n + 0 }')
+  spool_left=$(echo "$summary" | awk '$1 == "in" && $2 == "spool" { n = $3 } END { print n + 0 }')
+  agent_spooled=$(echo "$summary" | awk '$1 == "spooled" { n = $2 } END { print n + 0 }')
   [ "$unsent" -eq 0 ] || fail "agent $container could not deliver $unsent events"
-  sent=$(( sent + events )); critical=$(( critical + crit ))
+  [ "$spool_left" -eq 0 ] || fail "agent $container left $spool_left bytes in its spool"
+  sent=$(( sent + events )); critical=$(( critical + crit )); spooled=$(( spooled + agent_spooled ))
 done
-echo "   agents sent $sent events, $critical CRITICAL"
+echo "   agents sent $sent events, $critical CRITICAL; $spooled went through their disk spools"
+[ "$spooled" -gt 0 ] || fail "the Redis restart and the network cut spooled nothing"
 [ "$sent" -gt 0 ] || fail "no agent summary found"
 
 step "waiting for the police to drain"
