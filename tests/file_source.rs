@@ -18,21 +18,23 @@ fn append_lines(path: &Path, numbers: std::ops::Range<u64>) {
     file.write_all(text.as_bytes()).unwrap();
 }
 
-fn spawn_file_agent(url: &str, dir: &Path) -> Child {
-    let pattern = dir.join("*.log");
+/// An agent tailing `pattern`, its checkpoints in `checkpoints.json` beside `dir`'s files.
+fn spawn_tailing_agent(url: &str, dir: &Path, pattern: &Path, extra: &[&str]) -> Child {
     let checkpoints = dir.join("checkpoints.json");
-    spawn_agent(
-        url,
-        "files",
-        &[
-            "--source",
-            "file",
-            "--file",
-            pattern.to_str().unwrap(),
-            "--checkpoint-file",
-            checkpoints.to_str().unwrap(),
-        ],
-    )
+    let mut args = vec![
+        "--source",
+        "file",
+        "--file",
+        pattern.to_str().unwrap(),
+        "--checkpoint-file",
+        checkpoints.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    spawn_agent(url, "files", &args)
+}
+
+fn spawn_file_agent(url: &str, dir: &Path) -> Child {
+    spawn_tailing_agent(url, dir, &dir.join("*.log"), &[])
 }
 
 /// Line numbers in the stream, each with how many times it arrived.
@@ -145,17 +147,11 @@ fn stack_traces_are_joined_and_levels_found_by_pattern() {
          no level at all\n",
     )
     .unwrap();
-    let checkpoints = dir.path().join("checkpoints.json");
-    let agent = spawn_agent(
+    let agent = spawn_tailing_agent(
         &url,
-        "java",
+        dir.path(),
+        &log,
         &[
-            "--source",
-            "file",
-            "--file",
-            log.to_str().unwrap(),
-            "--checkpoint-file",
-            checkpoints.to_str().unwrap(),
             "--multiline-continuation",
             r"^(\s|java\.)",
             "--level-pattern",
@@ -190,22 +186,8 @@ fn read_from_end_ships_only_new_lines_and_new_files_from_their_start() {
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("old.log");
     append_lines(&old, 0..10);
-    let pattern = dir.path().join("*.log");
     let checkpoints = dir.path().join("checkpoints.json");
-    let agent = spawn_agent(
-        &url,
-        "tail",
-        &[
-            "--source",
-            "file",
-            "--file",
-            pattern.to_str().unwrap(),
-            "--checkpoint-file",
-            checkpoints.to_str().unwrap(),
-            "--read-from",
-            "end",
-        ],
-    );
+    let agent = spawn_tailing_agent(&url, dir.path(), &dir.path().join("*.log"), &["--read-from", "end"]);
     // The agent has found old.log once its checkpoint names it.
     wait_until("old.log in the checkpoint file", Duration::from_secs(20), || {
         std::fs::read_to_string(&checkpoints).is_ok_and(|text| text.contains("old.log"))

@@ -39,6 +39,20 @@ fn spawn_spooling_agent(url: &str, address: &str, spool: &Path, extra: &[&str]) 
     agent
 }
 
+/// Restarts Redis, runs an agent on `spool` until `expected` entries are in the stream
+/// (and a little longer, for a wrong extra one to show), stops it.
+fn replay_after_restart(redis: &mut TestRedis, spool: &Path, expected: u64) -> (AgentSummary, redis::Connection) {
+    redis.server.restart().unwrap();
+    let mut connection = redis.connection();
+    let address = free_address();
+    let agent = spawn_spooling_agent(&redis.url(), &address, spool, &[]);
+    wait_until("the spool replayed", Duration::from_secs(60), || {
+        stream_length(&mut connection) >= expected
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    (stop_and_summarise(agent), connection)
+}
+
 fn counts(messages: Vec<String>) -> BTreeMap<String, u32> {
     let mut counts = BTreeMap::new();
     for message in messages {
@@ -116,11 +130,7 @@ fn a_redis_outage_during_file_and_http_load_loses_nothing() {
     wait_until("everything stored", Duration::from_secs(120), || {
         stream_length(&mut connection) >= 6000 + 2000
     });
-    let summary = agent_summary({
-        let agent = agent;
-        sigterm(&agent);
-        agent
-    });
+    let summary = stop_and_summarise(agent);
     assert!(summary.raw["spooled_events"].as_u64().unwrap() > 0, "{:?}", summary.raw);
     assert_eq!(summary.raw["spool_bytes_left"], 0);
 
@@ -159,18 +169,7 @@ fn kill_9_while_spooling_then_restart_loses_nothing() {
     agent.kill().unwrap(); // SIGKILL: no flush, no goodbye
     agent.wait().unwrap();
 
-    redis.server.restart().unwrap();
-    let mut connection = redis.connection();
-    let address = free_address();
-    let agent = spawn_spooling_agent(&url, &address, &spool, &[]);
-    wait_until("the spool replayed", Duration::from_secs(60), || {
-        stream_length(&mut connection) >= 3000
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let summary = agent_summary({
-        sigterm(&agent);
-        agent
-    });
+    let (summary, mut connection) = replay_after_restart(&mut redis, &spool, 3000);
     assert_eq!(summary.raw["replayed_events"], 3000);
 
     let seen = counts(stream_messages(&mut connection));
@@ -193,10 +192,7 @@ fn a_corrupt_spool_tail_is_reported_and_the_rest_replayed() {
             .iter()
             .all(|status| *status == 202)
     );
-    let summary = agent_summary({
-        sigterm(&agent); // Redis is down: the batches stay in the spool
-        agent
-    });
+    let summary = stop_and_summarise(agent);
     assert!(summary.raw["spool_bytes_left"].as_u64().unwrap() > 0);
 
     // A torn record at the end, as a crash in the middle of a write would leave.
@@ -208,18 +204,7 @@ fn a_corrupt_spool_tail_is_reported_and_the_rest_replayed() {
         .unwrap();
     drop(segment);
 
-    redis.server.restart().unwrap();
-    let mut connection = redis.connection();
-    let address = free_address();
-    let agent = spawn_spooling_agent(&url, &address, &spool, &[]);
-    wait_until("the good records replayed", Duration::from_secs(60), || {
-        stream_length(&mut connection) >= 100
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let summary = agent_summary({
-        sigterm(&agent);
-        agent
-    });
+    let (summary, mut connection) = replay_after_restart(&mut redis, &spool, 100);
     assert_eq!(summary.raw["corrupt_spool_segments"], 1, "{:?}", summary.raw);
     assert_eq!(segment_files(&spool, ".spool.corrupt").len(), 1, "kept for inspection");
     let seen = counts(stream_messages(&mut connection));
@@ -247,10 +232,7 @@ fn a_full_spool_drops_the_newest_and_counts_them() {
     let refused = statuses.iter().filter(|status| **status == 503).count() as u64;
     assert_eq!(accepted + refused, 40, "{statuses:?}");
     assert!(accepted > 0 && refused > 0, "{statuses:?}");
-    let summary = agent_summary({
-        sigterm(&agent);
-        agent
-    });
+    let summary = stop_and_summarise(agent);
     assert_eq!(summary.raw["dropped_events"].as_u64().unwrap(), refused * 100);
     assert_eq!(summary.raw["spooled_events"].as_u64().unwrap(), accepted * 100);
 }

@@ -54,7 +54,8 @@ const LAG_WAIT: Duration = Duration::from_millis(200);
 /// How often the open spool segment is synced to the disk.
 const SPOOL_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-pub struct Shipper {
+/// Redis as the shipper sees it: one connection, and the backoff of failed attempts.
+struct Target {
     redis_url: String,
     keys: Keys,
     sink: Transport,
@@ -62,6 +63,10 @@ pub struct Shipper {
     backoff: Backoff,
     /// No Redis attempt before this instant (backoff after a failure).
     retry_at: Option<Instant>,
+}
+
+pub struct Shipper {
+    target: Target,
     /// 0 = no limit.
     max_lag: u64,
     lag_over: bool,
@@ -93,12 +98,14 @@ impl Shipper {
         backpressure: Arc<AtomicBool>,
     ) -> Shipper {
         Shipper {
-            redis_url,
-            keys,
-            sink,
-            connection: None,
-            backoff: Backoff::new("agent"),
-            retry_at: None,
+            target: Target {
+                redis_url,
+                keys,
+                sink,
+                connection: None,
+                backoff: Backoff::new("agent"),
+                retry_at: None,
+            },
             max_lag,
             lag_over: false,
             next_lag_check: Instant::now(),
@@ -162,7 +169,8 @@ impl Shipper {
                 }
             }
             if !gave_up && self.ship_with_retry(&batch, shutdown, shutdown_timeout).await {
-                self.shipped(&batch.entries, batch.event_count);
+                self.shipped(batch.entries.len() as u64, batch.event_count);
+                self.set_backpressure(false);
                 batch.settle(Settled::Stored);
                 continue;
             }
@@ -232,21 +240,15 @@ impl Shipper {
         self.spool.as_ref().is_some_and(|(spool, _)| !spool.is_empty())
     }
 
-    fn shipped(&mut self, entries: &[Entry], event_count: u64) {
-        self.report.entries += entries.len() as u64;
-        self.report.events += event_count;
-        self.lag_estimate += entries.len() as u64;
-        self.set_backpressure(false);
+    /// Counts what reached Redis.
+    fn shipped(&mut self, entries: u64, events: u64) {
+        self.report.entries += entries;
+        self.report.events += events;
+        self.lag_estimate += entries;
     }
 
     fn set_backpressure(&self, on: bool) {
         self.backpressure.store(on, Ordering::Relaxed);
-    }
-
-    fn redis_failed(&mut self, error: &RedisError) {
-        self.connection = None;
-        let delay = self.backoff.failed(error);
-        self.retry_at = Some(Instant::now() + delay);
     }
 
     /// Ships `batch` directly when nothing waits in the spool and Redis is up, else spools it.
@@ -255,26 +257,16 @@ impl Shipper {
             batch.settle(Settled::Stored);
             return;
         }
-        let redis_may_be_up = self.retry_at.is_none_or(|at| Instant::now() >= at);
-        if !self.has_backlog() && redis_may_be_up && self.consumers_keep_up().await {
-            match ship_entries(
-                &mut self.connection,
-                &self.redis_url,
-                &self.keys,
-                self.sink,
-                &batch.entries,
-            )
-            .await
-            {
-                Ok(()) => {
-                    self.backoff.succeeded();
-                    self.retry_at = None;
-                    self.shipped(&batch.entries, batch.event_count);
-                    batch.settle(Settled::Stored);
-                    return;
-                }
-                Err(error) => self.redis_failed(&error),
-            }
+        let redis_may_be_up = self.target.retry_at.is_none_or(|at| Instant::now() >= at);
+        if !self.has_backlog()
+            && redis_may_be_up
+            && self.consumers_keep_up().await
+            && self.target.ship(&batch.entries).await.is_ok()
+        {
+            self.shipped(batch.entries.len() as u64, batch.event_count);
+            self.set_backpressure(false);
+            batch.settle(Settled::Stored);
+            return;
         }
         self.spool_batch(batch, shutdown, stop_deadline).await;
     }
@@ -306,7 +298,8 @@ impl Shipper {
                             deadline.saturating_duration_since(Instant::now())
                         });
                         if self.ship_with_retry(&batch, shutdown, timeout).await {
-                            self.shipped(&batch.entries, batch.event_count);
+                            self.shipped(batch.entries.len() as u64, batch.event_count);
+                            self.set_backpressure(false);
                             batch.settle(Settled::Stored);
                         } else {
                             self.report.unsent_events += batch.event_count;
@@ -352,7 +345,7 @@ impl Shipper {
 
     /// Ships the oldest spooled record, if Redis and the consumers allow.
     async fn replay_one(&mut self) -> Replay {
-        if let Some(at) = self.retry_at
+        if let Some(at) = self.target.retry_at
             && Instant::now() < at
         {
             return Replay::NotBefore(at);
@@ -371,33 +364,16 @@ impl Shipper {
                 return Replay::NotBefore(Instant::now() + Duration::from_secs(1));
             }
         };
-        match ship_entries(
-            &mut self.connection,
-            &self.redis_url,
-            &self.keys,
-            self.sink,
-            &spooled.entries,
-        )
-        .await
-        {
-            Ok(()) => {
-                self.backoff.succeeded();
-                self.retry_at = None;
-                let (entries, events) = (spooled.entries.len() as u64, spooled.event_count);
-                self.report.entries += entries;
-                self.report.events += events;
-                self.report.replayed_events += events;
-                self.lag_estimate += entries;
-                if let Err(error) = spool.consume() {
-                    error!(error = %error, "cannot move the spool cursor");
-                }
-                Replay::Shipped
-            }
-            Err(error) => {
-                self.redis_failed(&error);
-                Replay::NotBefore(self.retry_at.unwrap_or_else(Instant::now))
-            }
+        if self.target.ship(&spooled.entries).await.is_err() {
+            return Replay::NotBefore(self.target.retry_at.unwrap_or_else(Instant::now));
         }
+        let (entries, events) = (spooled.entries.len() as u64, spooled.event_count);
+        if let Err(error) = spool.consume() {
+            error!(error = %error, "cannot move the spool cursor");
+        }
+        self.shipped(entries, events);
+        self.report.replayed_events += events;
+        Replay::Shipped
     }
 
     /// False while the consumers are `max_lag` entries or more behind. The lag is read
@@ -409,12 +385,8 @@ impl Shipper {
         if self.max_lag == 0 || (Instant::now() < self.next_lag_check && !estimate_reached) {
             return !self.lag_over;
         }
-        let lag = match self.consumer_lag().await {
-            Ok(lag) => lag,
-            Err(_) => {
-                self.connection = None;
-                return true;
-            }
+        let Ok(lag) = self.target.consumer_lag().await else {
+            return true;
         };
         let over = lag >= self.max_lag;
         self.lag_estimate = lag;
@@ -428,15 +400,114 @@ impl Shipper {
         !over
     }
 
-    /// Entries not yet delivered to the consumer group (stream; the stream length when
-    /// there is no group yet or Redis cannot tell), or the list length (list mode).
-    async fn consumer_lag(&mut self) -> Result<u64, RedisError> {
+    /// Returns false only when a stop was requested and `shutdown_timeout` has passed.
+    async fn ship_with_retry(
+        &mut self,
+        batch: &Batch,
+        shutdown: &CancellationToken,
+        shutdown_timeout: Duration,
+    ) -> bool {
+        let mut give_up_at: Option<Instant> = None;
+        while self.target.ship(&batch.entries).await.is_err() {
+            self.set_backpressure(true);
+            if shutdown.is_cancelled() {
+                let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + shutdown_timeout);
+                if Instant::now() >= deadline {
+                    return false;
+                }
+            }
+            let retry_at = self.target.retry_at.unwrap_or_else(Instant::now);
+            tokio::select! {
+                _ = tokio::time::sleep_until(retry_at) => {}
+                // wake up at once to start the stop deadline
+                _ = shutdown.cancelled(), if give_up_at.is_none() => {}
+            }
+        }
+        true
+    }
+}
+
+impl Target {
+    /// One pipelined round trip for `entries` (stream: XADD each; list: one LPUSH). A
+    /// failure drops the connection and sets the time of the next attempt (backoff).
+    async fn ship(&mut self, entries: &[Entry]) -> Result<(), RedisError> {
+        match self.ship_once(entries).await {
+            Ok(()) => {
+                self.backoff.succeeded();
+                self.retry_at = None;
+                Ok(())
+            }
+            Err(error) => {
+                self.connection = None;
+                self.retry_at = Some(Instant::now() + self.backoff.failed(&error));
+                Err(error)
+            }
+        }
+    }
+
+    /// The connection, opened if there is none, and the key names.
+    async fn connect(&mut self) -> Result<(&mut Connection, &Keys), RedisError> {
         if self.connection.is_none() {
             self.connection = Some(broker::connect(&self.redis_url).await?);
         }
         let connection = self.connection.as_mut().expect("connection was just set");
-        let keys = &self.keys;
-        match self.sink {
+        Ok((connection, &self.keys))
+    }
+
+    async fn ship_once(&mut self, entries: &[Entry]) -> Result<(), RedisError> {
+        if entries.is_empty() {
+            return Ok(()); // a batch of receipts only
+        }
+        let sink = self.sink;
+        let (connection, keys) = self.connect().await?;
+        match sink {
+            Transport::Stream => {
+                let mut pipeline = redis::pipe();
+                for entry in entries {
+                    let command = pipeline
+                        .cmd("XADD")
+                        .arg(&keys.stream)
+                        .arg("*")
+                        .arg("v")
+                        .arg(ENCODING_VERSION);
+                    if entry.event_count == 1 {
+                        command.arg("event").arg(&entry.payload).ignore();
+                    } else {
+                        command
+                            .arg("n")
+                            .arg(entry.event_count)
+                            .arg("events")
+                            .arg(&entry.payload)
+                            .ignore();
+                    }
+                }
+                pipeline.query_async::<()>(connection).await
+            }
+            Transport::List => {
+                let mut command = redis::cmd("LPUSH");
+                command.arg(&keys.list);
+                for entry in entries {
+                    command.arg(&entry.payload);
+                }
+                command.query_async::<()>(connection).await
+            }
+        }
+    }
+
+    /// Entries not yet delivered to the consumer group (stream; the stream length when
+    /// there is no group yet or Redis cannot tell), or the list length (list mode).
+    async fn consumer_lag(&mut self) -> Result<u64, RedisError> {
+        let lag = self.read_lag().await;
+        if lag.is_err() {
+            self.connection = None;
+        }
+        lag
+    }
+
+    async fn read_lag(&mut self) -> Result<u64, RedisError> {
+        let sink = self.sink;
+        let (connection, keys) = self.connect().await?;
+        match sink {
             Transport::List => redis::cmd("LLEN").arg(&keys.list).query_async(connection).await,
             Transport::Stream => {
                 let exists: bool = redis::cmd("EXISTS").arg(&keys.stream).query_async(connection).await?;
@@ -453,98 +524,6 @@ impl Shipper {
                     None => redis::cmd("XLEN").arg(&keys.stream).query_async(connection).await,
                 }
             }
-        }
-    }
-
-    /// Returns false only when a stop was requested and `shutdown_timeout` has passed.
-    async fn ship_with_retry(
-        &mut self,
-        batch: &Batch,
-        shutdown: &CancellationToken,
-        shutdown_timeout: Duration,
-    ) -> bool {
-        let mut give_up_at: Option<Instant> = None;
-        loop {
-            match ship_entries(
-                &mut self.connection,
-                &self.redis_url,
-                &self.keys,
-                self.sink,
-                &batch.entries,
-            )
-            .await
-            {
-                Ok(()) => {
-                    self.backoff.succeeded();
-                    self.retry_at = None;
-                    return true;
-                }
-                Err(error) => {
-                    self.connection = None;
-                    self.set_backpressure(true);
-                    let delay = self.backoff.failed(&error);
-                    if shutdown.is_cancelled() {
-                        let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + shutdown_timeout);
-                        if Instant::now() >= deadline {
-                            return false;
-                        }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        // wake up at once to start the stop deadline
-                        _ = shutdown.cancelled(), if give_up_at.is_none() => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One pipelined round trip for `entries` (stream: XADD each; list: one LPUSH).
-async fn ship_entries(
-    connection: &mut Option<Connection>,
-    redis_url: &str,
-    keys: &Keys,
-    sink: Transport,
-    entries: &[Entry],
-) -> Result<(), RedisError> {
-    if entries.is_empty() {
-        return Ok(()); // a batch of receipts only
-    }
-    if connection.is_none() {
-        *connection = Some(broker::connect(redis_url).await?);
-    }
-    let connection = connection.as_mut().expect("connection was just set");
-    match sink {
-        Transport::Stream => {
-            let mut pipeline = redis::pipe();
-            for entry in entries {
-                let command = pipeline
-                    .cmd("XADD")
-                    .arg(&keys.stream)
-                    .arg("*")
-                    .arg("v")
-                    .arg(ENCODING_VERSION);
-                if entry.event_count == 1 {
-                    command.arg("event").arg(&entry.payload).ignore();
-                } else {
-                    command
-                        .arg("n")
-                        .arg(entry.event_count)
-                        .arg("events")
-                        .arg(&entry.payload)
-                        .ignore();
-                }
-            }
-            pipeline.query_async::<()>(connection).await
-        }
-        Transport::List => {
-            let mut command = redis::cmd("LPUSH");
-            command.arg(&keys.list);
-            for entry in entries {
-                command.arg(&entry.payload);
-            }
-            command.query_async::<()>(connection).await
         }
     }
 }

@@ -98,6 +98,12 @@ pub fn agent_summary(mut agent: Child) -> AgentSummary {
     }
 }
 
+/// SIGTERM, then the summary.
+pub fn stop_and_summarise(agent: Child) -> AgentSummary {
+    sigterm(&agent);
+    agent_summary(agent)
+}
+
 pub fn wait_with_deadline(child: &mut Child, deadline: Duration) -> ExitStatus {
     let started = Instant::now();
     loop {
