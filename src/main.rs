@@ -100,21 +100,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn connect_or_explain(url: &str) -> anyhow::Result<broker::Connection> {
     broker::connect(url)
         .await
-        .map_err(|error| anyhow::anyhow!("cannot reach Redis at {}: {error}", redact(url)))
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+        .map_err(|error| anyhow::anyhow!("cannot reach Redis at {}: {error}", broker::errors::redact_url(url)))
 }
 
 /// mimalloc: the agent and police allocate many short-lived buffers per batch; it cut

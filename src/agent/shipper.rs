@@ -97,13 +97,14 @@ impl Shipper {
         spool: Option<(Spool, WhenFull)>,
         backpressure: Arc<AtomicBool>,
     ) -> Shipper {
+        let backoff = Backoff::new("agent", &redis_url);
         Shipper {
             target: Target {
                 redis_url,
                 keys,
                 sink,
                 connection: None,
-                backoff: Backoff::new("agent"),
+                backoff,
                 retry_at: None,
             },
             max_lag,

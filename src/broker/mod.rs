@@ -2,6 +2,7 @@
 //!
 //! There is one broker, Redis, so there is no broker trait: tests use a real server.
 
+pub mod errors;
 pub mod keys;
 pub mod list;
 pub mod scripts;
@@ -35,6 +36,8 @@ pub async fn connect(redis_url: &str) -> Result<Connection, RedisError> {
 #[derive(Debug)]
 pub struct Backoff {
     what: &'static str,
+    /// The Redis URL without its password, named in every message.
+    redis_url: String,
     next_delay: Duration,
     failing_since: Option<tokio::time::Instant>,
     attempts: u64,
@@ -44,9 +47,10 @@ impl Backoff {
     const FIRST_DELAY: Duration = Duration::from_millis(100);
     const MAX_DELAY: Duration = Duration::from_secs(5);
 
-    pub fn new(what: &'static str) -> Backoff {
+    pub fn new(what: &'static str, redis_url: &str) -> Backoff {
         Backoff {
             what,
+            redis_url: errors::redact_url(redis_url),
             next_delay: Self::FIRST_DELAY,
             failing_since: None,
             attempts: 0,
@@ -56,7 +60,18 @@ impl Backoff {
     /// Records a failure and returns how long to wait before the next attempt.
     pub fn failed(&mut self, error: &RedisError) -> Duration {
         if self.failing_since.is_none() {
-            warn!(component = self.what, error = %error, "redis unreachable, retrying with backoff");
+            let redis_url = &self.redis_url;
+            match errors::classify(error) {
+                errors::Failure::OutOfMemory => {
+                    warn!(
+                        component = self.what,
+                        redis_url, "redis out of memory (maxmemory), retrying with backoff"
+                    )
+                }
+                errors::Failure::Unreachable | errors::Failure::Refused => {
+                    warn!(component = self.what, redis_url, error = %error, "redis unreachable, retrying with backoff")
+                }
+            }
             self.failing_since = Some(tokio::time::Instant::now());
         }
         self.attempts += 1;
@@ -70,6 +85,7 @@ impl Backoff {
         if let Some(since) = self.failing_since.take() {
             info!(
                 component = self.what,
+                redis_url = %self.redis_url,
                 attempts = self.attempts,
                 down_ms = since.elapsed().as_millis() as u64,
                 "redis reachable again"
@@ -135,7 +151,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new("test");
+        let mut backoff = Backoff::new("test", "redis://127.0.0.1:1");
         let error = RedisError::from(std::io::Error::other("down"));
         let delays: Vec<Duration> = (0..8).map(|_| backoff.failed(&error)).collect();
         assert_eq!(delays[0], Duration::from_millis(100));

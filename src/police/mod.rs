@@ -99,7 +99,7 @@ impl Police {
     /// starts after a capped backoff.
     pub async fn run(mut self) -> Settled {
         info!(consumer = %self.config.consumer, source = ?self.config.source, "police started");
-        let mut backoff = Backoff::new("police");
+        let mut backoff = Backoff::new("police", &self.broker.redis_url);
         loop {
             let session = match self.config.source {
                 Transport::Stream => stream_consumer::run_session(&mut self, &mut backoff).await,

@@ -1,0 +1,113 @@
+//! What a Redis error means for the caller: wait and retry, hold writers back, or stop.
+//!
+//! An outage (connection refused, reset, timeout, a replica promoted, Redis loading its
+//! data) heals by itself: callers retry with [`super::Backoff`]. Out of memory heals when
+//! the consumers catch up: writers hold back, the consumers that free memory go on.
+//! Everything else the server refuses (wrong password, missing ACL permission, a key of
+//! the wrong type, an invalid argument, a failing script) stays refused however often it
+//! is retried, so it is reported as what it is, never as "unreachable".
+
+use redis::{ErrorKind, RedisError};
+
+/// How a failed Redis call should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Network, timeout, restart, failover: retry with backoff.
+    Unreachable,
+    /// `OOM command not allowed when used memory > 'maxmemory'`: back-pressure on writers.
+    OutOfMemory,
+    /// Auth, ACL, type, argument or script errors: retrying cannot help.
+    Refused,
+}
+
+/// Error codes of a server that is up but temporarily cannot serve the command.
+const TRANSIENT_CODES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "MOVED",
+    "ASK",
+];
+
+pub fn classify(error: &RedisError) -> Failure {
+    let code = error.code();
+    if code == Some("OOM") {
+        return Failure::OutOfMemory;
+    }
+    if code.is_some_and(|code| TRANSIENT_CODES.contains(&code)) {
+        return Failure::Unreachable;
+    }
+    match error.kind() {
+        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => Failure::Refused,
+        ErrorKind::Server(_) | ErrorKind::Extension => {
+            // A full connection table is a passing condition, not a refusal of the command.
+            if error.to_string().contains("max number of clients") {
+                Failure::Unreachable
+            } else {
+                Failure::Refused
+            }
+        }
+        _ => Failure::Unreachable,
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => format!("{}***{}", &url[..scheme_end + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: &str, detail: &str) -> RedisError {
+        redis::make_extension_error(code.to_string(), Some(detail.to_string()))
+    }
+
+    #[test]
+    fn errors_are_classified_by_what_retrying_can_do() {
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(classify(&io), Failure::Unreachable);
+        assert_eq!(
+            classify(&server_error("OOM", "command not allowed")),
+            Failure::OutOfMemory
+        );
+        assert_eq!(
+            classify(&server_error("LOADING", "loading the dataset")),
+            Failure::Unreachable
+        );
+        assert_eq!(classify(&server_error("NOPERM", "no permissions")), Failure::Refused);
+        assert_eq!(
+            classify(&server_error("WRONGTYPE", "wrong kind of value")),
+            Failure::Refused
+        );
+        assert_eq!(classify(&server_error("ERR", "invalid expire time")), Failure::Refused);
+        assert_eq!(
+            classify(&server_error("ERR", "max number of clients reached")),
+            Failure::Unreachable
+        );
+    }
+
+    #[test]
+    fn passwords_never_appear_in_redacted_urls() {
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_url("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(redact_url("redis://secret@host"), "redis://***@host");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+    }
+}
