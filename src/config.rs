@@ -20,6 +20,19 @@ pub enum ConfigError {
     File { path: PathBuf, problem: String },
 }
 
+/// Largest alert dedup ttl, in seconds (ten years).
+pub const MAX_ALERT_DEDUP_TTL_S: u64 = 315_360_000;
+const ONE_DAY_MS: u64 = 86_400_000;
+const THIRTY_DAYS_MS: u64 = 30 * ONE_DAY_MS;
+
+/// `value` if it lies in `min..=max`, else an error naming the key and the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(key: &'static str, value: T, min: T, max: T) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(key, format!("{value} is not between {min} and {max}")));
+    }
+    Ok(value)
+}
+
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -416,14 +429,18 @@ pub struct PoliceConfig {
 
 pub fn police_config(args: &PoliceArgs, file: &FileConfig) -> Result<PoliceConfig, ConfigError> {
     let from_file = &file.police;
-    let read_count = args.read_count.or(from_file.read_count).unwrap_or(256);
-    if read_count == 0 {
-        return Err(invalid("read_count", "must be at least 1"));
-    }
-    let max_deliveries = args.max_deliveries.or(from_file.max_deliveries).unwrap_or(5);
-    if max_deliveries == 0 {
-        return Err(invalid("max_deliveries", "must be at least 1"));
-    }
+    let read_count = in_range(
+        "read_count",
+        args.read_count.or(from_file.read_count).unwrap_or(256),
+        1,
+        100_000,
+    )?;
+    let max_deliveries = in_range(
+        "max_deliveries",
+        args.max_deliveries.or(from_file.max_deliveries).unwrap_or(5),
+        1,
+        1_000_000,
+    )?;
     let alert_level_text = args
         .alert_level
         .clone()
@@ -432,14 +449,32 @@ pub fn police_config(args: &PoliceArgs, file: &FileConfig) -> Result<PoliceConfi
     let alert_level = alert_level_text
         .parse()
         .map_err(|error| invalid("alert_level", format!("{error}")))?;
-    let alert_dedup_ttl_s = args.alert_dedup_ttl_s.or(from_file.alert_dedup_ttl_s).unwrap_or(86_400);
-    if alert_dedup_ttl_s == 0 {
-        return Err(invalid("alert_dedup_ttl_s", "must be at least 1"));
-    }
+    // Ten years: Redis refuses larger expire times, and a settle would fail on each alert.
+    let alert_dedup_ttl_s = in_range(
+        "alert_dedup_ttl_s",
+        args.alert_dedup_ttl_s.or(from_file.alert_dedup_ttl_s).unwrap_or(86_400),
+        1,
+        MAX_ALERT_DEDUP_TTL_S,
+    )?;
     let block_ms = args.block_ms.or(from_file.block_ms).unwrap_or(1000);
     if block_ms == 0 {
         return Err(invalid("block_ms", "must be at least 1 (0 would block forever)"));
     }
+    let block_ms = in_range("block_ms", block_ms, 1, ONE_DAY_MS)?;
+    let claim_idle_ms = in_range(
+        "claim_idle_ms",
+        args.claim_idle_ms.or(from_file.claim_idle_ms).unwrap_or(30_000),
+        1,
+        THIRTY_DAYS_MS,
+    )?;
+    let consumer_idle_remove_ms = in_range(
+        "consumer_idle_remove_ms",
+        args.consumer_idle_remove_ms
+            .or(from_file.consumer_idle_remove_ms)
+            .unwrap_or(300_000),
+        1,
+        THIRTY_DAYS_MS,
+    )?;
     let consumer = args
         .consumer
         .clone()
@@ -452,25 +487,19 @@ pub fn police_config(args: &PoliceArgs, file: &FileConfig) -> Result<PoliceConfi
         .maintenance_interval_ms
         .or(from_file.maintenance_interval_ms)
         .unwrap_or(1000);
-    if maintenance_interval_ms == 0 {
-        return Err(invalid("maintenance_interval_ms", "must be at least 1"));
-    }
+    let maintenance_interval_ms = in_range("maintenance_interval_ms", maintenance_interval_ms, 1, ONE_DAY_MS)?;
     Ok(PoliceConfig {
         source: args.source.or(from_file.source).unwrap_or(Transport::Stream),
         consumer,
         read_count,
         block: Duration::from_millis(block_ms),
-        claim_idle: Duration::from_millis(args.claim_idle_ms.or(from_file.claim_idle_ms).unwrap_or(30_000)),
+        claim_idle: Duration::from_millis(claim_idle_ms),
         max_deliveries,
         alert_level,
         alerts_file: args.alerts_file.clone().or_else(|| from_file.alerts_file.clone()),
         quiet: args.quiet.or(from_file.quiet).unwrap_or(false),
         alert_dedup_ttl_s,
-        consumer_idle_remove: Duration::from_millis(
-            args.consumer_idle_remove_ms
-                .or(from_file.consumer_idle_remove_ms)
-                .unwrap_or(300_000),
-        ),
+        consumer_idle_remove: Duration::from_millis(consumer_idle_remove_ms),
         trim: args.trim.or(from_file.trim).unwrap_or(true),
         maintenance_interval: Duration::from_millis(maintenance_interval_ms),
         health_file: args.health_file.clone().or_else(|| from_file.health_file.clone()),

@@ -54,7 +54,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Police(args) => {
             let police_config = config::police_config(&args, &file)?;
             let police = police::Police::new(broker_config, police_config, shutdown).await?;
-            police.run().await;
+            police.run().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {

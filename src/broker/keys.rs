@@ -38,6 +38,12 @@ impl Keys {
         format!("{}:seen:", self.alerts)
     }
 
+    /// Liveness key of one consumer of the group; a consumer whose key exists is never
+    /// removed from the group by another police.
+    pub fn consumer_heartbeat(&self, consumer: &str) -> String {
+        format!("{}:{}:alive:{consumer}", self.stream, self.group)
+    }
+
     /// Processing list of one list-mode consumer.
     pub fn processing_list(&self, consumer: &str) -> String {
         format!("{}:processing:{consumer}", self.list)

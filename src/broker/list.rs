@@ -52,17 +52,6 @@ pub async fn unfinished_items(connection: &mut Connection, processing_list: &str
     Ok(newest_first)
 }
 
-/// Marks a consumer alive for `ttl_ms`.
-pub async fn heartbeat(connection: &mut Connection, heartbeat_key: &str, ttl_ms: u64) -> Result<(), RedisError> {
-    redis::cmd("SET")
-        .arg(heartbeat_key)
-        .arg(1)
-        .arg("PX")
-        .arg(ttl_ms)
-        .query_async::<()>(connection)
-        .await
-}
-
 /// Gives the processing lists of dead consumers back to the source list. Returns the
 /// number of items given back.
 pub async fn return_orphaned_items(

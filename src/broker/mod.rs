@@ -31,6 +31,40 @@ pub async fn connect(redis_url: &str) -> Result<Connection, RedisError> {
     client.get_multiplexed_async_connection_with_config(&config).await
 }
 
+/// Fails (as refused: retrying cannot help) unless Redis is 7.0 or newer: the scripts rely
+/// on script flags (`allow-oom`) and `redis.acl_check_cmd`, both new in 7.0.
+pub async fn require_scripting_flags(connection: &mut Connection) -> Result<(), RedisError> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(connection).await?;
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .unwrap_or(0);
+    if major >= 7 {
+        return Ok(());
+    }
+    Err(RedisError::from((
+        redis::ErrorKind::InvalidClientConfig,
+        "unsupported Redis version",
+        format!("Redis {version} is older than 7.0, which LogSentinel's police needs"),
+    )))
+}
+
+/// Marks a consumer alive for `ttl_ms` (see [`scripts::HEARTBEAT`]).
+pub async fn heartbeat(connection: &mut Connection, heartbeat_key: &str, ttl_ms: u64) -> Result<(), RedisError> {
+    scripts::HEARTBEAT
+        .key(heartbeat_key)
+        .arg(ttl_ms)
+        .invoke_async::<()>(connection)
+        .await
+}
+
 /// Capped exponential backoff that logs once per change of state (up → down → up),
 /// not once per attempt.
 #[derive(Debug)]

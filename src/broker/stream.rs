@@ -16,21 +16,14 @@ pub struct StreamEntry {
 }
 
 /// Creates the consumer group from id 0 (so entries written before it existed are read),
-/// creating the stream too if needed. An existing group is fine.
+/// creating the stream too if needed. An existing group is fine; see
+/// [`super::scripts::ENSURE_GROUP`] for why this works while Redis is out of memory.
 pub async fn ensure_group(connection: &mut Connection, keys: &Keys) -> Result<(), RedisError> {
-    let created: Result<Value, RedisError> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&keys.stream)
+    super::scripts::ENSURE_GROUP
+        .key(&keys.stream)
         .arg(&keys.group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(connection)
-        .await;
-    match created {
-        Ok(_) => Ok(()),
-        Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
-        Err(error) => Err(error),
-    }
+        .invoke_async::<()>(connection)
+        .await
 }
 
 /// XREADGROUP from `start` (`>` for new entries, an id for our own pending ones).
@@ -201,17 +194,36 @@ pub async fn consumers(connection: &mut Connection, keys: &Keys, group: &str) ->
         .collect())
 }
 
-/// Removes a consumer from the group. Only called for consumers with nothing pending, so
-/// no pending entry is dropped with it.
-pub async fn delete_consumer(connection: &mut Connection, keys: &Keys, consumer: &str) -> Result<u64, RedisError> {
-    let dropped_pending: i64 = redis::cmd("XGROUP")
-        .arg("DELCONSUMER")
-        .arg(&keys.stream)
+/// Who asks for a consumer's removal (see [`super::scripts::REMOVE_CONSUMER`]).
+pub enum Removal {
+    /// Another police, tidying up: only if the consumer's heartbeat expired and it has
+    /// been idle for at least this long.
+    IdleFor(std::time::Duration),
+    /// The consumer itself, leaving on a graceful stop.
+    Leaving,
+}
+
+/// Removes a consumer from the group if it has nothing pending (and, for [`Removal::IdleFor`],
+/// shows no sign of life), in one atomic step. Returns whether it was removed.
+pub async fn remove_consumer(
+    connection: &mut Connection,
+    keys: &Keys,
+    consumer: &str,
+    removal: Removal,
+) -> Result<bool, RedisError> {
+    let idle_limit = match removal {
+        Removal::IdleFor(limit) => limit.as_millis().to_string(),
+        Removal::Leaving => "self".to_string(),
+    };
+    let removed: i64 = super::scripts::REMOVE_CONSUMER
+        .key(&keys.stream)
+        .key(keys.consumer_heartbeat(consumer))
         .arg(&keys.group)
         .arg(consumer)
-        .query_async(connection)
+        .arg(idle_limit)
+        .invoke_async(connection)
         .await?;
-    Ok(dropped_pending.max(0) as u64)
+    Ok(removed == 1)
 }
 
 /// Summary of one group, from XINFO GROUPS.

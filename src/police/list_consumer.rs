@@ -21,7 +21,15 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
     let processing_list = keys.processing_list(&police.config.consumer);
     let heartbeat_key = keys.heartbeat(&police.config.consumer);
     let heartbeat_ttl_ms = police.config.claim_idle.as_millis().max(1) as u64;
-    list::heartbeat(&mut connection, &heartbeat_key, heartbeat_ttl_ms).await?;
+    broker::heartbeat(&mut connection, &heartbeat_key, heartbeat_ttl_ms).await?;
+    police
+        .check_redis(
+            &mut connection,
+            Source::List {
+                processing_list: &processing_list,
+            },
+        )
+        .await?;
     backoff.succeeded();
 
     let unfinished = list::unfinished_items(&mut connection, &processing_list).await?;
@@ -46,7 +54,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
             return Ok(SessionEnd::Stopped);
         }
         if Instant::now() >= next_maintenance {
-            list::heartbeat(&mut connection, &heartbeat_key, heartbeat_ttl_ms).await?;
+            broker::heartbeat(&mut connection, &heartbeat_key, heartbeat_ttl_ms).await?;
             let returned = list::return_orphaned_items(&mut connection, &keys, &processing_list).await?;
             if returned > 0 {
                 info!(items = returned, "gave items of a dead consumer back to the list");
@@ -79,7 +87,13 @@ async fn process(
         .map(|item| {
             let item_id = format!("{}#{:016x}", police.broker.keys.list, fnv1a(item.as_bytes()));
             let decoded = event::decode_list_item(&item_id, &item, police.interest);
-            Outcome::evaluate(item, decoded, &police.rules)
+            // Items without an id of their own get one from their content: the same message
+            // pushed twice is two messages, each alerted (the processing list already fences
+            // a double settle of one item).
+            let carries_own_id = decoded.events.iter().all(|event| event.id != item_id);
+            let mut outcome = Outcome::evaluate(item, decoded, &police.rules);
+            outcome.deduplicate_alerts = carries_own_id;
+            outcome
         })
         .collect();
     police.deliver_locally(&outcomes).await?;

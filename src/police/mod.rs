@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::broker::Backoff;
+use crate::broker::errors::{Failure, classify, redact_url};
 use crate::cli::Transport;
 use crate::config::{BrokerConfig, PoliceConfig};
 use rules::Rule;
@@ -50,6 +51,12 @@ pub struct Police {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoliceError {
+    #[error("redis at {redis_url} refused a command")]
+    Refused {
+        redis_url: String,
+        #[source]
+        source: RedisError,
+    },
     #[error("cannot open alerts file {path}")]
     AlertsFile {
         path: std::path::PathBuf,
@@ -95,11 +102,13 @@ impl Police {
         })
     }
 
-    /// Runs sessions until a stop is requested; a Redis error ends a session, and a new one
-    /// starts after a capped backoff.
-    pub async fn run(mut self) -> Settled {
+    /// Runs sessions until a stop is requested; a Redis outage ends a session, and a new one
+    /// starts after a capped backoff. A command Redis refuses (permissions, key types, a
+    /// failing script) stops the police with the reason: retrying would only hide it.
+    pub async fn run(mut self) -> Result<Settled, PoliceError> {
         info!(consumer = %self.config.consumer, source = ?self.config.source, "police started");
         let mut backoff = Backoff::new("police", &self.broker.redis_url);
+        let mut refused = None;
         loop {
             let session = match self.config.source {
                 Transport::Stream => stream_consumer::run_session(&mut self, &mut backoff).await,
@@ -107,6 +116,15 @@ impl Police {
             };
             match session {
                 Ok(SessionEnd::Stopped) => break,
+                Err(SessionError::Redis(error)) if classify(&error) == Failure::Refused => {
+                    tracing::error!(
+                        redis_url = %redact_url(&self.broker.redis_url),
+                        error = %error,
+                        "redis refused a command; stopping (entries in hand stay pending)"
+                    );
+                    refused = Some(error);
+                    break;
+                }
                 Err(SessionError::Redis(error)) => {
                     let delay = backoff.failed(&error);
                     tokio::select! {
@@ -133,7 +151,22 @@ impl Police {
             dead = totals.dead_written,
             "police stopped"
         );
-        totals
+        match refused {
+            Some(source) => Err(PoliceError::Refused {
+                redis_url: redact_url(&self.broker.redis_url),
+                source,
+            }),
+            None => Ok(totals),
+        }
+    }
+
+    /// How long our heartbeat key lives: at least three maintenance ticks, so that a live
+    /// police always refreshes it in time, and no less than the idle time after which other
+    /// police may remove a consumer.
+    pub fn heartbeat_ttl(&self) -> std::time::Duration {
+        self.config
+            .consumer_idle_remove
+            .max(self.config.maintenance_interval * 3)
     }
 
     /// Touches the health file (if any): proof for `healthcheck` that the loop runs.
@@ -155,6 +188,27 @@ impl Police {
         Ok(())
     }
 
+    fn settle_target<'a>(&'a self, source: settle::Source<'a>) -> settle::SettleTarget<'a> {
+        settle::SettleTarget {
+            keys: &self.broker.keys,
+            source,
+            consumer: &self.config.consumer,
+            alert_dedup_ttl_s: self.config.alert_dedup_ttl_s,
+        }
+    }
+
+    /// Start-up check of a session: Redis version, key types, permissions (see
+    /// [`settle::check`]).
+    async fn check_redis(
+        &self,
+        connection: &mut crate::broker::Connection,
+        source: settle::Source<'_>,
+    ) -> Result<(), SessionError> {
+        crate::broker::require_scripting_flags(connection).await?;
+        settle::check(connection, &self.settle_target(source)).await?;
+        Ok(())
+    }
+
     /// Writes alerts and dead letters to Redis and acknowledges the input, atomically.
     async fn settle(
         &self,
@@ -162,14 +216,7 @@ impl Police {
         source: settle::Source<'_>,
         outcomes: &[Outcome],
     ) -> Result<(), SessionError> {
-        let settled = settle::settle(
-            connection,
-            &self.broker.keys,
-            source,
-            self.config.alert_dedup_ttl_s,
-            outcomes,
-        )
-        .await?;
+        let settled = settle::settle(connection, &self.settle_target(source), outcomes).await?;
         self.totals.add(settled);
         if settled.dead_written > 0 {
             tracing::warn!(

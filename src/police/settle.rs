@@ -16,6 +16,11 @@ pub struct Outcome {
     pub item: String,
     pub event_count: u64,
     pub alerts: Vec<Alert>,
+    /// Whether the alerts pass the idempotency guard (see [`scripts::SETTLE`]): yes when
+    /// their ids come from the events' own ids, which a resent event repeats; no when the
+    /// ids are only a hash of a list item's content, where the same message pushed twice
+    /// is two messages, and the processing list already fences a double settle.
+    pub deduplicate_alerts: bool,
     pub dead: Vec<Rejected>,
 }
 
@@ -40,6 +45,7 @@ impl Outcome {
             item,
             event_count,
             alerts,
+            deduplicate_alerts: true,
             dead: decoded.rejected,
         }
     }
@@ -50,6 +56,7 @@ impl Outcome {
             item,
             event_count: 0,
             alerts: Vec::new(),
+            deduplicate_alerts: true,
             dead: vec![Rejected { reason, raw }],
         }
     }
@@ -76,6 +83,7 @@ impl Totals {
 }
 
 /// Which fence the settle script uses (see [`scripts::SETTLE`]).
+#[derive(Clone, Copy)]
 pub enum Source<'a> {
     Stream,
     List { processing_list: &'a str },
@@ -90,17 +98,39 @@ pub struct Settled {
     pub dead_written: u64,
 }
 
+/// What a settle needs besides the outcomes.
+pub struct SettleTarget<'a> {
+    pub keys: &'a Keys,
+    pub source: Source<'a>,
+    pub consumer: &'a str,
+    pub alert_dedup_ttl_s: u64,
+}
+
+/// Runs the settle script with no items: it checks the key types, the dedup ttl and the
+/// Redis user's permissions for every command a settle runs, so that a police that could
+/// not settle stops at start with the reason instead of at its first alert.
+pub async fn check(connection: &mut Connection, target: &SettleTarget<'_>) -> Result<(), RedisError> {
+    invoke(connection, target, &[]).await.map(|_| ())
+}
+
 pub async fn settle(
     connection: &mut Connection,
-    keys: &Keys,
-    source: Source<'_>,
-    alert_dedup_ttl_s: u64,
+    target: &SettleTarget<'_>,
     outcomes: &[Outcome],
 ) -> Result<Settled, RedisError> {
     if outcomes.is_empty() {
         return Ok(Settled::default());
     }
-    let (mode, source_key, label) = match source {
+    invoke(connection, target, outcomes).await
+}
+
+async fn invoke(
+    connection: &mut Connection,
+    target: &SettleTarget<'_>,
+    outcomes: &[Outcome],
+) -> Result<Settled, RedisError> {
+    let keys = target.keys;
+    let (mode, source_key, label) = match target.source {
         Source::Stream => ("stream", keys.stream.as_str(), keys.stream.as_str()),
         Source::List { processing_list } => ("list", processing_list, keys.list.as_str()),
     };
@@ -112,8 +142,9 @@ pub async fn settle(
         .key(keys.stats(label))
         .arg(mode)
         .arg(&keys.group)
+        .arg(target.consumer)
         .arg(keys.alert_seen_prefix())
-        .arg(alert_dedup_ttl_s)
+        .arg(target.alert_dedup_ttl_s)
         .arg(label);
     let (quiet, noisy): (Vec<&Outcome>, Vec<&Outcome>) = outcomes
         .iter()
@@ -135,8 +166,9 @@ pub async fn settle(
             .arg(outcome.event_count)
             .arg(outcome.alerts.len())
             .arg(outcome.dead.len());
+        let guarded = if outcome.deduplicate_alerts { "1" } else { "0" };
         for alert in &outcome.alerts {
-            invocation.arg(&alert.alert_id).arg(alert.to_json());
+            invocation.arg(&alert.alert_id).arg(guarded).arg(alert.to_json());
         }
         for rejected in &outcome.dead {
             invocation.arg(&rejected.reason).arg(&rejected.raw);

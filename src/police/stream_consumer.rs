@@ -7,7 +7,9 @@
 //!   are dead-lettered instead of processed
 //! - a read is never raced against the stop request: entries it returns are processed and
 //!   settled before the session ends, so a graceful stop leaves nothing pending
-//! - consumers are removed from the group only when they have nothing pending
+//! - consumers are removed from the group only by one atomic script that checks they have
+//!   nothing pending and, for another police, that their heartbeat key expired: a removal
+//!   never drops a pending entry and never removes a live police
 
 use std::collections::HashMap;
 
@@ -16,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::settle::{Outcome, Source};
 use super::{Police, SessionEnd, SessionError};
-use crate::broker::stream::{self, StreamEntry};
+use crate::broker::stream::{self, Removal, StreamEntry};
 use crate::broker::{self, Backoff, Connection};
 use crate::event::{self, fields_as_json};
 
@@ -26,6 +28,8 @@ const MAX_CLAIM_ROUNDS_PER_TICK: usize = 10;
 pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<SessionEnd, SessionError> {
     let mut connection = broker::connect(&police.broker.redis_url).await?;
     stream::ensure_group(&mut connection, &police.broker.keys).await?;
+    police.check_redis(&mut connection, Source::Stream).await?;
+    refresh_heartbeat(police, &mut connection).await?;
     backoff.succeeded();
 
     finish_own_pending(police, &mut connection).await?;
@@ -187,8 +191,16 @@ fn evaluate(
     outcomes
 }
 
-/// Periodic work: claim from dead consumers, remove idle consumers, trim.
+/// Keeps our heartbeat key alive for [`Police::heartbeat_ttl`].
+async fn refresh_heartbeat(police: &Police, connection: &mut Connection) -> Result<(), SessionError> {
+    let heartbeat_key = police.broker.keys.consumer_heartbeat(&police.config.consumer);
+    let ttl_ms = police.heartbeat_ttl().as_millis() as u64;
+    Ok(broker::heartbeat(connection, &heartbeat_key, ttl_ms).await?)
+}
+
+/// Periodic work: heartbeat, claim from dead consumers, remove idle consumers, trim.
 async fn maintain(police: &mut Police, connection: &mut Connection) -> Result<(), SessionError> {
+    refresh_heartbeat(police, connection).await?;
     claim_idle_entries(police, connection).await?;
     remove_idle_consumers(police, connection).await?;
     if police.config.trim {
@@ -235,36 +247,35 @@ async fn claim_idle_entries(police: &mut Police, connection: &mut Connection) ->
     Ok(())
 }
 
-/// Removes consumers that have had nothing pending for `consumer_idle_remove`, so that
-/// scaling down leaves no dead consumers behind.
+/// Removes consumers that have had nothing pending for `consumer_idle_remove` and no
+/// heartbeat, so that scaling down leaves no dead consumers behind. `XINFO CONSUMERS` only
+/// picks the candidates; the script decides atomically.
 async fn remove_idle_consumers(police: &Police, connection: &mut Connection) -> Result<(), SessionError> {
     let keys = &police.broker.keys;
-    let idle_limit_ms = police.config.consumer_idle_remove.as_millis() as u64;
+    let idle_limit = police.config.consumer_idle_remove;
     for consumer in stream::consumers(connection, keys, &keys.group).await? {
-        if consumer.pending == 0 && consumer.idle_ms >= idle_limit_ms && consumer.name != police.config.consumer {
-            stream::delete_consumer(connection, keys, &consumer.name).await?;
+        let candidate = consumer.pending == 0
+            && consumer.idle_ms >= idle_limit.as_millis() as u64
+            && consumer.name != police.config.consumer;
+        if candidate && stream::remove_consumer(connection, keys, &consumer.name, Removal::IdleFor(idle_limit)).await? {
             info!(consumer = %consumer.name, idle_ms = consumer.idle_ms, "removed idle consumer");
         }
     }
     Ok(())
 }
 
-/// On a graceful stop: remove our consumer if nothing is pending on it.
+/// On a graceful stop: remove our consumer if nothing is pending on it, and our heartbeat.
 async fn leave_group_if_idle(police: &Police, connection: &mut Connection) -> Result<(), SessionError> {
     let keys = &police.broker.keys;
-    let own = stream::consumers(connection, keys, &keys.group)
-        .await?
-        .into_iter()
-        .find(|consumer| consumer.name == police.config.consumer);
-    match own {
-        Some(consumer) if consumer.pending == 0 => {
-            stream::delete_consumer(connection, keys, &consumer.name).await?;
-            info!(consumer = %consumer.name, "left the consumer group");
-        }
-        Some(consumer) => {
-            warn!(consumer = %consumer.name, pending = consumer.pending, "stopping with pending entries; another police will claim them")
-        }
-        None => {}
+    let consumer = &police.config.consumer;
+    if stream::remove_consumer(connection, keys, consumer, Removal::Leaving).await? {
+        info!(consumer = %consumer, "left the consumer group");
+    } else {
+        warn!(consumer = %consumer, "stopping with pending entries; another police will claim them");
     }
+    redis::cmd("DEL")
+        .arg(keys.consumer_heartbeat(consumer))
+        .query_async::<()>(connection)
+        .await?;
     Ok(())
 }
