@@ -66,6 +66,7 @@ local function expect_permission(...)
   end
 end
 expect_type(source, mode == 'stream' and 'stream' or 'list')
+expect_type(label, mode == 'stream' and 'stream' or 'list')
 expect_type(alerts, 'stream')
 expect_type(dead, 'stream')
 expect_type(stats, 'hash')
