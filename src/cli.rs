@@ -1,9 +1,15 @@
-//! Command-line interface. Every option is optional here: [`crate::config`] merges flags
-//! and `LOGSENTINEL_*` variables (clap) with the TOML file and the defaults.
+//! Command-line interface: one options struct per subcommand, deriving both clap (flags and
+//! `LOGSENTINEL_*` variables) and serde (the config file's table), so that each option is
+//! declared once, with its default. [`crate::config`] merges the three sources and
+//! validates the result.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+pub use crate::options::{AgentSource, ReadFrom, Transport, WhenFull};
+use crate::options::{DurationMs, DurationS, Size, one_or_many};
 
 #[derive(Debug, Parser)]
 #[command(name = "logsentinel", version, about = "Log ingestion and alerting on Redis Streams")]
@@ -30,198 +36,258 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
 }
 
-/// Options shared by every subcommand.
-#[derive(Debug, Args, Clone, Default)]
+/// Lets the variables of the options' older spellings (`LOGSENTINEL_CLAIM_IDLE_MS` for
+/// `--claim-idle`, `LOGSENTINEL_SOURCE` for the police's `--transport`) keep working: each
+/// is copied to the current name unless that is set. Clap reads one variable per option.
+/// Call before any thread starts (it sets process environment variables).
+pub fn accept_old_variable_names() {
+    let command = <Cli as clap::CommandFactory>::command();
+    for subcommand in std::iter::once(&command).chain(command.get_subcommands()) {
+        for argument in subcommand.get_arguments() {
+            let Some(current) = argument.get_env() else { continue };
+            if std::env::var_os(current).is_some() {
+                continue;
+            }
+            for alias in argument.get_all_aliases().unwrap_or_default() {
+                let old = format!("LOGSENTINEL_{}", alias.replace('-', "_").to_uppercase());
+                if let Some(value) = std::env::var_os(&old) {
+                    // SAFETY: called first thing in main, while the process has one thread.
+                    unsafe { std::env::set_var(current, value) };
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Options shared by every subcommand. Each field is an option on the command line, a
+/// `LOGSENTINEL_*` variable and a key at the top of the config file; the `default_value`
+/// here is the one definition of its default.
+#[derive(Debug, Args, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CommonArgs {
     /// TOML config file (flags > environment > file > defaults)
     #[arg(long, global = true, env = "LOGSENTINEL_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Redis URL: redis://[user:password@]host:port[/db]
-    #[arg(long, global = true, env = "LOGSENTINEL_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Stream the agents write to [default: logsentinel:logs]
-    #[arg(long, global = true, env = "LOGSENTINEL_STREAM")]
-    pub stream: Option<String>,
-    /// Consumer group of the police [default: police]
-    #[arg(long, global = true, env = "LOGSENTINEL_GROUP")]
-    pub group: Option<String>,
-    /// Stream the police write alerts to [default: logsentinel:alerts]
-    #[arg(long, global = true, env = "LOGSENTINEL_ALERTS_STREAM")]
-    pub alerts_stream: Option<String>,
-    /// Dead-letter stream [default: logsentinel:dead]
-    #[arg(long, global = true, env = "LOGSENTINEL_DEAD_STREAM")]
-    pub dead_stream: Option<String>,
-    /// List key used in list mode [default: log_queue]
-    #[arg(long, global = true, env = "LOGSENTINEL_KEY")]
-    pub key: Option<String>,
+    /// Redis URL: redis://[user:password@]host:port[/db], or rediss:// for TLS
+    #[arg(
+        long,
+        global = true,
+        env = "LOGSENTINEL_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Stream the agents write to
+    #[arg(long, global = true, env = "LOGSENTINEL_STREAM", default_value = "logsentinel:logs")]
+    pub stream: String,
+    /// Consumer group of the police
+    #[arg(long, global = true, env = "LOGSENTINEL_GROUP", default_value = "police")]
+    pub group: String,
+    /// Stream the police write alerts to
+    #[arg(
+        long,
+        global = true,
+        env = "LOGSENTINEL_ALERTS_STREAM",
+        default_value = "logsentinel:alerts"
+    )]
+    pub alerts_stream: String,
+    /// Dead-letter stream
+    #[arg(
+        long,
+        global = true,
+        env = "LOGSENTINEL_DEAD_STREAM",
+        default_value = "logsentinel:dead"
+    )]
+    pub dead_stream: String,
+    /// List key used in list mode
+    #[arg(long, global = true, env = "LOGSENTINEL_KEY", default_value = "log_queue")]
+    pub key: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// Redis Stream with a consumer group (at-least-once)
-    Stream,
-    /// Plain Redis list (LPUSH / BLMOVE), for list-based shippers
-    List,
-}
-
-/// Where an agent's events come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentSource {
-    /// Realistic synthetic logs at `--rate`
-    Synthetic,
-    /// Lines read from standard input (JSON, logfmt or plain text), until end of input
-    Stdin,
-    /// Syslog messages (RFC 5424, RFC 3164) over UDP and TCP
-    Syslog,
-    /// Files tailed by path or glob, following rotation, with checkpoints
-    File,
-    /// HTTP `POST /ingest` with NDJSON or a JSON array
-    Http,
-}
-
-/// Where a file never seen before is read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadFrom {
-    /// The first line
-    Start,
-    /// Only lines written after the agent found the file
-    End,
-}
-
-#[derive(Debug, Args, Default)]
+/// Options of `agent`; in the config file, the `[agent]` table.
+#[derive(Debug, Args, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AgentArgs {
     /// Where events come from: synthetic, or any of stdin, syslog, file, http (repeat the
-    /// flag or separate with commas) [default: synthetic]
-    #[arg(long, env = "LOGSENTINEL_AGENT_SOURCE", value_delimiter = ',')]
+    /// flag or separate with commas; in the file a string or a list)
+    #[arg(
+        long,
+        env = "LOGSENTINEL_AGENT_SOURCE",
+        value_delimiter = ',',
+        default_value = "synthetic"
+    )]
+    #[serde(deserialize_with = "one_or_many")]
     pub source: Vec<AgentSource>,
     /// File source: a path or glob to tail (repeat the flag or separate with commas)
     #[arg(long, env = "LOGSENTINEL_FILE", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub file: Vec<String>,
-    /// File source: where files without a checkpoint are read from [default: start]
-    #[arg(long, env = "LOGSENTINEL_READ_FROM")]
-    pub read_from: Option<ReadFrom>,
-    /// File source: where read offsets are kept [default: logsentinel-checkpoints.json]
-    #[arg(long, env = "LOGSENTINEL_CHECKPOINT_FILE")]
-    pub checkpoint_file: Option<PathBuf>,
+    /// File source: where files without a checkpoint are read from
+    #[arg(long, env = "LOGSENTINEL_READ_FROM", default_value = "start")]
+    pub read_from: ReadFrom,
+    /// File source: where read offsets are kept
+    #[arg(
+        long,
+        env = "LOGSENTINEL_CHECKPOINT_FILE",
+        default_value = "logsentinel-checkpoints.json"
+    )]
+    pub checkpoint_file: PathBuf,
     /// File and stdin sources: lines matching this regex continue the previous event (e.g.
-    /// '^\s' for indented stack traces) [default: every line is an event]
+    /// '^\s' for indented stack traces); by default every line is an event
     #[arg(long, env = "LOGSENTINEL_MULTILINE_CONTINUATION")]
     pub multiline_continuation: Option<String>,
-    /// Plain-text lines: regex finding the level (its first group, or the whole match)
-    /// [default: the first common level word among the first tokens]
+    /// Plain-text lines: regex finding the level (its first group, or the whole match); by
+    /// default the first common level word among the first tokens
     #[arg(long, env = "LOGSENTINEL_LEVEL_PATTERN")]
     pub level_pattern: Option<String>,
-    /// HTTP source: address to listen on [default: 0.0.0.0:8080]
-    #[arg(long, env = "LOGSENTINEL_HTTP_LISTEN")]
-    pub http_listen: Option<String>,
-    /// HTTP source: largest request body, in bytes [default: 10485760]
-    #[arg(long, env = "LOGSENTINEL_HTTP_MAX_BODY_BYTES")]
-    pub http_max_body_bytes: Option<usize>,
-    /// Disk spool directory: batches Redis cannot take go there and are replayed in order
-    /// [default: no spool, batches wait in memory and the sources wait]
+    /// HTTP source: address to listen on (0.0.0.0:8080 to accept other hosts)
+    #[arg(long, env = "LOGSENTINEL_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: String,
+    /// HTTP source: largest request body (larger ones get 413)
+    #[arg(long, env = "LOGSENTINEL_HTTP_MAX_BODY_BYTES", default_value = "10MiB")]
+    pub http_max_body_bytes: Size,
+    /// Disk spool directory: batches Redis cannot take go there and are replayed in order;
+    /// without one, batches wait in memory and the sources wait
     #[arg(long, env = "LOGSENTINEL_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
-    /// Largest size of the spool on disk, in bytes [default: 1073741824]
-    #[arg(long, env = "LOGSENTINEL_SPOOL_MAX_BYTES")]
-    pub spool_max_bytes: Option<u64>,
-    /// When the spool is full: block (sources wait) or drop_newest (counted) [default: block]
-    #[arg(long, env = "LOGSENTINEL_WHEN_FULL")]
-    pub when_full: Option<crate::agent::spool::WhenFull>,
-    /// Syslog UDP address to listen on [default with --source syslog and no TCP: 0.0.0.0:5514]
+    /// Largest size of the spool on disk (at least 64KiB)
+    #[arg(long, env = "LOGSENTINEL_SPOOL_MAX_BYTES", default_value = "1GiB")]
+    pub spool_max_bytes: Size,
+    /// When the spool is full: block (sources wait) or drop_newest (dropped, counted)
+    #[arg(long, env = "LOGSENTINEL_WHEN_FULL", default_value = "block")]
+    pub when_full: WhenFull,
+    /// Syslog UDP address to listen on; with --source syslog and neither address given,
+    /// both UDP and TCP listen on 127.0.0.1:5514
     #[arg(long, env = "LOGSENTINEL_SYSLOG_UDP")]
     pub syslog_udp: Option<String>,
-    /// Syslog TCP address to listen on [default with --source syslog and no UDP: 0.0.0.0:5514]
+    /// Syslog TCP address to listen on (see --syslog-udp)
     #[arg(long, env = "LOGSENTINEL_SYSLOG_TCP")]
     pub syslog_tcp: Option<String>,
-    /// Events per second, 0 = unlimited [default: 1000]
-    #[arg(long, env = "LOGSENTINEL_RATE")]
-    pub rate: Option<u64>,
-    /// Stop after this many events [default: run until stopped]
+    /// Synthetic source: events per second, 0 = unlimited
+    #[arg(long, env = "LOGSENTINEL_RATE", default_value_t = 1000)]
+    pub rate: u64,
+    /// Stop after this many events; by default run until stopped
     #[arg(long, env = "LOGSENTINEL_COUNT")]
     pub count: Option<u64>,
-    /// Seed of the generator, for reproducible logs [default: random]
+    /// Seed of the generator, for reproducible logs; random by default
     #[arg(long, env = "LOGSENTINEL_SEED")]
     pub seed: Option<u64>,
-    /// Share of each level, e.g. INFO=70,WARNING=20,ERROR=8,CRITICAL=2
-    #[arg(long, env = "LOGSENTINEL_LEVEL_MIX")]
-    pub level_mix: Option<String>,
-    /// Service of the events (stdin: when a line names none) [default: checkout; stdin: stdin]
+    /// Synthetic source: weight of each level
+    #[arg(
+        long,
+        env = "LOGSENTINEL_LEVEL_MIX",
+        default_value = "INFO=70,WARNING=20,ERROR=8,CRITICAL=2"
+    )]
+    pub level_mix: String,
+    /// Service of the events (real sources: of lines that name none); by default checkout
+    /// for synthetic logs, else the source's name (stdin, syslog, file, http; agent when
+    /// several sources run)
     #[arg(long, env = "LOGSENTINEL_SERVICE")]
     pub service: Option<String>,
-    /// Agent id, the first part of every event id [default: the hostname]
+    /// Agent id, the first part of every event id; by default the hostname
     #[arg(long, env = "LOGSENTINEL_AGENT_ID")]
     pub agent_id: Option<String>,
-    /// Where to ship: stream or list [default: stream]
-    #[arg(long, env = "LOGSENTINEL_SINK")]
-    pub sink: Option<Transport>,
-    /// Events per stream entry; 1 keeps entries readable by any tool [default: 1]
-    #[arg(long, env = "LOGSENTINEL_PACK")]
-    pub pack: Option<usize>,
-    /// Stream entries (or list items) per pipelined batch, at most 2048 events [default: 256]
-    #[arg(long, env = "LOGSENTINEL_BATCH")]
-    pub batch: Option<usize>,
-    /// Longest wait before a partial batch is sent, in milliseconds [default: 1]
-    #[arg(long, env = "LOGSENTINEL_LINGER_MS")]
-    pub linger_ms: Option<u64>,
-    /// Batches waiting for Redis before the generator waits too [default: 4]
-    #[arg(long, env = "LOGSENTINEL_QUEUE_BATCHES")]
-    pub queue_batches: Option<usize>,
-    /// On stop, how long to keep retrying Redis before giving up, in ms [default: 10000]
-    #[arg(long, env = "LOGSENTINEL_SHUTDOWN_TIMEOUT_MS")]
-    pub shutdown_timeout_ms: Option<u64>,
+    /// Where to ship: stream or list
+    #[arg(long, env = "LOGSENTINEL_SINK", default_value = "stream")]
+    pub sink: Transport,
+    /// Events per stream entry (1 to 10000); 1 keeps entries readable by any tool
+    #[arg(long, env = "LOGSENTINEL_PACK", default_value_t = 1)]
+    pub pack: usize,
+    /// Stream entries (or list items) per pipelined batch (1 to 100000), at most 2048 events
+    #[arg(long, env = "LOGSENTINEL_BATCH", default_value_t = 256)]
+    pub batch: usize,
+    /// Longest wait before a partial batch is sent
+    #[arg(long, env = "LOGSENTINEL_LINGER", alias = "linger-ms", default_value = "1ms")]
+    #[serde(alias = "linger_ms")]
+    pub linger: DurationMs,
+    /// Batches waiting for Redis before the sources wait too (1 to 1024)
+    #[arg(long, env = "LOGSENTINEL_QUEUE_BATCHES", default_value_t = 4)]
+    pub queue_batches: usize,
+    /// On stop, how long to keep retrying Redis before giving up
+    #[arg(
+        long,
+        env = "LOGSENTINEL_SHUTDOWN_TIMEOUT",
+        alias = "shutdown-timeout-ms",
+        default_value = "10s"
+    )]
+    #[serde(alias = "shutdown_timeout_ms")]
+    pub shutdown_timeout: DurationMs,
     /// Hold batches while the consumers are this many entries behind (group lag, or list
-    /// length in list mode); 0 = no limit [default: 1000000]
-    #[arg(long, env = "LOGSENTINEL_MAX_LAG")]
-    pub max_lag: Option<u64>,
+    /// length in list mode); 0 = no limit
+    #[arg(long, env = "LOGSENTINEL_MAX_LAG", default_value_t = 1_000_000)]
+    pub max_lag: u64,
     /// Print the final summary as one JSON line
     #[arg(long)]
     pub summary_json: bool,
 }
 
-#[derive(Debug, Args, Default)]
+/// Options of `police`; in the config file, the `[police]` table.
+#[derive(Debug, Args, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PoliceArgs {
-    /// Where to read: stream or list [default: stream]
-    #[arg(long, env = "LOGSENTINEL_SOURCE")]
-    pub source: Option<Transport>,
-    /// Consumer name, unique per instance [default: <hostname>-<pid>]
+    /// Where to read: stream or list
+    #[arg(long, env = "LOGSENTINEL_TRANSPORT", alias = "source", default_value = "stream")]
+    #[serde(alias = "source")]
+    pub transport: Transport,
+    /// Consumer name, unique per instance; by default <hostname>-<pid>
     #[arg(long, env = "LOGSENTINEL_CONSUMER")]
     pub consumer: Option<String>,
-    /// Stream entries (or list items) read per batch [default: 256]
-    #[arg(long, env = "LOGSENTINEL_READ_COUNT")]
-    pub read_count: Option<usize>,
-    /// Longest blocking read, in milliseconds [default: 1000]
-    #[arg(long, env = "LOGSENTINEL_BLOCK_MS")]
-    pub block_ms: Option<u64>,
-    /// Entries pending this long on another consumer are claimed, in ms [default: 30000]
-    #[arg(long, env = "LOGSENTINEL_CLAIM_IDLE_MS")]
-    pub claim_idle_ms: Option<u64>,
-    /// Deliveries after which an entry goes to the dead-letter stream [default: 5]
-    #[arg(long, env = "LOGSENTINEL_MAX_DELIVERIES")]
-    pub max_deliveries: Option<u64>,
-    /// Lowest level that raises an alert [default: CRITICAL]
-    #[arg(long, env = "LOGSENTINEL_ALERT_LEVEL")]
-    pub alert_level: Option<String>,
-    /// Also append alerts to this JSONL file
+    /// Stream entries (or list items) read per batch (1 to 100000)
+    #[arg(long, env = "LOGSENTINEL_READ_COUNT", default_value_t = 256)]
+    pub read_count: usize,
+    /// Longest blocking read; also bounds how long a graceful stop takes
+    #[arg(long, env = "LOGSENTINEL_BLOCK", alias = "block-ms", default_value = "1s")]
+    #[serde(alias = "block_ms")]
+    pub block: DurationMs,
+    /// Entries pending this long on another consumer are claimed; list mode: lifetime of
+    /// a consumer's heartbeat
+    #[arg(long, env = "LOGSENTINEL_CLAIM_IDLE", alias = "claim-idle-ms", default_value = "30s")]
+    #[serde(alias = "claim_idle_ms")]
+    pub claim_idle: DurationMs,
+    /// Deliveries after which an entry goes to the dead-letter stream
+    #[arg(long, env = "LOGSENTINEL_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u64,
+    /// Lowest level that raises an alert
+    #[arg(long, env = "LOGSENTINEL_ALERT_LEVEL", default_value = "CRITICAL")]
+    pub alert_level: String,
+    /// Also append alerts to this JSONL file (fsynced before acknowledging)
     #[arg(long, env = "LOGSENTINEL_ALERTS_FILE")]
     pub alerts_file: Option<PathBuf>,
     /// Do not print alerts on stdout (`--quiet` or `--quiet true|false`)
-    #[arg(long, env = "LOGSENTINEL_QUIET", num_args = 0..=1, default_missing_value = "true")]
-    pub quiet: Option<bool>,
-    /// How long an alert id is remembered to drop duplicates, in seconds [default: 86400]
-    #[arg(long, env = "LOGSENTINEL_ALERT_DEDUP_TTL_S")]
-    pub alert_dedup_ttl_s: Option<u64>,
-    /// Consumers idle this long with nothing pending are removed, in ms [default: 300000]
-    #[arg(long, env = "LOGSENTINEL_CONSUMER_IDLE_REMOVE_MS")]
-    pub consumer_idle_remove_ms: Option<u64>,
-    /// Trim acknowledged entries from the stream with XTRIM MINID [default: true]
-    #[arg(long, env = "LOGSENTINEL_TRIM", num_args = 0..=1, default_missing_value = "true")]
-    pub trim: Option<bool>,
-    /// Period of the maintenance work (claim, trim, cleanup), in ms [default: 1000]
-    #[arg(long, env = "LOGSENTINEL_MAINTENANCE_INTERVAL_MS")]
-    pub maintenance_interval_ms: Option<u64>,
+    #[arg(long, env = "LOGSENTINEL_QUIET", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub quiet: bool,
+    /// How long an alert id is remembered to drop duplicates (1s to 10 years)
+    #[arg(
+        long,
+        env = "LOGSENTINEL_ALERT_DEDUP_TTL",
+        alias = "alert-dedup-ttl-s",
+        default_value = "1day"
+    )]
+    #[serde(alias = "alert_dedup_ttl_s")]
+    pub alert_dedup_ttl: DurationS,
+    /// Consumers with nothing pending and no heartbeat for this long are removed from the
+    /// group
+    #[arg(
+        long,
+        env = "LOGSENTINEL_CONSUMER_IDLE_REMOVE",
+        alias = "consumer-idle-remove-ms",
+        default_value = "5m"
+    )]
+    #[serde(alias = "consumer_idle_remove_ms")]
+    pub consumer_idle_remove: DurationMs,
+    /// Trim acknowledged entries from the stream with XTRIM MINID (`--trim false` keeps them)
+    #[arg(long, env = "LOGSENTINEL_TRIM", num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
+    pub trim: bool,
+    /// Period of the maintenance work (heartbeat, claim, cleanup, trim)
+    #[arg(
+        long,
+        env = "LOGSENTINEL_MAINTENANCE_INTERVAL",
+        alias = "maintenance-interval-ms",
+        default_value = "1s"
+    )]
+    #[serde(alias = "maintenance_interval_ms")]
+    pub maintenance_interval: DurationMs,
     /// File touched by the read loop at least every few seconds, for `healthcheck`
     #[arg(long, env = "LOGSENTINEL_HEALTH_FILE")]
     pub health_file: Option<PathBuf>,

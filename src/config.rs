@@ -1,15 +1,26 @@
-//! Configuration: flags and `LOGSENTINEL_*` variables (parsed by clap), an optional TOML
-//! file, and defaults, merged in that order of precedence. Every problem names its key.
+//! Configuration: flags and `LOGSENTINEL_*` variables (clap), an optional TOML file, and
+//! the defaults, merged in that order of precedence, then validated. Every problem names
+//! its key, and the process exits with code 2.
+//!
+//! The option structs of [`crate::cli`] are the one definition of each option: clap reads
+//! them from the command line, serde from the file. The merge starts from what clap parsed
+//! (defaults included) and takes a file value wherever clap says the option was not given
+//! explicitly (`ArgMatches::value_source`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
-use crate::agent::spool::{SpoolConfig, WhenFull};
+use crate::broker::errors::redact_url;
 use crate::broker::keys::Keys;
-use crate::cli::{AgentArgs, AgentSource, CommonArgs, PoliceArgs, ReadFrom, Transport};
+use crate::cli::{AgentArgs, CommonArgs, PoliceArgs};
 use crate::event::Level;
+use crate::options::{AgentSource, ReadFrom, Transport, WhenFull};
 
 /// A configuration problem; the process exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -22,13 +33,13 @@ pub enum ConfigError {
 
 /// Largest alert dedup ttl, in seconds (ten years).
 pub const MAX_ALERT_DEDUP_TTL_S: u64 = 315_360_000;
-const ONE_DAY_MS: u64 = 86_400_000;
-const THIRTY_DAYS_MS: u64 = 30 * ONE_DAY_MS;
+const ONE_DAY: Duration = Duration::from_secs(86_400);
+const THIRTY_DAYS: Duration = Duration::from_secs(30 * 86_400);
 
 /// `value` if it lies in `min..=max`, else an error naming the key and the range.
-fn in_range<T: PartialOrd + std::fmt::Display>(key: &'static str, value: T, min: T, max: T) -> Result<T, ConfigError> {
+fn in_range<T: PartialOrd + std::fmt::Debug>(key: &'static str, value: T, min: T, max: T) -> Result<T, ConfigError> {
     if value < min || value > max {
-        return Err(invalid(key, format!("{value} is not between {min} and {max}")));
+        return Err(invalid(key, format!("{value:?} is not between {min:?} and {max:?}")));
     }
     Ok(value)
 }
@@ -40,87 +51,13 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The TOML file. Unknown keys are errors, so a typo stops startup and is named.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The TOML file: the common keys at the top, `[agent]` and `[police]` tables.
+#[derive(Debug, Default)]
 pub struct FileConfig {
-    redis_url: Option<String>,
-    stream: Option<String>,
-    group: Option<String>,
-    alerts_stream: Option<String>,
-    dead_stream: Option<String>,
-    key: Option<String>,
-    #[serde(default)]
-    agent: AgentFile,
-    #[serde(default)]
-    police: PoliceFile,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgentFile {
-    source: Option<OneOrMany<AgentSource>>,
-    file: Option<OneOrMany<String>>,
-    read_from: Option<ReadFrom>,
-    checkpoint_file: Option<PathBuf>,
-    multiline_continuation: Option<String>,
-    level_pattern: Option<String>,
-    http_listen: Option<String>,
-    http_max_body_bytes: Option<usize>,
-    spool_dir: Option<PathBuf>,
-    spool_max_bytes: Option<u64>,
-    when_full: Option<WhenFull>,
-    syslog_udp: Option<String>,
-    syslog_tcp: Option<String>,
-    rate: Option<u64>,
-    count: Option<u64>,
-    seed: Option<u64>,
-    level_mix: Option<String>,
-    service: Option<String>,
-    agent_id: Option<String>,
-    sink: Option<Transport>,
-    pack: Option<usize>,
-    batch: Option<usize>,
-    linger_ms: Option<u64>,
-    queue_batches: Option<usize>,
-    shutdown_timeout_ms: Option<u64>,
-    max_lag: Option<u64>,
-}
-
-/// `key = "a"` or `key = ["a", "b"]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T> OneOrMany<T> {
-    fn into_vec(self) -> Vec<T> {
-        match self {
-            OneOrMany::One(value) => vec![value],
-            OneOrMany::Many(values) => values,
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoliceFile {
-    source: Option<Transport>,
-    consumer: Option<String>,
-    read_count: Option<usize>,
-    block_ms: Option<u64>,
-    claim_idle_ms: Option<u64>,
-    max_deliveries: Option<u64>,
-    alert_level: Option<String>,
-    alerts_file: Option<PathBuf>,
-    quiet: Option<bool>,
-    alert_dedup_ttl_s: Option<u64>,
-    consumer_idle_remove_ms: Option<u64>,
-    trim: Option<bool>,
-    maintenance_interval_ms: Option<u64>,
-    health_file: Option<PathBuf>,
+    path: Option<PathBuf>,
+    common: Map<String, Value>,
+    agent: Map<String, Value>,
+    police: Map<String, Value>,
 }
 
 impl FileConfig {
@@ -129,15 +66,96 @@ impl FileConfig {
         let Some(path) = path else {
             return Ok(FileConfig::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::File {
+        let file_error = |problem: String| ConfigError::File {
             path: path.to_path_buf(),
-            problem: error.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|error| ConfigError::File {
-            path: path.to_path_buf(),
-            problem: error.to_string().trim_end().to_string(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|error| file_error(error.to_string()))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|error| file_error(error.to_string().trim_end().to_string()))?;
+        let Value::Object(mut common) = serde_json::to_value(table).map_err(|error| file_error(error.to_string()))?
+        else {
+            unreachable!("a TOML document is a table");
+        };
+        let mut section = |name: &str| match common.remove(name) {
+            None => Ok(Map::new()),
+            Some(Value::Object(table)) => Ok(table),
+            Some(_) => Err(file_error(format!("{name}: must be a table ([{name}])"))),
+        };
+        let agent = section("agent")?;
+        let police = section("police")?;
+        Ok(FileConfig {
+            path: Some(path.to_path_buf()),
+            common,
+            agent,
+            police,
         })
     }
+
+    /// `flags` with the file's values of `section` wherever the option was not given on
+    /// the command line or in the environment.
+    fn merge<T: Serialize + DeserializeOwned>(
+        &self,
+        flags: &T,
+        matches: &ArgMatches,
+        section: &str,
+    ) -> Result<T, ConfigError> {
+        let from_file = match section {
+            "agent" => &self.agent,
+            "police" => &self.police,
+            _ => &self.common,
+        };
+        let Ok(Value::Object(mut merged)) = serde_json::to_value(flags) else {
+            unreachable!("option structs serialise to objects");
+        };
+        for (key, value) in from_file {
+            let id = canonical_id(key);
+            let explicit = matches!(
+                matches.value_source(&id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if explicit {
+                continue;
+            }
+            merged.remove(&id);
+            merged.insert(key.clone(), value.clone());
+        }
+        serde_path_to_error::deserialize(Value::Object(merged)).map_err(|error| {
+            let key = error.path().to_string();
+            let problem = redact_secrets(&error.into_inner().to_string());
+            let key = if section.is_empty() {
+                key
+            } else {
+                format!("{section}.{key}")
+            };
+            ConfigError::File {
+                path: self.path.clone().unwrap_or_default(),
+                problem: format!("{key}: {problem}"),
+            }
+        })
+    }
+}
+
+/// The field an option is known by in the option struct, for a file key that may be one
+/// of its aliases (`claim_idle_ms` for `claim_idle`).
+fn canonical_id(key: &str) -> String {
+    let command = <crate::cli::Cli as clap::CommandFactory>::command();
+    let dashed = key.replace('_', "-");
+    let all_commands = std::iter::once(&command).chain(command.get_subcommands());
+    for candidate in all_commands {
+        for argument in candidate.get_arguments() {
+            let aliases = argument.get_all_aliases().unwrap_or_default();
+            if aliases.contains(&dashed.as_str()) {
+                return argument.get_id().to_string();
+            }
+        }
+    }
+    key.to_string()
+}
+
+/// Serde's messages quote the offending value; a Redis URL's password must not show.
+fn redact_secrets(text: &str) -> String {
+    text.split(' ').map(redact_url).collect::<Vec<_>>().join(" ")
 }
 
 /// Where Redis is and which keys to use.
@@ -147,34 +165,31 @@ pub struct BrokerConfig {
     pub keys: Keys,
 }
 
-pub fn broker_config(common: &CommonArgs, file: &FileConfig) -> Result<BrokerConfig, ConfigError> {
-    let defaults = Keys::default();
-    let pick = |flag: &Option<String>, from_file: &Option<String>, default: String, key: &'static str| {
-        let value = flag.clone().or_else(|| from_file.clone()).unwrap_or(default);
+pub fn broker_config(
+    common: &CommonArgs,
+    matches: &ArgMatches,
+    file: &FileConfig,
+) -> Result<BrokerConfig, ConfigError> {
+    let common = file.merge(common, matches, "")?;
+    let not_empty = |value: String, key: &'static str| {
         if value.is_empty() {
             return Err(invalid(key, "must not be empty"));
         }
         Ok(value)
     };
-    let redis_url = pick(
-        &common.redis_url,
-        &file.redis_url,
-        "redis://127.0.0.1:6379".into(),
-        "redis_url",
-    )?;
-    redis::Client::open(redis_url.as_str())
-        .map_err(|error| invalid("redis_url", format!("{redis_url:?} is not a usable Redis URL: {error}")))?;
+    let redis_url = not_empty(common.redis_url, "redis_url")?;
+    redis::Client::open(redis_url.as_str()).map_err(|error| {
+        invalid(
+            "redis_url",
+            format!("{:?} is not a usable Redis URL: {error}", redact_url(&redis_url)),
+        )
+    })?;
     let keys = Keys {
-        stream: pick(&common.stream, &file.stream, defaults.stream, "stream")?,
-        group: pick(&common.group, &file.group, defaults.group, "group")?,
-        alerts: pick(
-            &common.alerts_stream,
-            &file.alerts_stream,
-            defaults.alerts,
-            "alerts_stream",
-        )?,
-        dead: pick(&common.dead_stream, &file.dead_stream, defaults.dead, "dead_stream")?,
-        list: pick(&common.key, &file.key, defaults.list, "key")?,
+        stream: not_empty(common.stream, "stream")?,
+        group: not_empty(common.group, "group")?,
+        alerts: not_empty(common.alerts_stream, "alerts_stream")?,
+        dead: not_empty(common.dead_stream, "dead_stream")?,
+        list: not_empty(common.key, "key")?,
     };
     Ok(BrokerConfig { redis_url, keys })
 }
@@ -237,42 +252,27 @@ pub struct AgentConfig {
     pub summary_json: bool,
 }
 
-pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, ConfigError> {
-    let from_file = &file.agent;
-    let level_mix_text = args
-        .level_mix
-        .clone()
-        .or_else(|| from_file.level_mix.clone())
-        .unwrap_or_else(|| LevelMix::DEFAULT.into());
-    let level_mix = LevelMix::parse(&level_mix_text).map_err(|problem| invalid("level_mix", problem))?;
-    let pack = args.pack.or(from_file.pack).unwrap_or(1);
-    if pack == 0 || pack > 10_000 {
-        return Err(invalid("pack", format!("{pack} is not between 1 and 10000")));
-    }
-    let batch_entries = args.batch.or(from_file.batch).unwrap_or(256);
-    if batch_entries == 0 {
-        return Err(invalid("batch", "must be at least 1"));
-    }
-    let queue_batches = args.queue_batches.or(from_file.queue_batches).unwrap_or(4);
-    if queue_batches == 0 {
-        return Err(invalid("queue_batches", "must be at least 1"));
-    }
-    let agent_id = args
-        .agent_id
-        .clone()
-        .or_else(|| from_file.agent_id.clone())
-        .unwrap_or_else(crate::hostname);
+pub fn agent_config(args: &AgentArgs, matches: &ArgMatches, file: &FileConfig) -> Result<AgentConfig, ConfigError> {
+    let args = file.merge(args, matches, "agent")?;
+    let level_mix = LevelMix::parse(&args.level_mix).map_err(|problem| invalid("level_mix", problem))?;
+    let pack = in_range("pack", args.pack, 1, 10_000)?;
+    let batch_entries = in_range("batch", args.batch, 1, 100_000)?;
+    let queue_batches = in_range("queue_batches", args.queue_batches, 1, 1024)?;
+    let linger = in_range(
+        "linger",
+        args.linger.0,
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    )?;
+    let shutdown_timeout = in_range("shutdown_timeout", args.shutdown_timeout.0, Duration::ZERO, ONE_DAY)?;
+    let agent_id = args.agent_id.clone().unwrap_or_else(crate::hostname);
     if agent_id.is_empty() || agent_id.contains(char::is_whitespace) {
         return Err(invalid(
             "agent_id",
             format!("{agent_id:?} must be non-empty, without spaces"),
         ));
     }
-    let mut sources = if args.source.is_empty() {
-        from_file.source.clone().map(OneOrMany::into_vec).unwrap_or_default()
-    } else {
-        args.source.clone()
-    };
+    let mut sources = args.source.clone();
     sources.dedup();
     if sources.is_empty() {
         sources.push(AgentSource::Synthetic);
@@ -290,123 +290,84 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         AgentSource::File => "file",
         AgentSource::Http => "http",
     };
-    let files = if args.file.is_empty() {
-        from_file.file.clone().map(OneOrMany::into_vec).unwrap_or_default()
-    } else {
-        args.file.clone()
-    };
-    if has(AgentSource::File) && files.is_empty() {
+    if has(AgentSource::File) && args.file.is_empty() {
         return Err(invalid("file", "the file source needs at least one path or glob"));
     }
-    for pattern in &files {
+    for pattern in &args.file {
         glob::Pattern::new(pattern).map_err(|error| invalid("file", format!("{pattern:?}: {error}")))?;
     }
-    let regex = |value: Option<String>, key: &'static str| {
+    let regex = |value: &Option<String>, key: &'static str| {
         value
-            .map(|text| regex::Regex::new(&text).map_err(|error| invalid(key, format!("{text:?}: {error}"))))
+            .as_ref()
+            .map(|text| regex::Regex::new(text).map_err(|error| invalid(key, format!("{text:?}: {error}"))))
             .transpose()
     };
-    let multiline_continuation = regex(
-        args.multiline_continuation
-            .clone()
-            .or_else(|| from_file.multiline_continuation.clone()),
-        "multiline_continuation",
-    )?;
-    let level_pattern = regex(
-        args.level_pattern.clone().or_else(|| from_file.level_pattern.clone()),
-        "level_pattern",
-    )?;
-    let http_listen_text = args
-        .http_listen
-        .clone()
-        .or_else(|| from_file.http_listen.clone())
-        .unwrap_or_else(|| "0.0.0.0:8080".into());
-    let http_listen = http_listen_text.parse().map_err(|_| {
+    let multiline_continuation = regex(&args.multiline_continuation, "multiline_continuation")?;
+    let level_pattern = regex(&args.level_pattern, "level_pattern")?;
+    let http_listen = args.http_listen.parse().map_err(|_| {
         invalid(
             "http_listen",
-            format!("{http_listen_text:?} is not an address like 0.0.0.0:8080"),
+            format!("{:?} is not an address like 127.0.0.1:8080", args.http_listen),
         )
     })?;
-    let http_max_body_bytes = args
-        .http_max_body_bytes
-        .or(from_file.http_max_body_bytes)
-        .unwrap_or(10 << 20);
-    if http_max_body_bytes == 0 {
-        return Err(invalid("http_max_body_bytes", "must be at least 1"));
-    }
-    let spool_max_bytes = args.spool_max_bytes.or(from_file.spool_max_bytes).unwrap_or(1 << 30);
-    if spool_max_bytes < 65_536 {
-        return Err(invalid("spool_max_bytes", format!("{spool_max_bytes} is below 65536")));
-    }
-    let spool = args
-        .spool_dir
-        .clone()
-        .or_else(|| from_file.spool_dir.clone())
-        .map(|dir| SpoolConfig {
-            dir,
-            max_bytes: spool_max_bytes,
-            when_full: args.when_full.or(from_file.when_full).unwrap_or(WhenFull::Block),
-        });
-    let address = |value: Option<String>, key: &'static str| {
+    let http_max_body_bytes = in_range("http_max_body_bytes", args.http_max_body_bytes.0, 1, 1 << 30)?;
+    let spool_max_bytes = in_range("spool_max_bytes", args.spool_max_bytes.0, 65_536, 1 << 50)?;
+    let spool = args.spool_dir.clone().map(|dir| SpoolConfig {
+        dir,
+        max_bytes: spool_max_bytes,
+        when_full: args.when_full,
+    });
+    let address = |value: &Option<String>, key: &'static str| {
         value
+            .as_ref()
             .map(|text| {
                 text.parse::<std::net::SocketAddr>()
-                    .map_err(|_| invalid(key, format!("{text:?} is not an address like 0.0.0.0:5514")))
+                    .map_err(|_| invalid(key, format!("{text:?} is not an address like 127.0.0.1:5514")))
             })
             .transpose()
     };
-    let mut syslog_udp = address(
-        args.syslog_udp.clone().or_else(|| from_file.syslog_udp.clone()),
-        "syslog_udp",
-    )?;
-    let mut syslog_tcp = address(
-        args.syslog_tcp.clone().or_else(|| from_file.syslog_tcp.clone()),
-        "syslog_tcp",
-    )?;
+    let mut syslog_udp = address(&args.syslog_udp, "syslog_udp")?;
+    let mut syslog_tcp = address(&args.syslog_tcp, "syslog_tcp")?;
     if has(AgentSource::Syslog) && syslog_udp.is_none() && syslog_tcp.is_none() {
-        let default_address = std::net::SocketAddr::from(([0, 0, 0, 0], 5514));
+        let default_address = std::net::SocketAddr::from(([127, 0, 0, 1], 5514));
         syslog_udp = Some(default_address);
         syslog_tcp = Some(default_address);
     }
     Ok(AgentConfig {
         sources,
-        files,
-        read_from: args.read_from.or(from_file.read_from).unwrap_or(ReadFrom::Start),
-        checkpoint_file: args
-            .checkpoint_file
-            .clone()
-            .or_else(|| from_file.checkpoint_file.clone())
-            .unwrap_or_else(|| PathBuf::from("logsentinel-checkpoints.json")),
+        files: args.file.clone(),
+        read_from: args.read_from,
+        checkpoint_file: args.checkpoint_file.clone(),
         multiline_continuation,
         level_pattern,
         http_listen,
-        http_max_body_bytes,
+        http_max_body_bytes: http_max_body_bytes as usize,
         spool,
         syslog_udp,
         syslog_tcp,
-        rate_per_s: args.rate.or(from_file.rate).unwrap_or(1000),
-        count: args.count.or(from_file.count),
-        seed: args.seed.or(from_file.seed),
+        rate_per_s: args.rate,
+        count: args.count,
+        seed: args.seed,
         level_mix,
-        service: args
-            .service
-            .clone()
-            .or_else(|| from_file.service.clone())
-            .unwrap_or_else(|| default_service.into()),
+        service: args.service.clone().unwrap_or_else(|| default_service.into()),
         agent_id,
-        sink: args.sink.or(from_file.sink).unwrap_or(Transport::Stream),
+        sink: args.sink,
         pack,
         batch_entries,
-        linger: Duration::from_millis(args.linger_ms.or(from_file.linger_ms).unwrap_or(1)),
+        linger,
         queue_batches,
-        shutdown_timeout: Duration::from_millis(
-            args.shutdown_timeout_ms
-                .or(from_file.shutdown_timeout_ms)
-                .unwrap_or(10_000),
-        ),
-        max_lag: args.max_lag.or(from_file.max_lag).unwrap_or(1_000_000),
+        shutdown_timeout,
+        max_lag: args.max_lag,
         summary_json: args.summary_json,
     })
+}
+
+/// Where the agent spools, how much, and what happens when it is full.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
 }
 
 #[derive(Debug, Clone)]
@@ -427,88 +388,54 @@ pub struct PoliceConfig {
     pub health_file: Option<PathBuf>,
 }
 
-pub fn police_config(args: &PoliceArgs, file: &FileConfig) -> Result<PoliceConfig, ConfigError> {
-    let from_file = &file.police;
-    let read_count = in_range(
-        "read_count",
-        args.read_count.or(from_file.read_count).unwrap_or(256),
-        1,
-        100_000,
-    )?;
-    let max_deliveries = in_range(
-        "max_deliveries",
-        args.max_deliveries.or(from_file.max_deliveries).unwrap_or(5),
-        1,
-        1_000_000,
-    )?;
-    let alert_level_text = args
+pub fn police_config(args: &PoliceArgs, matches: &ArgMatches, file: &FileConfig) -> Result<PoliceConfig, ConfigError> {
+    let args = file.merge(args, matches, "police")?;
+    let read_count = in_range("read_count", args.read_count, 1, 100_000)?;
+    let max_deliveries = in_range("max_deliveries", args.max_deliveries, 1, 1_000_000)?;
+    let alert_level = args
         .alert_level
-        .clone()
-        .or_else(|| from_file.alert_level.clone())
-        .unwrap_or_else(|| "CRITICAL".into());
-    let alert_level = alert_level_text
         .parse()
         .map_err(|error| invalid("alert_level", format!("{error}")))?;
-    // Ten years: Redis refuses larger expire times, and a settle would fail on each alert.
-    let alert_dedup_ttl_s = in_range(
-        "alert_dedup_ttl_s",
-        args.alert_dedup_ttl_s.or(from_file.alert_dedup_ttl_s).unwrap_or(86_400),
-        1,
-        MAX_ALERT_DEDUP_TTL_S,
-    )?;
-    let block_ms = args.block_ms.or(from_file.block_ms).unwrap_or(1000);
-    if block_ms == 0 {
-        return Err(invalid("block_ms", "must be at least 1 (0 would block forever)"));
-    }
-    let block_ms = in_range("block_ms", block_ms, 1, ONE_DAY_MS)?;
-    let claim_idle_ms = in_range(
-        "claim_idle_ms",
-        args.claim_idle_ms.or(from_file.claim_idle_ms).unwrap_or(30_000),
-        1,
-        THIRTY_DAYS_MS,
-    )?;
-    let consumer_idle_remove_ms = in_range(
-        "consumer_idle_remove_ms",
-        args.consumer_idle_remove_ms
-            .or(from_file.consumer_idle_remove_ms)
-            .unwrap_or(300_000),
-        1,
-        THIRTY_DAYS_MS,
+    let one_ms = Duration::from_millis(1);
+    // Ten years at most: Redis refuses larger expire times, and every settle would fail.
+    let alert_dedup_ttl = in_range(
+        "alert_dedup_ttl",
+        args.alert_dedup_ttl.0,
+        Duration::from_secs(1),
+        Duration::from_secs(MAX_ALERT_DEDUP_TTL_S),
     )?;
     let consumer = args
         .consumer
         .clone()
-        .or_else(|| from_file.consumer.clone())
         .unwrap_or_else(|| format!("{}-{}", crate::hostname(), std::process::id()));
     if consumer.is_empty() {
         return Err(invalid("consumer", "must not be empty"));
     }
-    let maintenance_interval_ms = args
-        .maintenance_interval_ms
-        .or(from_file.maintenance_interval_ms)
-        .unwrap_or(1000);
-    let maintenance_interval_ms = in_range("maintenance_interval_ms", maintenance_interval_ms, 1, ONE_DAY_MS)?;
     Ok(PoliceConfig {
-        source: args.source.or(from_file.source).unwrap_or(Transport::Stream),
+        source: args.transport,
         consumer,
         read_count,
-        block: Duration::from_millis(block_ms),
-        claim_idle: Duration::from_millis(claim_idle_ms),
+        // 0 would block forever
+        block: in_range("block", args.block.0, one_ms, ONE_DAY)?,
+        claim_idle: in_range("claim_idle", args.claim_idle.0, one_ms, THIRTY_DAYS)?,
         max_deliveries,
         alert_level,
-        alerts_file: args.alerts_file.clone().or_else(|| from_file.alerts_file.clone()),
-        quiet: args.quiet.or(from_file.quiet).unwrap_or(false),
-        alert_dedup_ttl_s,
-        consumer_idle_remove: Duration::from_millis(consumer_idle_remove_ms),
-        trim: args.trim.or(from_file.trim).unwrap_or(true),
-        maintenance_interval: Duration::from_millis(maintenance_interval_ms),
-        health_file: args.health_file.clone().or_else(|| from_file.health_file.clone()),
+        alerts_file: args.alerts_file.clone(),
+        quiet: args.quiet,
+        alert_dedup_ttl_s: alert_dedup_ttl.as_secs(),
+        consumer_idle_remove: in_range("consumer_idle_remove", args.consumer_idle_remove.0, one_ms, THIRTY_DAYS)?,
+        trim: args.trim,
+        maintenance_interval: in_range("maintenance_interval", args.maintenance_interval.0, one_ms, ONE_DAY)?,
+        health_file: args.health_file.clone(),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, FromArgMatches};
+
     use super::*;
+    use crate::cli::{Cli, Command};
 
     #[test]
     fn level_mix_parses_and_names_problems() {
@@ -520,38 +447,88 @@ mod tests {
         assert!(LevelMix::parse("INFO=0").is_err());
     }
 
-    #[test]
-    fn flags_beat_file_beats_defaults() {
-        let file: FileConfig = toml::from_str("[agent]\nrate = 5\npack = 4\n").unwrap();
-        let args = AgentArgs {
-            rate: Some(7),
-            ..AgentArgs::default()
+    fn file(text: &str) -> FileConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logsentinel.toml");
+        std::fs::write(&path, text).unwrap();
+        FileConfig::load(Some(&path)).unwrap()
+    }
+
+    fn agent(flags: &[&str], file: &FileConfig) -> Result<AgentConfig, ConfigError> {
+        let matches = Cli::command().get_matches_from(["logsentinel", "agent"].iter().chain(flags));
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let (_, sub_matches) = matches.subcommand().unwrap();
+        let Command::Agent(args) = cli.command else {
+            unreachable!()
         };
-        let config = agent_config(&args, &file).unwrap();
-        assert_eq!(config.rate_per_s, 7);
-        assert_eq!(config.pack, 4);
-        assert_eq!(config.batch_entries, 256);
+        agent_config(&args, sub_matches, file)
+    }
+
+    fn police(flags: &[&str], file: &FileConfig) -> Result<PoliceConfig, ConfigError> {
+        let matches = Cli::command().get_matches_from(["logsentinel", "police"].iter().chain(flags));
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let (_, sub_matches) = matches.subcommand().unwrap();
+        let Command::Police(args) = cli.command else {
+            unreachable!()
+        };
+        police_config(&args, sub_matches, file)
     }
 
     #[test]
-    fn unknown_file_key_is_named() {
-        let error = toml::from_str::<FileConfig>("[police]\nclaim_idle = 5\n").unwrap_err();
-        assert!(error.to_string().contains("claim_idle"), "{error}");
+    fn flags_beat_file_beats_defaults() {
+        let file = file("[agent]\nrate = 5\npack = 4\nlinger_ms = 7\n");
+        let config = agent(&["--rate", "7"], &file).unwrap();
+        assert_eq!(config.rate_per_s, 7);
+        assert_eq!(config.pack, 4);
+        assert_eq!(config.linger, Duration::from_millis(7), "old _ms keys still read");
+        assert_eq!(config.batch_entries, 256);
+        let config = agent(&["--linger", "3ms", "--summary-json"], &file).unwrap();
+        assert_eq!(config.linger, Duration::from_millis(3), "a flag beats the file's alias");
+        assert!(config.summary_json, "flags the file does not name survive the merge");
+    }
+
+    #[test]
+    fn durations_and_sizes_take_human_units_old_flags_bare_numbers() {
+        let none = FileConfig::default();
+        let config = police(&["--claim-idle", "45s", "--block-ms", "250"], &none).unwrap();
+        assert_eq!(config.claim_idle, Duration::from_secs(45));
+        assert_eq!(config.block, Duration::from_millis(250));
+        let config = agent(&["--spool-dir", "x", "--spool-max-bytes", "2GiB"], &none).unwrap();
+        assert_eq!(config.spool.unwrap().max_bytes, 2 << 30);
+        let file = file("[police]\nclaim_idle = \"2m\"\nsource = \"list\"\nalert_dedup_ttl_s = 60\n");
+        let config = police(&[], &file).unwrap();
+        assert_eq!(config.claim_idle, Duration::from_secs(120));
+        assert_eq!(
+            config.source,
+            Transport::List,
+            "the police's old `source` key still reads"
+        );
+        assert_eq!(config.alert_dedup_ttl_s, 60);
+    }
+
+    #[test]
+    fn unknown_or_mistyped_file_keys_are_named() {
+        let file = file("[police]\nclaim_idlex = 5\n");
+        let error = police(&[], &file).unwrap_err().to_string();
+        assert!(error.contains("claim_idlex"), "{error}");
+        let file = self::file("[agent]\npack = \"many\"\n");
+        let error = agent(&[], &file).unwrap_err().to_string();
+        assert!(error.contains("agent.pack"), "{error}");
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let args = AgentArgs {
-            pack: Some(0),
-            ..AgentArgs::default()
-        };
-        let error = agent_config(&args, &FileConfig::default()).unwrap_err();
+        let none = FileConfig::default();
+        let error = agent(&["--pack", "0"], &none).unwrap_err();
         assert_eq!(error.to_string(), "invalid config: pack: 0 is not between 1 and 10000");
-        let common = CommonArgs {
-            redis_url: Some("http://nope".into()),
-            ..CommonArgs::default()
-        };
-        let error = broker_config(&common, &FileConfig::default()).unwrap_err();
-        assert!(error.to_string().starts_with("invalid config: redis_url:"), "{error}");
+        let error = agent(&["--queue-batches", "18446744073709551615"], &none).unwrap_err();
+        assert!(error.to_string().contains("queue_batches"), "{error}");
+        let error = police(&["--alert-dedup-ttl-s", "400000000"], &none).unwrap_err();
+        assert!(error.to_string().contains("alert_dedup_ttl"), "{error}");
+        let matches = Cli::command().get_matches_from(["logsentinel", "--redis-url", "http://u:secret@nope", "status"]);
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let error = broker_config(&cli.common, &matches, &none).unwrap_err().to_string();
+        assert!(error.starts_with("invalid config: redis_url:"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
     }
 }

@@ -1,8 +1,9 @@
 //! LogSentinel: log ingestion and alerting on Redis Streams.
 //!
 //! # Layout
-//! - [`cli`]: clap types of the `agent`, `police`, `status` and `demo` subcommands
+//! - [`cli`]: one options struct per subcommand (clap and serde), defaults declared once
 //! - [`config`]: flags > environment > TOML file > defaults, validation naming the key
+//! - [`options`]: value types of the options (choices, durations, sizes), a leaf module
 //! - [`event`]: the event model, severity levels, the on-stream encoding, other shippers'
 //!   shapes, parsing of raw lines (JSON, logfmt, plain text)
 //! - [`broker`]: Redis connections and backoff, key names, stream and list commands, Lua scripts
@@ -24,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod local_redis;
+pub mod options;
 pub mod police;
 pub mod shutdown;
 pub mod status;

@@ -3,13 +3,18 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use logsentinel::cli::{Cli, Command};
 use logsentinel::config::{self, ConfigError, FileConfig};
 use logsentinel::{agent, bench, broker, demo, police, shutdown, status, telemetry};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    logsentinel::cli::accept_old_variable_names();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     telemetry::init();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -18,11 +23,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli))
+    runtime.block_on(run(cli, matches))
 }
 
-async fn run(cli: Cli) -> ExitCode {
-    match run_command(cli).await {
+async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
+    match run_command(cli, matches).await {
         Ok(code) => code,
         Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
             eprintln!("logsentinel: {error}");
@@ -35,13 +40,17 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let file = FileConfig::load(cli.common.config.as_deref())?;
-    let broker_config = config::broker_config(&cli.common, &file)?;
+    let broker_config = config::broker_config(&cli.common, &matches, &file)?;
+    let sub_matches = matches
+        .subcommand()
+        .map(|(_, sub_matches)| sub_matches)
+        .unwrap_or(&matches);
     let shutdown = shutdown::on_signals()?;
     match cli.command {
         Command::Agent(args) => {
-            let agent_config = config::agent_config(&args, &file)?;
+            let agent_config = config::agent_config(&args, sub_matches, &file)?;
             let summary_json = agent_config.summary_json;
             let summary = agent::run(broker_config, agent_config, shutdown).await?;
             summary.print(summary_json);
@@ -52,7 +61,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Police(args) => {
-            let police_config = config::police_config(&args, &file)?;
+            let police_config = config::police_config(&args, sub_matches, &file)?;
             let police = police::Police::new(broker_config, police_config, shutdown).await?;
             police.run().await?;
             Ok(ExitCode::SUCCESS)

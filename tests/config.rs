@@ -46,11 +46,16 @@ fn invalid_config_exits_2_and_names_the_key() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--rate"), "{stderr}");
 
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), "[police]\nclaim_idle = 5\n").unwrap();
-    let (code, stderr) = run_failing(&["police", "--config", file.path().to_str().unwrap()], &[]);
+    // The variable of an option's older spelling is still read.
+    let (code, stderr) = run_failing(&["police"], &[("LOGSENTINEL_CLAIM_IDLE_MS", "0")]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("claim_idle"), "{stderr}");
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "[police]\nclaim_idel = 5\n").unwrap();
+    let (code, stderr) = run_failing(&["police", "--config", file.path().to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("claim_idel"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

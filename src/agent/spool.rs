@@ -26,28 +26,12 @@ use std::path::{Path, PathBuf};
 use tracing::{error, info};
 
 use super::batcher::{Batch, Entry};
+pub use crate::config::SpoolConfig;
+pub use crate::options::WhenFull;
 
 /// Largest record accepted when reading; anything longer is corruption.
 const MAX_RECORD_BYTES: u32 = 256 * 1024 * 1024;
 const HEADER_BYTES: u64 = 8;
-
-/// What to do with a batch when the spool is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Sources wait until replay frees room (backpressure)
-    Block,
-    /// The batch is dropped, counted and logged
-    #[value(name = "drop_newest")]
-    DropNewest,
-}
-
-#[derive(Debug, Clone)]
-pub struct SpoolConfig {
-    pub dir: PathBuf,
-    pub max_bytes: u64,
-    pub when_full: WhenFull,
-}
 
 /// A batch read back from the spool.
 pub struct Spooled {
