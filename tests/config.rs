@@ -161,21 +161,35 @@ fn flags_beat_environment_beat_file_beat_defaults() {
     assert_eq!(entries_written(&redis, path, &[], &[]), 8, "default: pack 1");
 }
 
-fn spawn_with_stderr(args: &[&str]) -> Child {
-    logsentinel("redis://127.0.0.1:1")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// A process whose stderr goes to a file, readable while it runs.
+struct Logged {
+    child: Child,
+    stderr: tempfile::NamedTempFile,
 }
 
-fn stderr_of(child: Child) -> (i32, String, String) {
-    let output = child.wait_with_output().unwrap();
+impl Logged {
+    fn said(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+}
+
+fn spawn_with_stderr(args: &[&str]) -> Logged {
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let child = logsentinel("redis://127.0.0.1:1")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    Logged { child, stderr }
+}
+
+fn stderr_of(logged: Logged) -> (i32, String, String) {
+    let output = logged.child.wait_with_output().unwrap();
     (
         output.status.code().unwrap(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+        std::fs::read_to_string(logged.stderr.path()).unwrap(),
     )
 }
 
@@ -194,9 +208,13 @@ fn unreachable_redis_is_retried_and_reported_never_a_panic() {
         "--summary-json",
     ]);
     let police = spawn_with_stderr(&["police"]);
-    std::thread::sleep(Duration::from_millis(1500));
-    sigterm(&agent);
-    sigterm(&police);
+    wait_until("both report Redis unreachable", Duration::from_secs(20), || {
+        [&agent, &police]
+            .iter()
+            .all(|logged| logged.said().contains("redis unreachable, retrying"))
+    });
+    sigterm(&agent.child);
+    sigterm(&police.child);
     let (agent_code, agent_stdout, agent_stderr) = stderr_of(agent);
     let (police_code, _, police_stderr) = stderr_of(police);
 

@@ -227,24 +227,28 @@ fn a_wrong_password_is_reported_once_not_retried_as_an_outage() {
 #[test]
 fn out_of_range_police_numbers_stop_startup_naming_the_option() {
     for (flag, value, key) in [
-        ("--alert-dedup-ttl-s", "10000000000000000", "alert_dedup_ttl_s"),
-        ("--alert-dedup-ttl-s", "0", "alert_dedup_ttl_s"),
-        ("--claim-idle-ms", "0", "claim_idle_ms"),
-        ("--consumer-idle-remove-ms", "0", "consumer_idle_remove_ms"),
+        ("--alert-dedup-ttl-s", "10000000000000000", "alert_dedup_ttl"),
+        ("--alert-dedup-ttl", "20years", "alert_dedup_ttl"),
+        ("--alert-dedup-ttl-s", "0", "alert_dedup_ttl"),
+        ("--claim-idle-ms", "0", "claim_idle"),
+        ("--consumer-idle-remove-ms", "0", "consumer_idle_remove"),
         (
             "--maintenance-interval-ms",
             "18446744073709551615",
-            "maintenance_interval_ms",
+            "maintenance_interval",
         ),
+        ("--block=-5s", "", "block"),
         ("--read-count", "0", "read_count"),
     ] {
         let output = logsentinel("redis://127.0.0.1:1")
-            .args(["police", flag, value])
+            .args(["police", flag, value].into_iter().filter(|arg| !arg.is_empty()))
             .output()
             .unwrap();
-        let said = String::from_utf8_lossy(&output.stderr);
+        // clap names the flag (`--claim-idle`), the validation the key (`claim_idle`)
+        let said = String::from_utf8_lossy(&output.stderr).replace('-', "_");
         assert_eq!(output.status.code(), Some(2), "{flag} {value}: {said}");
         assert!(said.contains(key), "{flag} {value}: {said}");
+        assert!(!said.contains("panicked"), "{flag} {value}: {said}");
     }
 }
 
