@@ -225,6 +225,10 @@ pub struct PoliceArgs {
     /// File touched by the read loop at least every few seconds, for `healthcheck`
     #[arg(long, env = "LOGSENTINEL_HEALTH_FILE")]
     pub health_file: Option<PathBuf>,
+    /// Largest entry (or list item) decoded, in bytes; larger ones go to the dead-letter
+    /// stream [default: 16777216]
+    #[arg(long, env = "LOGSENTINEL_MAX_ENTRY_BYTES")]
+    pub max_entry_bytes: Option<usize>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -27,6 +27,22 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Longest duration any option accepts, in milliseconds (a week). Beyond it `Instant +
+/// duration` can overflow (a panic) and no real setting goes that far.
+const MAX_DURATION_MS: u64 = 7 * 24 * 3_600_000;
+
+/// `value` if it lies in `min..=max`, else an error naming `key`. Numbers clap accepts as
+/// `u64` may still be far beyond what a semaphore, a buffer or a deadline can take.
+fn within<T>(key: &'static str, value: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if value < min || value > max {
+        return Err(invalid(key, format!("{value} is not between {min} and {max}")));
+    }
+    Ok(value)
+}
+
 /// The TOML file. Unknown keys are errors, so a typo stops startup and is named.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +124,7 @@ struct PoliceFile {
     trim: Option<bool>,
     maintenance_interval_ms: Option<u64>,
     health_file: Option<PathBuf>,
+    max_entry_bytes: Option<usize>,
 }
 
 impl FileConfig {
@@ -122,9 +139,24 @@ impl FileConfig {
         })?;
         toml::from_str(&text).map_err(|error| ConfigError::File {
             path: path.to_path_buf(),
-            problem: error.to_string().trim_end().to_string(),
+            // The parser quotes the offending line, which may be a `redis_url` with its password.
+            problem: redact_credentials(error.to_string().trim_end()),
         })
     }
+}
+
+/// `text` with the password of every `scheme://user:password@` (or `scheme://password@`) in
+/// it replaced by `***`, for messages that may quote a URL or a line of the config file.
+pub fn redact_credentials(text: &str) -> String {
+    static CREDENTIALS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"://(?:([^:@/\s"']*):)?[^@/\s"']+@"#).expect("the credentials pattern is valid")
+    });
+    CREDENTIALS
+        .replace_all(text, |captures: &regex::Captures| match captures.get(1) {
+            Some(user) => format!("://{}:***@", user.as_str()),
+            None => "://***@".to_string(),
+        })
+        .into_owned()
 }
 
 /// Where Redis is and which keys to use.
@@ -149,8 +181,16 @@ pub fn broker_config(common: &CommonArgs, file: &FileConfig) -> Result<BrokerCon
         "redis://127.0.0.1:6379".into(),
         "redis_url",
     )?;
-    redis::Client::open(redis_url.as_str())
-        .map_err(|error| invalid("redis_url", format!("{redis_url:?} is not a usable Redis URL: {error}")))?;
+    // The URL may hold a password: only its redacted form goes into messages. The parser's
+    // own message may quote the URL too, so it is redacted the same way.
+    redis::Client::open(redis_url.as_str()).map_err(|error| {
+        let shown_url = crate::broker::errors::redact_url(&redis_url);
+        let problem = error.to_string().replace(redis_url.as_str(), &shown_url);
+        invalid(
+            "redis_url",
+            format!("{shown_url:?} is not a usable Redis URL: {problem}"),
+        )
+    })?;
     let keys = Keys {
         stream: pick(&common.stream, &file.stream, defaults.stream, "stream")?,
         group: pick(&common.group, &file.group, defaults.group, "group")?,
@@ -163,7 +203,54 @@ pub fn broker_config(common: &CommonArgs, file: &FileConfig) -> Result<BrokerCon
         dead: pick(&common.dead_stream, &file.dead_stream, defaults.dead, "dead_stream")?,
         list: pick(&common.key, &file.key, defaults.list, "key")?,
     };
+    check_keys_distinct(&keys)?;
     Ok(BrokerConfig { redis_url, keys })
+}
+
+/// The police reads the logs and writes alerts and dead letters: if two of these were one
+/// key, what it writes would come back as input (dead letters doubling every round until
+/// Redis is full, every alert dead-lettered). The list mode keys, the counters and the
+/// alert-id guards must not be any of them either.
+fn check_keys_distinct(keys: &Keys) -> Result<(), ConfigError> {
+    let named: [(&'static str, &str); 4] = [
+        ("stream", &keys.stream),
+        ("alerts_stream", &keys.alerts),
+        ("dead_stream", &keys.dead),
+        ("key", &keys.list),
+    ];
+    for (index, (key, value)) in named.iter().enumerate() {
+        if let Some((other_key, _)) = named[..index].iter().find(|(_, other)| other == value) {
+            return Err(invalid(
+                key,
+                format!(
+                    "{value:?} is the same key as {other_key}; stream, alerts_stream, dead_stream and key must be distinct Redis keys"
+                ),
+            ));
+        }
+    }
+    let derived = [
+        (keys.stats(&keys.stream), "the counters of stream"),
+        (keys.stats(&keys.list), "the counters of key"),
+    ];
+    let derived_prefixes = [
+        (keys.processing_list(""), "a processing list of key"),
+        (keys.heartbeat(""), "a liveness key of key"),
+        (keys.alert_seen_prefix(), "an alert-id guard of alerts_stream"),
+    ];
+    for (key, value) in &named[..3] {
+        let clash = derived
+            .iter()
+            .find(|(derived_key, _)| derived_key == value)
+            .or_else(|| {
+                derived_prefixes
+                    .iter()
+                    .find(|(prefix, _)| value.starts_with(prefix.as_str()))
+            });
+        if let Some((_, what)) = clash {
+            return Err(invalid(key, format!("{value:?} is {what}; use a key of its own")));
+        }
+    }
+    Ok(())
 }
 
 /// Share of each level in the synthetic load, as integer weights.
@@ -232,18 +319,30 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         .or_else(|| from_file.level_mix.clone())
         .unwrap_or_else(|| LevelMix::DEFAULT.into());
     let level_mix = LevelMix::parse(&level_mix_text).map_err(|problem| invalid("level_mix", problem))?;
-    let pack = args.pack.or(from_file.pack).unwrap_or(1);
-    if pack == 0 || pack > 10_000 {
-        return Err(invalid("pack", format!("{pack} is not between 1 and 10000")));
-    }
-    let batch_entries = args.batch.or(from_file.batch).unwrap_or(256);
-    if batch_entries == 0 {
-        return Err(invalid("batch", "must be at least 1"));
-    }
-    let queue_batches = args.queue_batches.or(from_file.queue_batches).unwrap_or(4);
-    if queue_batches == 0 {
-        return Err(invalid("queue_batches", "must be at least 1"));
-    }
+    let pack = within("pack", args.pack.or(from_file.pack).unwrap_or(1), 1, 10_000)?;
+    // A batch holds at most 2,048 events whatever the pack, so more entries cannot be used.
+    let batch_entries = within("batch", args.batch.or(from_file.batch).unwrap_or(256), 1, 2048)?;
+    // Each queued batch holds up to 2,048 events in memory; the queue is a semaphore.
+    let queue_batches = within(
+        "queue_batches",
+        args.queue_batches.or(from_file.queue_batches).unwrap_or(4),
+        1,
+        1024,
+    )?;
+    let linger_ms = within(
+        "linger_ms",
+        args.linger_ms.or(from_file.linger_ms).unwrap_or(1),
+        0,
+        MAX_DURATION_MS,
+    )?;
+    let shutdown_timeout_ms = within(
+        "shutdown_timeout_ms",
+        args.shutdown_timeout_ms
+            .or(from_file.shutdown_timeout_ms)
+            .unwrap_or(10_000),
+        0,
+        MAX_DURATION_MS,
+    )?;
     let agent_id = args
         .agent_id
         .clone()
@@ -384,13 +483,9 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         sink: args.sink.or(from_file.sink).unwrap_or(Transport::Stream),
         pack,
         batch_entries,
-        linger: Duration::from_millis(args.linger_ms.or(from_file.linger_ms).unwrap_or(1)),
+        linger: Duration::from_millis(linger_ms),
         queue_batches,
-        shutdown_timeout: Duration::from_millis(
-            args.shutdown_timeout_ms
-                .or(from_file.shutdown_timeout_ms)
-                .unwrap_or(10_000),
-        ),
+        shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
         max_lag: args.max_lag.or(from_file.max_lag).unwrap_or(1_000_000),
         summary_json: args.summary_json,
     })
@@ -412,14 +507,19 @@ pub struct PoliceConfig {
     pub trim: bool,
     pub maintenance_interval: Duration,
     pub health_file: Option<PathBuf>,
+    /// Entries and list items larger than this are dead-lettered without being decoded.
+    pub max_entry_bytes: usize,
 }
 
 pub fn police_config(args: &PoliceArgs, file: &FileConfig) -> Result<PoliceConfig, ConfigError> {
     let from_file = &file.police;
-    let read_count = args.read_count.or(from_file.read_count).unwrap_or(256);
-    if read_count == 0 {
-        return Err(invalid("read_count", "must be at least 1"));
-    }
+    // Each read is held in memory whole, and settled by one script call.
+    let read_count = within(
+        "read_count",
+        args.read_count.or(from_file.read_count).unwrap_or(256),
+        1,
+        10_000,
+    )?;
     let max_deliveries = args.max_deliveries.or(from_file.max_deliveries).unwrap_or(5);
     if max_deliveries == 0 {
         return Err(invalid("max_deliveries", "must be at least 1"));
@@ -432,14 +532,31 @@ pub fn police_config(args: &PoliceArgs, file: &FileConfig) -> Result<PoliceConfi
     let alert_level = alert_level_text
         .parse()
         .map_err(|error| invalid("alert_level", format!("{error}")))?;
-    let alert_dedup_ttl_s = args.alert_dedup_ttl_s.or(from_file.alert_dedup_ttl_s).unwrap_or(86_400);
-    if alert_dedup_ttl_s == 0 {
-        return Err(invalid("alert_dedup_ttl_s", "must be at least 1"));
-    }
+    let alert_dedup_ttl_s = within(
+        "alert_dedup_ttl_s",
+        args.alert_dedup_ttl_s.or(from_file.alert_dedup_ttl_s).unwrap_or(86_400),
+        1,
+        MAX_DURATION_MS / 1000,
+    )?;
     let block_ms = args.block_ms.or(from_file.block_ms).unwrap_or(1000);
     if block_ms == 0 {
         return Err(invalid("block_ms", "must be at least 1 (0 would block forever)"));
     }
+    within("block_ms", block_ms, 1, MAX_DURATION_MS)?;
+    let claim_idle_ms = within(
+        "claim_idle_ms",
+        args.claim_idle_ms.or(from_file.claim_idle_ms).unwrap_or(30_000),
+        0,
+        MAX_DURATION_MS,
+    )?;
+    let consumer_idle_remove_ms = within(
+        "consumer_idle_remove_ms",
+        args.consumer_idle_remove_ms
+            .or(from_file.consumer_idle_remove_ms)
+            .unwrap_or(300_000),
+        0,
+        MAX_DURATION_MS,
+    )?;
     let consumer = args
         .consumer
         .clone()
@@ -448,32 +565,39 @@ pub fn police_config(args: &PoliceArgs, file: &FileConfig) -> Result<PoliceConfi
     if consumer.is_empty() {
         return Err(invalid("consumer", "must not be empty"));
     }
-    let maintenance_interval_ms = args
-        .maintenance_interval_ms
-        .or(from_file.maintenance_interval_ms)
-        .unwrap_or(1000);
-    if maintenance_interval_ms == 0 {
-        return Err(invalid("maintenance_interval_ms", "must be at least 1"));
-    }
+    let maintenance_interval_ms = within(
+        "maintenance_interval_ms",
+        args.maintenance_interval_ms
+            .or(from_file.maintenance_interval_ms)
+            .unwrap_or(1000),
+        1,
+        MAX_DURATION_MS,
+    )?;
+    // 512 MiB is the largest value Redis stores by default (proto-max-bulk-len).
+    let max_entry_bytes = within(
+        "max_entry_bytes",
+        args.max_entry_bytes
+            .or(from_file.max_entry_bytes)
+            .unwrap_or(crate::event::DEFAULT_MAX_ENTRY_BYTES),
+        1024,
+        512 << 20,
+    )?;
     Ok(PoliceConfig {
         source: args.source.or(from_file.source).unwrap_or(Transport::Stream),
         consumer,
         read_count,
         block: Duration::from_millis(block_ms),
-        claim_idle: Duration::from_millis(args.claim_idle_ms.or(from_file.claim_idle_ms).unwrap_or(30_000)),
+        claim_idle: Duration::from_millis(claim_idle_ms),
         max_deliveries,
         alert_level,
         alerts_file: args.alerts_file.clone().or_else(|| from_file.alerts_file.clone()),
         quiet: args.quiet.or(from_file.quiet).unwrap_or(false),
         alert_dedup_ttl_s,
-        consumer_idle_remove: Duration::from_millis(
-            args.consumer_idle_remove_ms
-                .or(from_file.consumer_idle_remove_ms)
-                .unwrap_or(300_000),
-        ),
+        consumer_idle_remove: Duration::from_millis(consumer_idle_remove_ms),
         trim: args.trim.or(from_file.trim).unwrap_or(true),
         maintenance_interval: Duration::from_millis(maintenance_interval_ms),
         health_file: args.health_file.clone().or_else(|| from_file.health_file.clone()),
+        max_entry_bytes,
     })
 }
 
@@ -508,6 +632,56 @@ mod tests {
     fn unknown_file_key_is_named() {
         let error = toml::from_str::<FileConfig>("[police]\nclaim_idle = 5\n").unwrap_err();
         assert!(error.to_string().contains("claim_idle"), "{error}");
+    }
+
+    #[test]
+    fn credentials_are_redacted_wherever_a_url_is_quoted() {
+        assert_eq!(
+            redact_credentials("1 | redis_url = redis://u:secret@h:6379/0"),
+            "1 | redis_url = redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact_credentials("\"rediss://:secret@h\""), "\"rediss://:***@h\"");
+        assert_eq!(redact_credentials("redis://secret@h"), "redis://***@h");
+        assert_eq!(
+            redact_credentials("redis://h:6379 and no@password"),
+            "redis://h:6379 and no@password"
+        );
+        let common = CommonArgs {
+            redis_url: Some("redis://u:secret@bad-host:99999".into()),
+            ..CommonArgs::default()
+        };
+        let error = broker_config(&common, &FileConfig::default()).unwrap_err().to_string();
+        assert!(error.contains("redis://u:***@bad-host:99999"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn keys_that_would_feed_the_police_its_own_output_are_refused() {
+        let with = |change: fn(&mut CommonArgs)| {
+            let mut common = CommonArgs::default();
+            change(&mut common);
+            broker_config(&common, &FileConfig::default()).map(|config| config.keys)
+        };
+        assert!(with(|_| {}).is_ok());
+        let error = with(|common| common.dead_stream = Some("logsentinel:logs".into())).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid config: dead_stream: \"logsentinel:logs\" is the same key as stream; stream, alerts_stream, \
+             dead_stream and key must be distinct Redis keys"
+        );
+        let error = with(|common| common.alerts_stream = Some("logsentinel:logs".into())).unwrap_err();
+        assert!(
+            error.to_string().starts_with("invalid config: alerts_stream: "),
+            "{error}"
+        );
+        let error = with(|common| common.key = Some("logsentinel:dead".into())).unwrap_err();
+        assert!(error.to_string().starts_with("invalid config: key: "), "{error}");
+        let error = with(|common| common.dead_stream = Some("log_queue:processing:p1".into())).unwrap_err();
+        assert!(error.to_string().contains("a processing list of key"), "{error}");
+        let error = with(|common| common.alerts_stream = Some("logsentinel:logs:stats".into())).unwrap_err();
+        assert!(error.to_string().contains("the counters of stream"), "{error}");
+        let error = with(|common| common.stream = Some("logsentinel:alerts:seen:x".into())).unwrap_err();
+        assert!(error.to_string().contains("an alert-id guard"), "{error}");
     }
 
     #[test]

@@ -22,14 +22,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    // Every message is redacted once more: an error from a library may quote a Redis URL.
     match run_command(cli).await {
         Ok(code) => code,
         Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
-            eprintln!("logsentinel: {error}");
+            eprintln!("logsentinel: {}", config::redact_credentials(&error.to_string()));
             ExitCode::from(2)
         }
         Err(error) => {
-            eprintln!("logsentinel: {error:#}");
+            eprintln!("logsentinel: {}", config::redact_credentials(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }
