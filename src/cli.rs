@@ -22,7 +22,7 @@ pub enum Command {
     Police(PoliceArgs),
     /// Show stream, group, consumer, lag and dead-letter figures
     Status(StatusArgs),
-    /// Run a private Redis, 3 agents and 2 police, and show what happens
+    /// Run 3 agents and 2 police on a private Redis (or --redis-url's), and show what happens
     Demo(DemoArgs),
     /// Measure throughput, latency and memory against a private Redis
     Bench(BenchArgs),
@@ -238,15 +238,17 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+// `demo` runs a private Redis, or the one `--redis-url` (or its variable or file key) names.
+// clap prints each `default_value_t` itself: the doc comments must not repeat it.
 #[derive(Debug, Args, Default)]
 pub struct DemoArgs {
-    /// How long to run, in seconds [default: 20]
+    /// How long to run, in seconds (Ctrl-C stops earlier, cleanly)
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
-    /// Events per second of each agent [default: 500]
+    /// Events per second of each agent
     #[arg(long, default_value_t = 500)]
     pub rate: u64,
-    /// Events per stream entry [default: 1]
+    /// Events per stream entry
     #[arg(long, default_value_t = 1)]
     pub pack: usize,
 }

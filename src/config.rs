@@ -253,6 +253,12 @@ fn check_keys_distinct(keys: &Keys) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Whether a Redis URL was set (flag, environment or file) rather than left to the default:
+/// `demo` then runs against that Redis instead of a private one.
+pub fn redis_url_given(common: &CommonArgs, file: &FileConfig) -> bool {
+    common.redis_url.is_some() || file.redis_url.is_some()
+}
+
 /// Share of each level in the synthetic load, as integer weights.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LevelMix(pub Vec<(Level, u32)>);

@@ -69,7 +69,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
-            demo::run(args, shutdown).await?;
+            let use_given_redis = config::redis_url_given(&cli.common, &file);
+            demo::run(args, broker_config, use_given_redis, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
