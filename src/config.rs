@@ -237,7 +237,7 @@ fn check_keys_distinct(keys: &Keys) -> Result<(), ConfigError> {
         (keys.heartbeat(""), "a liveness key of key"),
         (keys.alert_seen_prefix(), "an alert-id guard of alerts_stream"),
     ];
-    for (key, value) in &named[..3] {
+    for (key, value) in &named {
         let clash = derived
             .iter()
             .find(|(derived_key, _)| derived_key == value)
@@ -688,6 +688,8 @@ mod tests {
         assert!(error.to_string().contains("the counters of stream"), "{error}");
         let error = with(|common| common.stream = Some("logsentinel:alerts:seen:x".into())).unwrap_err();
         assert!(error.to_string().contains("an alert-id guard"), "{error}");
+        let error = with(|common| common.key = Some("logsentinel:logs:stats".into())).unwrap_err();
+        assert!(error.to_string().starts_with("invalid config: key: "), "{error}");
     }
 
     #[test]
