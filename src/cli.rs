@@ -28,7 +28,7 @@ pub enum Command {
     Police(PoliceArgs),
     /// Show stream, group, consumer, lag and dead-letter figures
     Status(StatusArgs),
-    /// Run a private Redis, 3 agents and 2 police, and show what happens
+    /// Run 3 agents and 2 police on a private Redis (or --redis-url's), and show what happens
     Demo(DemoArgs),
     /// Measure throughput, latency and memory against a private Redis
     Bench(BenchArgs),
@@ -194,7 +194,7 @@ pub struct AgentArgs {
     /// Events per stream entry (1 to 10000); 1 keeps entries readable by any tool
     #[arg(long, env = "LOGSENTINEL_PACK", default_value_t = 1)]
     pub pack: usize,
-    /// Stream entries (or list items) per pipelined batch (1 to 100000), at most 2048 events
+    /// Stream entries (or list items) per pipelined batch (1 to 2048), at most 2048 events
     #[arg(long, env = "LOGSENTINEL_BATCH", default_value_t = 256)]
     pub batch: usize,
     /// Longest wait before a partial batch is sent
@@ -233,7 +233,7 @@ pub struct PoliceArgs {
     /// Consumer name, unique per instance; by default <hostname>-<pid>
     #[arg(long, env = "LOGSENTINEL_CONSUMER")]
     pub consumer: Option<String>,
-    /// Stream entries (or list items) read per batch (1 to 100000)
+    /// Stream entries (or list items) read per batch (1 to 10000)
     #[arg(long, env = "LOGSENTINEL_READ_COUNT", default_value_t = 256)]
     pub read_count: usize,
     /// Longest blocking read; also bounds how long a graceful stop takes
@@ -291,6 +291,10 @@ pub struct PoliceArgs {
     /// File touched by the read loop at least every few seconds, for `healthcheck`
     #[arg(long, env = "LOGSENTINEL_HEALTH_FILE")]
     pub health_file: Option<PathBuf>,
+    /// Largest entry (or list item) decoded; larger ones go to the dead-letter stream
+    /// whole, with the reason (1KiB to 512MiB)
+    #[arg(long, env = "LOGSENTINEL_MAX_ENTRY_BYTES", default_value = "16MiB")]
+    pub max_entry_bytes: Size,
 }
 
 #[derive(Debug, Args, Default)]
@@ -300,15 +304,17 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+// `demo` runs a private Redis, or the one `--redis-url` (or its variable or file key) names.
+// clap prints each `default_value_t` itself: the doc comments must not repeat it.
 #[derive(Debug, Args, Default)]
 pub struct DemoArgs {
-    /// How long to run, in seconds [default: 20]
+    /// How long to run, in seconds (Ctrl-C stops earlier, cleanly)
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
-    /// Events per second of each agent [default: 500]
+    /// Events per second of each agent
     #[arg(long, default_value_t = 500)]
     pub rate: u64,
-    /// Events per stream entry [default: 1]
+    /// Events per stream entry
     #[arg(long, default_value_t = 1)]
     pub pack: usize,
 }

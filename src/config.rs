@@ -122,7 +122,7 @@ impl FileConfig {
         }
         serde_path_to_error::deserialize(Value::Object(merged)).map_err(|error| {
             let key = error.path().to_string();
-            let problem = redact_secrets(&error.into_inner().to_string());
+            let problem = redact_credentials(&error.into_inner().to_string());
             let key = if section.is_empty() {
                 key
             } else {
@@ -153,9 +153,18 @@ fn canonical_id(key: &str) -> String {
     key.to_string()
 }
 
-/// Serde's messages quote the offending value; a Redis URL's password must not show.
-fn redact_secrets(text: &str) -> String {
-    text.split(' ').map(redact_url).collect::<Vec<_>>().join(" ")
+/// `text` with the password of every `scheme://user:password@` (or `scheme://password@`) in
+/// it replaced by `***`, for messages that may quote a URL or a line of the config file.
+pub fn redact_credentials(text: &str) -> String {
+    static CREDENTIALS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"://(?:([^:@/\s"']*):)?[^@/\s"']+@"#).expect("the credentials pattern is valid")
+    });
+    CREDENTIALS
+        .replace_all(text, |captures: &regex::Captures| match captures.get(1) {
+            Some(user) => format!("://{}:***@", user.as_str()),
+            None => "://***@".to_string(),
+        })
+        .into_owned()
 }
 
 /// Where Redis is and which keys to use.
@@ -178,10 +187,14 @@ pub fn broker_config(
         Ok(value)
     };
     let redis_url = not_empty(common.redis_url, "redis_url")?;
+    // The URL may hold a password: only its redacted form goes into messages. The parser's
+    // own message may quote the URL too, so it is redacted the same way.
     redis::Client::open(redis_url.as_str()).map_err(|error| {
+        let shown_url = redact_url(&redis_url);
+        let problem = error.to_string().replace(redis_url.as_str(), &shown_url);
         invalid(
             "redis_url",
-            format!("{:?} is not a usable Redis URL: {error}", redact_url(&redis_url)),
+            format!("{shown_url:?} is not a usable Redis URL: {problem}"),
         )
     })?;
     let keys = Keys {
@@ -191,7 +204,64 @@ pub fn broker_config(
         dead: not_empty(common.dead_stream, "dead_stream")?,
         list: not_empty(common.key, "key")?,
     };
+    check_keys_distinct(&keys)?;
     Ok(BrokerConfig { redis_url, keys })
+}
+
+/// The police reads the logs and writes alerts and dead letters: if two of these were one
+/// key, what it writes would come back as input (dead letters doubling every round until
+/// Redis is full, every alert dead-lettered). The list mode keys, the counters and the
+/// alert-id guards must not be any of them either.
+fn check_keys_distinct(keys: &Keys) -> Result<(), ConfigError> {
+    let named: [(&'static str, &str); 4] = [
+        ("stream", &keys.stream),
+        ("alerts_stream", &keys.alerts),
+        ("dead_stream", &keys.dead),
+        ("key", &keys.list),
+    ];
+    for (index, (key, value)) in named.iter().enumerate() {
+        if let Some((other_key, _)) = named[..index].iter().find(|(_, other)| other == value) {
+            return Err(invalid(
+                key,
+                format!(
+                    "{value:?} is the same key as {other_key}; stream, alerts_stream, dead_stream and key must be distinct Redis keys"
+                ),
+            ));
+        }
+    }
+    let derived = [
+        (keys.stats(&keys.stream), "the counters of stream"),
+        (keys.stats(&keys.list), "the counters of key"),
+    ];
+    let derived_prefixes = [
+        (keys.processing_list(""), "a processing list of key"),
+        (keys.heartbeat(""), "a liveness key of key"),
+        (keys.alert_seen_prefix(), "an alert-id guard of alerts_stream"),
+    ];
+    for (key, value) in &named {
+        let clash = derived
+            .iter()
+            .find(|(derived_key, _)| derived_key == value)
+            .or_else(|| {
+                derived_prefixes
+                    .iter()
+                    .find(|(prefix, _)| value.starts_with(prefix.as_str()))
+            });
+        if let Some((_, what)) = clash {
+            return Err(invalid(key, format!("{value:?} is {what}; use a key of its own")));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a Redis URL was set (flag, environment or file) rather than left to the default:
+/// `demo` then runs against that Redis instead of a private one.
+pub fn redis_url_given(matches: &ArgMatches, file: &FileConfig) -> bool {
+    let explicit = matches!(
+        matches.value_source("redis_url"),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    );
+    explicit || file.common.contains_key("redis_url")
 }
 
 /// Share of each level in the synthetic load, as integer weights.
@@ -256,7 +326,8 @@ pub fn agent_config(args: &AgentArgs, matches: &ArgMatches, file: &FileConfig) -
     let args = file.merge(args, matches, "agent")?;
     let level_mix = LevelMix::parse(&args.level_mix).map_err(|problem| invalid("level_mix", problem))?;
     let pack = in_range("pack", args.pack, 1, 10_000)?;
-    let batch_entries = in_range("batch", args.batch, 1, 100_000)?;
+    // A batch holds at most 2,048 events whatever the pack, so more entries cannot be used.
+    let batch_entries = in_range("batch", args.batch, 1, 2048)?;
     let queue_batches = in_range("queue_batches", args.queue_batches, 1, 1024)?;
     let linger = in_range(
         "linger",
@@ -386,11 +457,14 @@ pub struct PoliceConfig {
     pub trim: bool,
     pub maintenance_interval: Duration,
     pub health_file: Option<PathBuf>,
+    /// Entries and list items larger than this are dead-lettered without being decoded.
+    pub max_entry_bytes: usize,
 }
 
 pub fn police_config(args: &PoliceArgs, matches: &ArgMatches, file: &FileConfig) -> Result<PoliceConfig, ConfigError> {
     let args = file.merge(args, matches, "police")?;
-    let read_count = in_range("read_count", args.read_count, 1, 100_000)?;
+    // Each read is held in memory whole, and settled by one script call.
+    let read_count = in_range("read_count", args.read_count, 1, 10_000)?;
     let max_deliveries = in_range("max_deliveries", args.max_deliveries, 1, 1_000_000)?;
     let alert_level = args
         .alert_level
@@ -427,6 +501,8 @@ pub fn police_config(args: &PoliceArgs, matches: &ArgMatches, file: &FileConfig)
         trim: args.trim,
         maintenance_interval: in_range("maintenance_interval", args.maintenance_interval.0, one_ms, ONE_DAY)?,
         health_file: args.health_file.clone(),
+        // 512 MiB is the largest value Redis stores by default (proto-max-bulk-len).
+        max_entry_bytes: in_range("max_entry_bytes", args.max_entry_bytes.0, 1024, 512 << 20)? as usize,
     })
 }
 
@@ -514,6 +590,58 @@ mod tests {
         let file = self::file("[agent]\npack = \"many\"\n");
         let error = agent(&[], &file).unwrap_err().to_string();
         assert!(error.contains("agent.pack"), "{error}");
+    }
+
+    #[test]
+    fn credentials_are_redacted_wherever_a_url_is_quoted() {
+        assert_eq!(
+            redact_credentials("1 | redis_url = redis://u:secret@h:6379/0"),
+            "1 | redis_url = redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact_credentials("\"rediss://:secret@h\""), "\"rediss://:***@h\"");
+        assert_eq!(redact_credentials("redis://secret@h"), "redis://***@h");
+        assert_eq!(
+            redact_credentials("redis://h:6379 and no@password"),
+            "redis://h:6379 and no@password"
+        );
+        let error = broker(&["--redis-url", "redis://u:secret@bad-host:99999"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("redis://u:***@bad-host:99999"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
+    }
+
+    fn broker(flags: &[&str]) -> Result<BrokerConfig, ConfigError> {
+        let matches = Cli::command().get_matches_from(["logsentinel"].iter().chain(flags).chain(&["status"]));
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        broker_config(&cli.common, &matches, &FileConfig::default())
+    }
+
+    #[test]
+    fn keys_that_would_feed_the_police_its_own_output_are_refused() {
+        let with = |flag: &str, value: &str| broker(&[flag, value]).map(|config| config.keys);
+        assert!(broker(&[]).is_ok());
+        let error = with("--dead-stream", "logsentinel:logs").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid config: dead_stream: \"logsentinel:logs\" is the same key as stream; stream, alerts_stream, \
+             dead_stream and key must be distinct Redis keys"
+        );
+        let error = with("--alerts-stream", "logsentinel:logs").unwrap_err();
+        assert!(
+            error.to_string().starts_with("invalid config: alerts_stream: "),
+            "{error}"
+        );
+        let error = with("--key", "logsentinel:dead").unwrap_err();
+        assert!(error.to_string().starts_with("invalid config: key: "), "{error}");
+        let error = with("--dead-stream", "log_queue:processing:p1").unwrap_err();
+        assert!(error.to_string().contains("a processing list of key"), "{error}");
+        let error = with("--alerts-stream", "logsentinel:logs:stats").unwrap_err();
+        assert!(error.to_string().contains("the counters of stream"), "{error}");
+        let error = with("--stream", "logsentinel:alerts:seen:x").unwrap_err();
+        assert!(error.to_string().contains("an alert-id guard"), "{error}");
+        let error = with("--key", "logsentinel:logs:stats").unwrap_err();
+        assert!(error.to_string().starts_with("invalid config: key: "), "{error}");
     }
 
     #[test]

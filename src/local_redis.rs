@@ -22,20 +22,35 @@ pub struct LocalRedis {
     pub port: u16,
     pub dir: PathBuf,
     extra_args: Vec<String>,
+    /// Runs in a process group of its own; see [`Self::start_isolated`].
+    isolated: bool,
 }
 
 impl LocalRedis {
     /// Starts `redis-server` in `dir` on a free port, with `extra_args` (e.g.
     /// `--appendonly yes`), and waits until it answers PING.
     pub fn start(dir: &Path, extra_args: &[&str]) -> Result<LocalRedis, LocalRedisError> {
+        LocalRedis::start_with(dir, extra_args, false)
+    }
+
+    /// As [`Self::start`], with the server in a process group of its own, so that a Ctrl-C
+    /// in the terminal (sent to the whole foreground group) does not kill it under its
+    /// owner, which stops it in order instead. On Linux it is also killed when the thread
+    /// that started it ends, so it cannot outlive an owner that exits abruptly.
+    pub fn start_isolated(dir: &Path, extra_args: &[&str]) -> Result<LocalRedis, LocalRedisError> {
+        LocalRedis::start_with(dir, extra_args, true)
+    }
+
+    fn start_with(dir: &Path, extra_args: &[&str], isolated: bool) -> Result<LocalRedis, LocalRedisError> {
         let port = free_loopback_port().map_err(LocalRedisError::Spawn)?;
         let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
-        let child = spawn(dir, port, &extra_args)?;
+        let child = spawn(dir, port, &extra_args, isolated)?;
         let server = LocalRedis {
             child,
             port,
             dir: dir.to_path_buf(),
             extra_args,
+            isolated,
         };
         server.wait_ready()?;
         Ok(server)
@@ -54,7 +69,7 @@ impl LocalRedis {
     /// Starts the server again on the same port and directory (after [`Self::kill`]).
     pub fn restart(&mut self) -> Result<(), LocalRedisError> {
         self.kill();
-        self.child = spawn(&self.dir, self.port, &self.extra_args)?;
+        self.child = spawn(&self.dir, self.port, &self.extra_args, self.isolated)?;
         self.wait_ready()
     }
 
@@ -83,9 +98,18 @@ impl Drop for LocalRedis {
     }
 }
 
-fn spawn(dir: &Path, port: u16, extra_args: &[String]) -> Result<Child, LocalRedisError> {
+fn spawn(dir: &Path, port: u16, extra_args: &[String], isolated: bool) -> Result<Child, LocalRedisError> {
     std::fs::create_dir_all(dir).map_err(LocalRedisError::Spawn)?;
-    Command::new("redis-server")
+    let mut command = Command::new("redis-server");
+    if isolated {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+        // SAFETY: the hook only calls async-signal-safe functions (prctl, getppid).
+        unsafe {
+            command.pre_exec(die_with_parent(libc::SIGKILL));
+        }
+    }
+    command
         .arg("--port")
         .arg(port.to_string())
         .args(["--bind", "127.0.0.1", "--save", "", "--protected-mode", "no"])
@@ -99,6 +123,32 @@ fn spawn(dir: &Path, port: u16, extra_args: &[String]) -> Result<Child, LocalRed
             std::io::ErrorKind::NotFound => LocalRedisError::NotInstalled,
             _ => LocalRedisError::Spawn(error),
         })
+}
+
+/// A `pre_exec` hook asking the kernel to send `signal` to the child when the thread that
+/// spawned it ends (Linux; elsewhere it does nothing). A child in a process group of its
+/// own no longer dies with a Ctrl-C in the terminal: this keeps it from outliving its
+/// parent when the parent exits without stopping it (a second Ctrl-C, a crash, SIGKILL).
+pub fn die_with_parent(signal: libc::c_int) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    let spawning_process = std::process::id() as libc::pid_t;
+    move || {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe and touch no memory.
+            unsafe {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, signal) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the request took effect.
+                if libc::getppid() != spawning_process {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (signal, spawning_process);
+        Ok(())
+    }
 }
 
 /// A port that was free a moment ago (the listener is closed before returning it).

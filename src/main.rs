@@ -27,14 +27,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
+    // Every message is redacted once more: an error from a library may quote a Redis URL.
     match run_command(cli, matches).await {
         Ok(code) => code,
         Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
-            eprintln!("logsentinel: {error}");
+            eprintln!("logsentinel: {}", config::redact_credentials(&error.to_string()));
             ExitCode::from(2)
         }
         Err(error) => {
-            eprintln!("logsentinel: {error:#}");
+            eprintln!("logsentinel: {}", config::redact_credentials(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }
@@ -77,7 +78,8 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
-            demo::run(args, shutdown).await?;
+            let use_given_redis = config::redis_url_given(&matches, &file);
+            demo::run(args, broker_config, use_given_redis, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -19,6 +20,25 @@ fn run_failing(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
         output.status.code().expect("exit code"),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// As [`run_failing`], for commands that would run until stopped if the config were taken.
+fn run_with_deadline(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
+    let mut command = logsentinel("redis://127.0.0.1:1");
+    command.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("run logsentinel");
+    let status = wait_with_deadline(&mut child, Duration::from_secs(30));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr is piped")
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().expect("exit code"), stderr)
 }
 
 #[test]
@@ -106,6 +126,74 @@ fn invalid_source_settings_exit_2_and_name_the_key() {
     let (code, stderr) = run_failing(&["agent", "--source", "http", "--http-listen", &address], &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("cannot listen for HTTP"), "{stderr}");
+}
+
+#[test]
+fn streams_that_would_feed_the_police_its_own_output_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--dead-stream", "logsentinel:logs", "police"],
+            "invalid config: dead_stream: \"logsentinel:logs\" is the same key as stream",
+        ),
+        (
+            &["--alerts-stream", "logsentinel:logs", "agent"],
+            "invalid config: alerts_stream: \"logsentinel:logs\" is the same key as stream",
+        ),
+        (
+            &["--dead-stream", "logsentinel:alerts", "status"],
+            "invalid config: dead_stream: \"logsentinel:alerts\" is the same key as alerts_stream",
+        ),
+        (
+            &["--key", "logsentinel:logs", "police", "--source", "list"],
+            "invalid config: key: \"logsentinel:logs\" is the same key as stream",
+        ),
+        (
+            &["--alerts-stream", "log_queue:alive:p1", "police"],
+            "invalid config: alerts_stream: \"log_queue:alive:p1\" is a liveness key of key",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, stderr) = run_with_deadline(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = run_with_deadline(&["police"], &[("LOGSENTINEL_DEAD_STREAM", "logsentinel:logs")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("dead_stream"), "{stderr}");
+}
+
+#[test]
+fn out_of_range_numbers_exit_2_and_name_the_key() {
+    const HUGE: &str = "18446744073709551615";
+    let cases: &[(&[&str], &str)] = &[
+        (&["agent", "--queue-batches", HUGE], "queue_batches"),
+        (&["agent", "--batch", HUGE], "batch"),
+        (&["agent", "--linger-ms", HUGE], "linger"),
+        (&["agent", "--shutdown-timeout-ms", HUGE], "shutdown_timeout"),
+        (&["police", "--read-count", HUGE], "read_count"),
+        (&["police", "--block-ms", HUGE], "block"),
+        (&["police", "--claim-idle-ms", HUGE], "claim_idle"),
+        (
+            &["police", "--consumer-idle-remove-ms", HUGE],
+            "consumer_idle_remove",
+        ),
+        (
+            &["police", "--maintenance-interval-ms", HUGE],
+            "maintenance_interval",
+        ),
+        (&["police", "--alert-dedup-ttl-s", HUGE], "alert_dedup_ttl"),
+        (&["police", "--max-entry-bytes", HUGE], "max_entry_bytes"),
+    ];
+    for (args, key) in cases {
+        let (code, stderr) = run_with_deadline(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        // numbers: the validation names the key; durations: clap names the flag, whose
+        // spelling with `_` is the key
+        let expected = format!("invalid config: {key}: {HUGE} is not between");
+        let flag_named = stderr.contains(&format!("invalid value '{HUGE}' for '--{}", key.replace('_', "-")));
+        assert!(stderr.contains(&expected) || flag_named, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
 
 /// Entries written by an agent of 8 events: the pack size tells which setting won.

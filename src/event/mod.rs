@@ -6,6 +6,13 @@
 //!
 //! Entries without `v` come from other shippers and are read by [`foreign`]; raw lines
 //! from real sources are parsed by [`line`].
+//!
+//! Invariants of decoding (an entry is taken whole or not at all, never half-read):
+//! - an entry larger than the cap (`max_entry_bytes`, default [`DEFAULT_MAX_ENTRY_BYTES`])
+//!   is not parsed: it is rejected whole, with its raw fields truncated
+//! - a v1 entry with both `event` and `events`, or whose `n` is missing or differs from the
+//!   number of lines in `events`, is rejected whole with the reason
+//! - in a well-formed packed entry, each line that is not a valid event is rejected alone
 
 pub mod foreign;
 pub mod level;
@@ -149,26 +156,64 @@ impl LogEvent {
     }
 }
 
-/// Decodes the fields of one stream entry, in any of the accepted shapes. Events below
-/// `interest` are validated and counted, not returned.
+/// Largest stream entry or list item the police decodes, in bytes (field names and values):
+/// 16 MiB. Our agents write at most 2,048 events per batch, far below it; a bigger entry is
+/// a mistake or an attack, and parsing it would cost several times its size in memory.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 16 << 20;
+
+/// Bytes of an oversized entry kept in its dead letter: enough to tell where it came from,
+/// without copying megabytes into the dead-letter stream.
+pub const OVERSIZED_RAW_BYTES: usize = 4096;
+
+/// [`decode_entry_within`] with the default cap, [`DEFAULT_MAX_ENTRY_BYTES`].
 pub fn decode_entry(entry_id: &str, fields: &[(String, String)], interest: Level) -> DecodedEntry {
-    let field = |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, v)| v);
+    decode_entry_within(entry_id, fields, interest, DEFAULT_MAX_ENTRY_BYTES)
+}
+
+/// Decodes the fields of one stream entry, in any of the accepted shapes. Events below
+/// `interest` are validated and counted, not returned. An entry over `max_entry_bytes` is
+/// rejected whole without being parsed.
+pub fn decode_entry_within(
+    entry_id: &str,
+    fields: &[(String, String)],
+    interest: Level,
+    max_entry_bytes: usize,
+) -> DecodedEntry {
     let mut decoded = DecodedEntry::default();
+    let entry_bytes: usize = fields.iter().map(|(key, value)| key.len() + value.len()).sum();
+    if entry_bytes > max_entry_bytes {
+        decoded.rejected.push(Rejected {
+            reason: oversized_reason(entry_bytes, max_entry_bytes),
+            raw: truncated_fields_as_json(fields, OVERSIZED_RAW_BYTES),
+        });
+        return decoded;
+    }
+    let field = |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, v)| v);
+    let reject_whole = |decoded: &mut DecodedEntry, reason: String| {
+        decoded.rejected.push(Rejected {
+            reason,
+            raw: fields_as_json(fields),
+        })
+    };
     match field("v") {
-        Some(version) if version == ENCODING_VERSION => {
-            if let Some(event_json) = field("event") {
-                decode_native_line(event_json, interest, &mut decoded);
-            } else if let Some(ndjson) = field("events") {
-                for line in ndjson.split('\n').filter(|line| !line.is_empty()) {
+        Some(version) if version == ENCODING_VERSION => match (field("event"), field("events")) {
+            (Some(_), Some(_)) => reject_whole(&mut decoded, "entry v=1 has both an event and an events field".into()),
+            (Some(event_json), None) => decode_native_line(event_json, interest, &mut decoded),
+            (None, Some(ndjson)) => {
+                let lines: Vec<&str> = ndjson.split('\n').filter(|line| !line.is_empty()).collect();
+                if let Err(reason) = check_event_count(field("n").map(String::as_str), lines.len()) {
+                    reject_whole(&mut decoded, reason);
+                    return decoded;
+                }
+                for line in lines {
                     decode_native_line(line, interest, &mut decoded);
                 }
-            } else {
-                decoded.rejected.push(Rejected {
-                    reason: "entry v=1 has neither an event nor an events field".into(),
-                    raw: fields_as_json(fields),
-                });
             }
-        }
+            (None, None) => reject_whole(
+                &mut decoded,
+                "entry v=1 has neither an event nor an events field".into(),
+            ),
+        },
         Some(version) => decoded.rejected.push(Rejected {
             reason: format!("unsupported encoding version {version:?}"),
             raw: fields_as_json(fields),
@@ -184,9 +229,70 @@ pub fn decode_entry(entry_id: &str, fields: &[(String, String)], interest: Level
     decoded
 }
 
-/// Decodes one list item: a JSON event, ours or another shipper's.
+/// The `n` of a packed entry must name the number of lines it holds: a cut or doubled
+/// payload (a client writing part of a batch, a hand-edited entry) is caught here.
+fn check_event_count(count_field: Option<&str>, line_count: usize) -> Result<(), String> {
+    let Some(count_text) = count_field else {
+        return Err(format!("entry v=1 with events has no n field ({line_count} lines)"));
+    };
+    match count_text.parse::<usize>() {
+        Ok(count) if count == line_count => Ok(()),
+        Ok(count) => Err(format!(
+            "entry v=1 says n={count} but its events field holds {line_count} lines"
+        )),
+        Err(_) => Err(format!("entry v=1 has n={count_text:?}, not a count")),
+    }
+}
+
+fn oversized_reason(entry_bytes: usize, max_entry_bytes: usize) -> String {
+    format!(
+        "entry of {entry_bytes} bytes is over max_entry_bytes={max_entry_bytes}, not decoded \
+         (raw truncated to {OVERSIZED_RAW_BYTES} bytes)"
+    )
+}
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a char boundary.
+fn prefix_within(text: &str, max_bytes: usize) -> &str {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// As [`fields_as_json`], keeping at most `max_bytes` bytes of names and values in all.
+fn truncated_fields_as_json(fields: &[(String, String)], max_bytes: usize) -> String {
+    let mut budget = max_bytes;
+    let mut kept = Vec::new();
+    for (key, value) in fields {
+        let kept_key = prefix_within(key, budget);
+        budget -= kept_key.len();
+        let kept_value = prefix_within(value, budget);
+        budget -= kept_value.len();
+        kept.push((kept_key.to_string(), kept_value.to_string()));
+        if budget == 0 {
+            break;
+        }
+    }
+    fields_as_json(&kept)
+}
+
+/// [`decode_list_item_within`] with the default cap, [`DEFAULT_MAX_ENTRY_BYTES`].
 pub fn decode_list_item(item_id: &str, item: &str, interest: Level) -> DecodedEntry {
+    decode_list_item_within(item_id, item, interest, DEFAULT_MAX_ENTRY_BYTES)
+}
+
+/// Decodes one list item: a JSON event, ours or another shipper's. An item over
+/// `max_entry_bytes` is rejected whole without being parsed.
+pub fn decode_list_item_within(item_id: &str, item: &str, interest: Level, max_entry_bytes: usize) -> DecodedEntry {
     let mut decoded = DecodedEntry::default();
+    if item.len() > max_entry_bytes {
+        decoded.rejected.push(Rejected {
+            reason: oversized_reason(item.len(), max_entry_bytes),
+            raw: serde_json::Value::String(prefix_within(item, OVERSIZED_RAW_BYTES).to_string()).to_string(),
+        });
+        return decoded;
+    }
     if let Ok(event) = serde_json::from_str::<LogEvent>(item) {
         decoded.keep(event, interest);
         return decoded;
@@ -332,6 +438,114 @@ mod tests {
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons[0].contains("missing field `message`"), "{reasons:?}");
         assert!(reasons[1].contains("unknown level"), "{reasons:?}");
+    }
+
+    #[test]
+    fn an_entry_with_both_event_and_events_is_rejected_whole() {
+        let event = sample("a:1:0", Level::Critical);
+        let fields = pairs(&[
+            ("v", "1"),
+            ("event", &event.to_json()),
+            ("n", "1"),
+            ("events", &event.to_json()),
+        ]);
+        let decoded = decode_entry("1-0", &fields, Level::Trace);
+        assert!(decoded.events.is_empty());
+        assert_eq!(decoded.event_count, 0);
+        assert_eq!(decoded.rejected.len(), 1);
+        assert_eq!(
+            decoded.rejected[0].reason,
+            "entry v=1 has both an event and an events field"
+        );
+        assert_eq!(decoded.rejected[0].raw, fields_as_json(&fields));
+    }
+
+    #[test]
+    fn a_packed_entry_whose_n_disagrees_is_rejected_whole() {
+        let first = sample("a:1:0", Level::Critical);
+        let second = sample("a:1:1", Level::Critical);
+        let ndjson = format!("{}\n{}", first.to_json(), second.to_json());
+        for (count_field, reason) in [
+            (Some("3"), "entry v=1 says n=3 but its events field holds 2 lines"),
+            (Some("1"), "entry v=1 says n=1 but its events field holds 2 lines"),
+            (Some("two"), "entry v=1 has n=\"two\", not a count"),
+            (None, "entry v=1 with events has no n field (2 lines)"),
+        ] {
+            let mut fields = pairs(&[("v", "1"), ("events", &ndjson)]);
+            if let Some(count) = count_field {
+                fields.push(("n".into(), count.into()));
+            }
+            let decoded = decode_entry("1-0", &fields, Level::Trace);
+            assert!(decoded.events.is_empty(), "{count_field:?}");
+            assert_eq!(decoded.event_count, 0, "{count_field:?}");
+            let reasons: Vec<&str> = decoded
+                .rejected
+                .iter()
+                .map(|rejected| rejected.reason.as_str())
+                .collect();
+            assert_eq!(reasons, vec![reason]);
+            assert_eq!(decoded.rejected[0].raw, fields_as_json(&fields));
+        }
+        let fields = pairs(&[("v", "1"), ("n", "2"), ("events", &format!("{ndjson}\n"))]);
+        assert_eq!(
+            decode_entry("1-0", &fields, Level::Trace).events.len(),
+            2,
+            "a trailing newline is no line"
+        );
+    }
+
+    #[test]
+    fn an_entry_over_the_cap_is_rejected_whole_with_a_truncated_raw() {
+        let event = sample("a:1:0", Level::Critical);
+        let fields = pairs(&[("v", "1"), ("event", &event.to_json())]);
+        let entry_bytes = 1 + 1 + 5 + event.to_json().len();
+        let at_cap = decode_entry_within("1-0", &fields, Level::Trace, entry_bytes);
+        assert_eq!(
+            at_cap.events,
+            vec![event.clone()],
+            "an entry of exactly the cap is decoded"
+        );
+
+        let decoded = decode_entry_within("1-0", &fields, Level::Trace, entry_bytes - 1);
+        assert!(decoded.events.is_empty());
+        assert_eq!(decoded.rejected.len(), 1);
+        assert_eq!(
+            decoded.rejected[0].reason,
+            format!(
+                "entry of {entry_bytes} bytes is over max_entry_bytes={}, not decoded (raw truncated to 4096 bytes)",
+                entry_bytes - 1
+            )
+        );
+
+        // Megabytes of payload: the dead letter keeps a valid JSON object of 4 KiB at most,
+        // cut on a character boundary.
+        let huge_message = "é".repeat(3 << 20);
+        let fields = pairs(&[("v", "1"), ("event", &huge_message)]);
+        let decoded = decode_entry_within("1-0", &fields, Level::Trace, 1 << 20);
+        let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&decoded.rejected[0].raw).unwrap();
+        assert_eq!(raw["v"], "1");
+        let kept = raw["event"].as_str().unwrap();
+        assert!(huge_message.starts_with(kept));
+        assert_eq!(
+            kept.len(),
+            OVERSIZED_RAW_BYTES - 1 - 1 - 5 - 1,
+            "4096 bytes of names and values, whole chars"
+        );
+
+        let huge_item = format!("{{\"message\":\"{huge_message}\"}}");
+        let decoded = decode_list_item_within("q#1", &huge_item, Level::Trace, 1 << 20);
+        assert!(decoded.events.is_empty());
+        assert!(
+            decoded.rejected[0]
+                .reason
+                .starts_with(&format!("entry of {} bytes", huge_item.len()))
+        );
+        let raw: String = serde_json::from_str(&decoded.rejected[0].raw).unwrap();
+        assert!(huge_item.starts_with(&raw) && raw.len() <= OVERSIZED_RAW_BYTES);
+        assert_eq!(
+            decode_list_item_within("q#2", &event.to_json(), Level::Trace, 1 << 20).events,
+            vec![event]
+        );
     }
 
     proptest::proptest! {

@@ -86,7 +86,8 @@ async fn process(
         .into_iter()
         .map(|item| {
             let item_id = format!("{}#{:016x}", police.broker.keys.list, fnv1a(item.as_bytes()));
-            let decoded = event::decode_list_item(&item_id, &item, police.interest);
+            let decoded =
+                event::decode_list_item_within(&item_id, &item, police.interest, police.config.max_entry_bytes);
             // Items without an id of their own get one from their content: the same message
             // pushed twice is two messages, each alerted (the processing list already fences
             // a double settle of one item).

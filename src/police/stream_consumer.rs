@@ -185,7 +185,7 @@ fn evaluate(
             outcomes.push(Outcome::dead_letter(entry.id, reason, fields_as_json(&fields)));
             continue;
         }
-        let decoded = event::decode_entry(&entry.id, &fields, police.interest);
+        let decoded = event::decode_entry_within(&entry.id, &fields, police.interest, police.config.max_entry_bytes);
         outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules));
     }
     outcomes
