@@ -236,7 +236,7 @@ pub struct PoliceArgs {
     /// Stream entries (or list items) read per batch (1 to 10000)
     #[arg(long, env = "LOGSENTINEL_READ_COUNT", default_value_t = 256)]
     pub read_count: usize,
-    /// Longest blocking read; also bounds how long a graceful stop takes
+    /// Longest blocking read (at most 5s); also bounds how long a graceful stop takes
     #[arg(long, env = "LOGSENTINEL_BLOCK", alias = "block-ms", default_value = "1s")]
     #[serde(alias = "block_ms")]
     pub block: DurationMs,

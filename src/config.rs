@@ -167,6 +167,14 @@ pub fn redact_credentials(text: &str) -> String {
         .into_owned()
 }
 
+/// The user of `redis://user@host` (a name, no password), which the Redis client ignores.
+fn user_without_password(redis_url: &str) -> Option<String> {
+    let after_scheme = redis_url.split_once("://")?.1;
+    let (credentials, _) = after_scheme.split_once('@')?;
+    (!credentials.is_empty() && !credentials.contains(':') && !credentials.contains('/'))
+        .then(|| credentials.to_string())
+}
+
 /// Where Redis is and which keys to use.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -197,6 +205,17 @@ pub fn broker_config(
             format!("{shown_url:?} is not a usable Redis URL: {problem}"),
         )
     })?;
+    if let Some(user) = user_without_password(&redis_url) {
+        // The client would drop the name and connect as the default user, bypassing the
+        // ACL the operator meant to apply.
+        return Err(invalid(
+            "redis_url",
+            format!(
+                "names the user {user:?} without a password, which would connect as the default user; \
+                 write {user}:PASSWORD@ (any password for an ACL user with nopass)"
+            ),
+        ));
+    }
     let keys = Keys {
         stream: not_empty(common.stream, "stream")?,
         group: not_empty(common.group, "group")?,
@@ -489,8 +508,8 @@ pub fn police_config(args: &PoliceArgs, matches: &ArgMatches, file: &FileConfig)
         source: args.transport,
         consumer,
         read_count,
-        // 0 would block forever
-        block: in_range("block", args.block.0, one_ms, ONE_DAY)?,
+        // 0 would block forever; longer than 5 s would outlast the client's reply timeout
+        block: in_range("block", args.block.0, one_ms, Duration::from_secs(5))?,
         claim_idle: in_range("claim_idle", args.claim_idle.0, one_ms, THIRTY_DAYS)?,
         max_deliveries,
         alert_level,
@@ -604,6 +623,14 @@ mod tests {
             redact_credentials("redis://h:6379 and no@password"),
             "redis://h:6379 and no@password"
         );
+        let error = broker(&["--redis-url", "redis://limited@127.0.0.1:6379"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("names the user \"limited\" without a password"),
+            "{error}"
+        );
+        assert!(broker(&["--redis-url", "redis://limited:x@127.0.0.1:6379"]).is_ok());
         let error = broker(&["--redis-url", "redis://u:secret@bad-host:99999"])
             .unwrap_err()
             .to_string();

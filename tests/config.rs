@@ -173,14 +173,8 @@ fn out_of_range_numbers_exit_2_and_name_the_key() {
         (&["police", "--read-count", HUGE], "read_count"),
         (&["police", "--block-ms", HUGE], "block"),
         (&["police", "--claim-idle-ms", HUGE], "claim_idle"),
-        (
-            &["police", "--consumer-idle-remove-ms", HUGE],
-            "consumer_idle_remove",
-        ),
-        (
-            &["police", "--maintenance-interval-ms", HUGE],
-            "maintenance_interval",
-        ),
+        (&["police", "--consumer-idle-remove-ms", HUGE], "consumer_idle_remove"),
+        (&["police", "--maintenance-interval-ms", HUGE], "maintenance_interval"),
         (&["police", "--alert-dedup-ttl-s", HUGE], "alert_dedup_ttl"),
         (&["police", "--max-entry-bytes", HUGE], "max_entry_bytes"),
     ];

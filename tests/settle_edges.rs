@@ -170,6 +170,73 @@ fn a_settle_that_fails_acknowledges_nothing_and_stops_the_police() {
     stop_gracefully(police);
 }
 
+/// What the settle script writes last (the counters) or only when there are outputs (the
+/// streams) is checked before its first write, so these too leave everything pending.
+#[test]
+fn keys_a_late_write_would_fail_on_stop_the_police_before_anything_is_acknowledged() {
+    let breakages: [(&str, &[&str], &[&str]); 3] = [
+        (
+            "counter",
+            &["HSET", "logsentinel:logs:stats", "alerts", "abc"],
+            &["DEL", "logsentinel:logs:stats"],
+        ),
+        (
+            "stream ids",
+            &[
+                "XADD",
+                "logsentinel:alerts",
+                "18446744073709551615-18446744073709551615",
+                "f",
+                "v",
+            ],
+            &["DEL", "logsentinel:alerts"],
+        ),
+        (
+            "log stream",
+            &["SET", "logsentinel:logs", "x"],
+            &["DEL", "logsentinel:logs"],
+        ),
+    ];
+    for (what, break_it, mend_it) in breakages {
+        let redis = TestRedis::start(&[]);
+        let mut connection = redis.connection();
+        let _: redis::Value = redis::cmd(break_it[0])
+            .arg(&break_it[1..])
+            .query(&mut connection)
+            .unwrap();
+        let critical = if what == "log stream" {
+            0
+        } else {
+            write_entries(&mut connection, 600)
+        };
+        let output = logsentinel(&redis.url())
+            .args(["police", "--consumer", "p1", "--quiet"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{what}: the police must stop: {said}");
+        assert!(said.contains(break_it[1]), "{what}: the reason names the key: {said}");
+        let events_counted: Option<String> = redis::cmd("HGET")
+            .arg(&["logsentinel:logs:stats", "events"])
+            .query(&mut connection)
+            .unwrap();
+        assert_eq!(events_counted, None, "{what}: nothing was acknowledged");
+        let _: redis::Value = redis::cmd(mend_it[0])
+            .arg(&mend_it[1..])
+            .query(&mut connection)
+            .unwrap();
+        if what == "log stream" {
+            continue;
+        }
+        let police = spawn_police(&redis.url(), "p1", &[]);
+        wait_until("every event processed", Duration::from_secs(60), || {
+            processed_events(&mut connection) == 600
+        });
+        assert_alerts_exactly_once(&mut connection, critical);
+        stop_gracefully(police);
+    }
+}
+
 #[test]
 fn a_redis_user_without_a_needed_permission_stops_the_police_at_start() {
     let redis = TestRedis::start(&[]);
@@ -238,6 +305,7 @@ fn out_of_range_police_numbers_stop_startup_naming_the_option() {
             "maintenance_interval",
         ),
         ("--block=-5s", "", "block"),
+        ("--block", "10s", "block"),
         ("--read-count", "0", "read_count"),
     ] {
         let output = logsentinel("redis://127.0.0.1:1")
@@ -264,7 +332,7 @@ fn eager_consumer_removal_loses_nothing_and_spares_live_police() {
         "--consumer-idle-remove-ms",
         "1",
         "--maintenance-interval-ms",
-        "20",
+        "10",
         "--read-count",
         "20",
         "--block-ms",
@@ -373,5 +441,6 @@ fn the_same_foreign_message_pushed_twice_to_a_list_alerts_twice() {
     });
     let alerts = read_stream(&mut connection, "logsentinel:alerts");
     assert_eq!(alerts.len(), 2, "two messages, two alerts");
+    assert_ne!(alerts[0].1["id"], alerts[1].1["id"], "each alert has an id of its own");
     stop_gracefully(police);
 }

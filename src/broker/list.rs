@@ -29,15 +29,25 @@ pub async fn take_items(
     if !moved.is_empty() {
         return Ok(moved);
     }
-    let first: Option<String> = redis::cmd("BLMOVE")
+    let first: Result<Option<String>, RedisError> = redis::cmd("BLMOVE")
         .arg(&keys.list)
         .arg(processing_list)
         .arg("RIGHT")
         .arg("LEFT")
         .arg(block_s)
         .query_async(connection)
-        .await?;
-    Ok(first.into_iter().collect())
+        .await;
+    match first {
+        Ok(first) => Ok(first.into_iter().collect()),
+        // Over maxmemory Redis refuses BLMOVE (it may write), though the list is empty and
+        // this consumer is what frees memory: wait as the blocking read would have, then
+        // take items with the claim script, which is allowed.
+        Err(error) if super::errors::classify(&error) == super::errors::Failure::OutOfMemory => {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(block_s)).await;
+            Ok(Vec::new())
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Items left in a processing list by an earlier run, oldest first.
@@ -64,13 +74,17 @@ pub async fn return_orphaned_items(
     let mut returned = 0;
     for processing_list in processing_lists.iter().filter(|name| *name != own_processing_list) {
         let consumer = processing_list.strip_prefix(&prefix).unwrap_or(processing_list);
-        let moved: u64 = scripts::RETURN_ORPHANED_ITEMS
+        let moved: i64 = scripts::RETURN_ORPHANED_ITEMS
             .key(processing_list)
             .key(&keys.list)
             .key(keys.heartbeat(consumer))
             .invoke_async(connection)
             .await?;
-        returned += moved;
+        if moved < 0 {
+            tracing::warn!(key = %processing_list, "a key named like a processing list is not a list; left alone");
+            continue;
+        }
+        returned += moved as u64;
     }
     Ok(returned)
 }

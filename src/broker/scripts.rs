@@ -14,7 +14,8 @@ use redis::Script;
 /// Why this order — validate, check ownership, write, acknowledge last: Redis does not roll
 /// a script back when a command in it fails; what ran before the failure stays done. So
 /// every condition that could make a later command fail is checked before the first write
-/// (key types, the dedup ttl, ACL permissions, via `redis.acl_check_cmd`), and an item is
+/// (key types, the dedup ttl, ACL permissions via `redis.acl_check_cmd`, counters that
+/// `HINCRBY` can add to, streams with ids left), and an item is
 /// acknowledged only after all its outputs are written. Should a write still fail, the
 /// script stops with its error: items settled before it are complete, the failing item and
 /// those after it stay pending and are retried; none is acknowledged without its alerts.
@@ -59,10 +60,34 @@ local function expect_type(key, wanted)
     error({err = 'WRONGTYPE logsentinel settle: key ' .. key .. ' holds a ' .. found .. ', expected a ' .. wanted})
   end
 end
-local function expect_permission(...)
+local function expect_permission(key, ...)
   if not redis.acl_check_cmd(...) then
     local args = {...}
-    error({err = 'NOPERM logsentinel settle: this Redis user may not run ' .. args[1] .. ' on ' .. args[2]})
+    error({err = 'NOPERM logsentinel settle: this Redis user may not run ' .. args[1] .. ' on ' .. key})
+  end
+end
+-- counters are incremented last: they must be integers HINCRBY can add to
+local function expect_counters(key)
+  local fields = {'events', 'alerts', 'dead', 'duplicate_alerts'}
+  local values = redis.call('HMGET', key, unpack(fields))
+  for k = 1, #fields do
+    local value = values[k]
+    if value then
+      local number = tonumber(value)
+      if not number or number ~= math.floor(number) or math.abs(number) > 4503599627370496 then
+        error({err = 'ERR logsentinel settle: counter ' .. fields[k] .. ' of ' .. key .. ' holds ' .. value .. ', not an integer it can count on'})
+      end
+    end
+  end
+end
+-- an XADD with '*' fails once a stream's last id is the largest possible one
+local function expect_room(key)
+  if redis.call('EXISTS', key) == 0 then return end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for k = 1, #info, 2 do
+    if info[k] == 'last-generated-id' and info[k + 1] == '18446744073709551615-18446744073709551615' then
+      error({err = 'ERR logsentinel settle: stream ' .. key .. ' has used up its ids (last id ' .. info[k + 1] .. ')'})
+    end
   end
 end
 expect_type(source, mode == 'stream' and 'stream' or 'list')
@@ -70,29 +95,32 @@ expect_type(label, mode == 'stream' and 'stream' or 'list')
 expect_type(alerts, 'stream')
 expect_type(dead, 'stream')
 expect_type(stats, 'hash')
+expect_counters(stats)
 if mode == 'stream' then
-  expect_permission('XACK', source, group, '0-1')
-  expect_permission('XPENDING', source, group, '-', '+', '1', consumer)
+  expect_permission(source, 'XACK', source, group, '0-1')
+  expect_permission(source, 'XPENDING', source, group, '-', '+', '1', consumer)
 else
-  expect_permission('LREM', source, '-1', 'x')
-  expect_permission('LPOS', source, 'x')
+  expect_permission(source, 'LREM', source, '-1', 'x')
+  expect_permission(source, 'LPOS', source, 'x')
 end
-expect_permission('XADD', alerts, '*', 'id', 'x')
-expect_permission('XADD', dead, '*', 'reason', 'x')
-expect_permission('HINCRBY', stats, 'events', '1')
-expect_permission('SET', seen_prefix .. 'x', '1', 'EX', '1')
-expect_permission('EXISTS', seen_prefix .. 'x')
+expect_permission(alerts, 'XADD', alerts, '*', 'id', 'x')
+expect_permission(dead, 'XADD', dead, '*', 'reason', 'x')
+expect_permission(stats, 'HINCRBY', stats, 'events', '1')
+expect_permission(seen_prefix .. '*', 'SET', seen_prefix .. 'x', '1', 'EX', '1')
+expect_permission(seen_prefix .. '*', 'EXISTS', seen_prefix .. 'x')
 if #ARGV == 7 then
   -- called with no items: the start-up check also covers the commands of the read loop
   if mode == 'stream' then
-    expect_permission('XREADGROUP', 'GROUP', group, consumer, 'STREAMS', source, '>')
-    expect_permission('XAUTOCLAIM', source, group, consumer, '1', '0-0')
-    expect_permission('XINFO', 'CONSUMERS', source, group)
-    expect_permission('XTRIM', source, 'MINID', '0-1')
-    expect_permission('XGROUP', 'DELCONSUMER', source, group, consumer)
+    expect_permission(source, 'XREADGROUP', 'GROUP', group, consumer, 'STREAMS', source, '>')
+    expect_permission(source, 'XAUTOCLAIM', source, group, consumer, '1', '0-0')
+    expect_permission(source, 'XINFO', 'CONSUMERS', source, group)
+    expect_permission(source, 'XINFO', 'GROUPS', source)
+    expect_permission(source, 'XTRIM', source, 'MINID', '0-1')
+    expect_permission(source, 'XGROUP', 'DELCONSUMER', source, group, consumer)
   else
-    expect_permission('LMOVE', label, source, 'RIGHT', 'LEFT')
-    expect_permission('LRANGE', source, '0', '-1')
+    expect_permission(label, 'LMOVE', label, source, 'RIGHT', 'LEFT')
+    expect_permission(label, 'BLMOVE', label, source, 'RIGHT', 'LEFT', '1')
+    expect_permission(source, 'LRANGE', source, '0', '-1')
   end
 end
 
@@ -122,6 +150,17 @@ for _ = 1, tonumber(ARGV[7]) do
   quiet[#quiet + 1] = {events_per_item, i + 2, i + 1 + item_count}
   i = i + 2 + item_count
 end
+
+-- the streams written to must have ids left
+local first_noisy, alerts_total, dead_total = i, 0, 0
+while i <= #ARGV do
+  local alert_count, dead_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  alerts_total, dead_total = alerts_total + alert_count, dead_total + dead_count
+  i = i + 4 + 3 * alert_count + 2 * dead_count
+end
+if alerts_total > 0 then expect_room(alerts) end
+if dead_total > 0 then expect_room(dead) end
+i = first_noisy
 
 -- 3. items with outputs: fence, write, then acknowledge
 while i <= #ARGV do
@@ -180,11 +219,22 @@ return {settled, written, duplicates, dead_written}
 
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
 
-/// Creates the consumer group from id 0 (and the stream, if needed) unless it exists.
+/// Creates the consumer group from id 0 (and the stream, if needed) unless it exists, which
+/// is checked first (a user allowed to read but not to create groups can still run).
 /// Flagged `allow-oom`: Redis refuses `XGROUP CREATE` over `maxmemory` even when the group
 /// exists, and a police that cannot start can never drain what fills the memory.
 /// KEYS: stream. ARGV: group. Returns 1 when created, 0 when it existed.
 const ENSURE_GROUP_LUA: &str = r#"#!lua flags=allow-oom
+local found = redis.call('TYPE', KEYS[1])['ok']
+if found == 'stream' then
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    for k = 1, #group, 2 do
+      if group[k] == 'name' and group[k + 1] == ARGV[1] then return 0 end
+    end
+  end
+elseif found ~= 'none' then
+  return redis.error_reply('WRONGTYPE logsentinel: key ' .. KEYS[1] .. ' holds a ' .. found .. ', expected the log stream')
+end
 local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 if type(created) == 'table' and created.err then
   if string.sub(created.err, 1, 9) == 'BUSYGROUP' then return 0 end
@@ -252,9 +302,12 @@ pub static CLAIM_LIST_ITEMS: LazyLock<Script> = LazyLock::new(|| Script::new(CLA
 /// Gives the items of a dead consumer's processing list back to the source list, so that
 /// they are the next ones read. Atomic with the liveness check: a consumer whose heartbeat
 /// key exists keeps its list.
-/// KEYS: processing list, source list, heartbeat key. Returns the number of items moved.
+/// KEYS: processing list, source list, heartbeat key. Returns the number of items moved,
+/// or -1 when the key is not a list.
 const RETURN_ORPHANED_ITEMS_LUA: &str = r#"#!lua flags=allow-oom
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+-- a stray key matching the pattern is not a processing list: leave it alone
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'list' then return -1 end
 local moved = 0
 while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
 return moved

@@ -20,7 +20,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
     let keys = police.broker.keys.clone();
     let processing_list = keys.processing_list(&police.config.consumer);
     let heartbeat_key = keys.heartbeat(&police.config.consumer);
-    let heartbeat_ttl_ms = police.config.claim_idle.as_millis().max(1) as u64;
+    let heartbeat_ttl_ms = police.list_heartbeat_ttl().as_millis() as u64;
     broker::heartbeat(&mut connection, &heartbeat_key, heartbeat_ttl_ms).await?;
     police
         .check_redis(
@@ -47,10 +47,8 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
     let mut next_maintenance = Instant::now();
     loop {
         if police.shutdown.is_cancelled() {
-            redis::cmd("DEL")
-                .arg(&heartbeat_key)
-                .query_async::<()>(&mut connection)
-                .await?;
+            // Expire rather than DEL: the heartbeat script is what the start-up check covers.
+            broker::heartbeat(&mut connection, &heartbeat_key, 1).await?;
             return Ok(SessionEnd::Stopped);
         }
         if Instant::now() >= next_maintenance {
@@ -94,6 +92,12 @@ async fn process(
             let carries_own_id = decoded.events.iter().all(|event| event.id != item_id);
             let mut outcome = Outcome::evaluate(item, decoded, &police.rules);
             outcome.deduplicate_alerts = carries_own_id;
+            if !carries_own_id {
+                // Two pushes of one message are two alerts: they get two ids.
+                for alert in &mut outcome.alerts {
+                    alert.alert_id = format!("{}/{:016x}", alert.alert_id, occurrence_nonce());
+                }
+            }
             outcome
         })
         .collect();
@@ -101,6 +105,19 @@ async fn process(
     police
         .settle(connection, Source::List { processing_list }, &outcomes)
         .await
+}
+
+/// A random number telling apart two alerts for equal list items.
+fn occurrence_nonce() -> u64 {
+    use rand::TryRng;
+    rand::rngs::SysRng.try_next_u64().unwrap_or_else(|_| {
+        // No OS entropy: time and a counter still differ between two alerts of one process.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (now.as_nanos() as u64) ^ COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    })
 }
 
 /// FNV-1a: a stable content hash, so a re-processed foreign item gets the same event id.

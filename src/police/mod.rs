@@ -29,6 +29,10 @@ use rules::Rule;
 use settle::{Outcome, Settled};
 use sinks::LocalSinks;
 
+/// Shortest life of a group heartbeat key: removal of a dead consumer is tidying up, never
+/// urgent, and must not catch a live one between two refreshes.
+const MIN_GROUP_HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a consumer session ended.
 #[derive(Debug)]
 pub enum SessionEnd {
@@ -160,13 +164,20 @@ impl Police {
         }
     }
 
-    /// How long our heartbeat key lives: at least three maintenance ticks, so that a live
-    /// police always refreshes it in time, and no less than the idle time after which other
-    /// police may remove a consumer.
+    /// How long our group heartbeat key lives: no less than the idle time after which other
+    /// police may remove a consumer, and long enough that a live police always refreshes it
+    /// in time, however short the maintenance interval (a slow batch delays the refresh).
     pub fn heartbeat_ttl(&self) -> std::time::Duration {
         self.config
             .consumer_idle_remove
             .max(self.config.maintenance_interval * 3)
+            .max(MIN_GROUP_HEARTBEAT_TTL)
+    }
+
+    /// List mode: how long our processing list is ours without a refresh (`--claim-idle`),
+    /// at least three maintenance intervals, so that a live consumer keeps its items.
+    pub fn list_heartbeat_ttl(&self) -> std::time::Duration {
+        self.config.claim_idle.max(self.config.maintenance_interval * 3)
     }
 
     /// Touches the health file (if any): proof for `healthcheck` that the loop runs.

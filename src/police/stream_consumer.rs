@@ -273,9 +273,7 @@ async fn leave_group_if_idle(police: &Police, connection: &mut Connection) -> Re
     } else {
         warn!(consumer = %consumer, "stopping with pending entries; another police will claim them");
     }
-    redis::cmd("DEL")
-        .arg(keys.consumer_heartbeat(consumer))
-        .query_async::<()>(connection)
-        .await?;
+    // Expire rather than DEL: the heartbeat script is what the start-up check covers.
+    broker::heartbeat(connection, &keys.consumer_heartbeat(consumer), 1).await?;
     Ok(())
 }
