@@ -114,12 +114,34 @@ pub struct AgentArgs {
     /// [default: the first common level word among the first tokens]
     #[arg(long, env = "LOGSENTINEL_LEVEL_PATTERN")]
     pub level_pattern: Option<String>,
-    /// HTTP source: address to listen on [default: 0.0.0.0:8080]
+    /// HTTP source: address to listen on; 0.0.0.0:8080 to take requests from other hosts
+    /// [default: 127.0.0.1:8080]
     #[arg(long, env = "LOGSENTINEL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
     /// HTTP source: largest request body, in bytes [default: 10485760]
     #[arg(long, env = "LOGSENTINEL_HTTP_MAX_BODY_BYTES")]
     pub http_max_body_bytes: Option<usize>,
+    /// HTTP source: requests handled at once, more get 503; each may hold a whole body
+    /// [default: 32]
+    #[arg(long, env = "LOGSENTINEL_HTTP_MAX_REQUESTS")]
+    pub http_max_requests: Option<usize>,
+    /// HTTP source: longest wait for a request's whole body, in ms, then 408 [default: 30000]
+    #[arg(long, env = "LOGSENTINEL_HTTP_BODY_TIMEOUT_MS")]
+    pub http_body_timeout_ms: Option<u64>,
+    /// HTTP source: file holding a token that requests must send as `Authorization: Bearer
+    /// TOKEN` (else 401) [default: no token needed]
+    #[arg(long, env = "LOGSENTINEL_HTTP_TOKEN_FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// File, stdin and syslog sources: longest line or message kept, in bytes; the rest is
+    /// discarded and the event marked `truncated` [default: 1048576]
+    #[arg(long, env = "LOGSENTINEL_MAX_LINE_BYTES")]
+    pub max_line_bytes: Option<usize>,
+    /// Syslog TCP connections open at once; more are closed at once [default: 1000]
+    #[arg(long, env = "LOGSENTINEL_SYSLOG_MAX_CONNECTIONS")]
+    pub syslog_max_connections: Option<usize>,
+    /// A syslog TCP connection silent this long is closed, in ms [default: 300000]
+    #[arg(long, env = "LOGSENTINEL_SYSLOG_IDLE_TIMEOUT_MS")]
+    pub syslog_idle_timeout_ms: Option<u64>,
     /// Disk spool directory: batches Redis cannot take go there and are replayed in order
     /// [default: no spool, batches wait in memory and the sources wait]
     #[arg(long, env = "LOGSENTINEL_SPOOL_DIR")]
@@ -130,10 +152,10 @@ pub struct AgentArgs {
     /// When the spool is full: block (sources wait) or drop_newest (counted) [default: block]
     #[arg(long, env = "LOGSENTINEL_WHEN_FULL")]
     pub when_full: Option<crate::agent::spool::WhenFull>,
-    /// Syslog UDP address to listen on [default with --source syslog and no TCP: 0.0.0.0:5514]
+    /// Syslog UDP address to listen on [default with --source syslog and no TCP: 127.0.0.1:5514]
     #[arg(long, env = "LOGSENTINEL_SYSLOG_UDP")]
     pub syslog_udp: Option<String>,
-    /// Syslog TCP address to listen on [default with --source syslog and no UDP: 0.0.0.0:5514]
+    /// Syslog TCP address to listen on [default with --source syslog and no UDP: 127.0.0.1:5514]
     #[arg(long, env = "LOGSENTINEL_SYSLOG_TCP")]
     pub syslog_tcp: Option<String>,
     /// Events per second, 0 = unlimited [default: 1000]

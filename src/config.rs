@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::agent::http::BearerToken;
 use crate::agent::spool::{SpoolConfig, WhenFull};
 use crate::broker::keys::Keys;
 use crate::cli::{AgentArgs, AgentSource, CommonArgs, PoliceArgs, ReadFrom, Transport};
@@ -54,6 +55,19 @@ struct AgentFile {
     level_pattern: Option<String>,
     http_listen: Option<String>,
     http_max_body_bytes: Option<usize>,
+    /// HTTP requests handled at once; more get 503. Default: 32.
+    http_max_requests: Option<usize>,
+    /// Longest wait for a request's whole body, in ms; then 408. Default: 30000.
+    http_body_timeout_ms: Option<u64>,
+    /// File holding the bearer token HTTP clients must send. Default: none (no token).
+    http_token_file: Option<PathBuf>,
+    /// Longest line or message kept by the file, stdin and syslog sources, in bytes;
+    /// longer ones are cut and marked `truncated`. Default: 1048576 (1 MiB).
+    max_line_bytes: Option<usize>,
+    /// Syslog TCP connections open at once; more are closed at once. Default: 1000.
+    syslog_max_connections: Option<usize>,
+    /// A syslog TCP connection silent this long is closed, in ms. Default: 300000.
+    syslog_idle_timeout_ms: Option<u64>,
     spool_dir: Option<PathBuf>,
     spool_max_bytes: Option<u64>,
     when_full: Option<WhenFull>,
@@ -204,6 +218,18 @@ pub struct AgentConfig {
     pub level_pattern: Option<regex::Regex>,
     pub http_listen: std::net::SocketAddr,
     pub http_max_body_bytes: usize,
+    /// HTTP requests handled at once (each may hold `http_max_body_bytes`).
+    pub http_max_requests: usize,
+    /// Longest wait for a request's whole body.
+    pub http_body_timeout: Duration,
+    /// Token HTTP clients must send as `Authorization: Bearer …`; `None`: no check.
+    pub http_token: Option<BearerToken>,
+    /// Longest line or message kept by the file, stdin and syslog sources, in bytes.
+    pub max_line_bytes: usize,
+    /// Syslog TCP connections open at once.
+    pub syslog_max_connections: usize,
+    /// A syslog TCP connection silent this long is closed.
+    pub syslog_idle_timeout: Duration,
     pub spool: Option<SpoolConfig>,
     pub syslog_udp: Option<std::net::SocketAddr>,
     pub syslog_tcp: Option<std::net::SocketAddr>,
@@ -307,13 +333,49 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         .http_listen
         .clone()
         .or_else(|| from_file.http_listen.clone())
-        .unwrap_or_else(|| "0.0.0.0:8080".into());
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
     let http_listen = http_listen_text.parse().map_err(|_| {
         invalid(
             "http_listen",
             format!("{http_listen_text:?} is not an address like 0.0.0.0:8080"),
         )
     })?;
+    let at_least_one = |value: u64, key: &'static str| {
+        if value == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+        Ok(value)
+    };
+    let http_max_requests = args.http_max_requests.or(from_file.http_max_requests).unwrap_or(32);
+    at_least_one(http_max_requests as u64, "http_max_requests")?;
+    let http_body_timeout_ms = args
+        .http_body_timeout_ms
+        .or(from_file.http_body_timeout_ms)
+        .unwrap_or(30_000);
+    at_least_one(http_body_timeout_ms, "http_body_timeout_ms")?;
+    let http_token = args
+        .http_token_file
+        .clone()
+        .or_else(|| from_file.http_token_file.clone())
+        .map(|path| BearerToken::read(&path).map_err(|problem| invalid("http_token_file", problem)))
+        .transpose()?;
+    let max_line_bytes = args
+        .max_line_bytes
+        .or(from_file.max_line_bytes)
+        .unwrap_or(crate::agent::sources::DEFAULT_MAX_LINE_BYTES);
+    if max_line_bytes < 256 {
+        return Err(invalid("max_line_bytes", format!("{max_line_bytes} is below 256")));
+    }
+    let syslog_max_connections = args
+        .syslog_max_connections
+        .or(from_file.syslog_max_connections)
+        .unwrap_or(1000);
+    at_least_one(syslog_max_connections as u64, "syslog_max_connections")?;
+    let syslog_idle_timeout_ms = args
+        .syslog_idle_timeout_ms
+        .or(from_file.syslog_idle_timeout_ms)
+        .unwrap_or(300_000);
+    at_least_one(syslog_idle_timeout_ms, "syslog_idle_timeout_ms")?;
     let http_max_body_bytes = args
         .http_max_body_bytes
         .or(from_file.http_max_body_bytes)
@@ -351,7 +413,7 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         "syslog_tcp",
     )?;
     if has(AgentSource::Syslog) && syslog_udp.is_none() && syslog_tcp.is_none() {
-        let default_address = std::net::SocketAddr::from(([0, 0, 0, 0], 5514));
+        let default_address = std::net::SocketAddr::from(([127, 0, 0, 1], 5514));
         syslog_udp = Some(default_address);
         syslog_tcp = Some(default_address);
     }
@@ -368,6 +430,12 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         level_pattern,
         http_listen,
         http_max_body_bytes,
+        http_max_requests,
+        http_body_timeout: Duration::from_millis(http_body_timeout_ms),
+        http_token,
+        max_line_bytes,
+        syslog_max_connections,
+        syslog_idle_timeout: Duration::from_millis(syslog_idle_timeout_ms),
         spool,
         syslog_udp,
         syslog_tcp,
@@ -502,6 +570,39 @@ mod tests {
         assert_eq!(config.rate_per_s, 7);
         assert_eq!(config.pack, 4);
         assert_eq!(config.batch_entries, 256);
+    }
+
+    #[test]
+    fn listeners_default_to_loopback_and_inputs_are_bounded() {
+        let args = AgentArgs {
+            source: vec![AgentSource::Syslog, AgentSource::Http],
+            ..AgentArgs::default()
+        };
+        let config = agent_config(&args, &FileConfig::default()).unwrap();
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.syslog_udp.map(|address| address.to_string()).as_deref(),
+            Some("127.0.0.1:5514")
+        );
+        assert_eq!(
+            config.syslog_tcp.map(|address| address.to_string()).as_deref(),
+            Some("127.0.0.1:5514")
+        );
+        assert_eq!(config.max_line_bytes, 1 << 20);
+        assert_eq!(config.syslog_max_connections, 1000);
+        assert_eq!(config.http_max_requests, 32);
+        assert!(config.http_token.is_none());
+        let file: FileConfig = toml::from_str("[agent]\nmax_line_bytes = 10\n").unwrap();
+        let error = agent_config(&AgentArgs::default(), &file).unwrap_err();
+        assert_eq!(error.to_string(), "invalid config: max_line_bytes: 10 is below 256");
+        let file: FileConfig = toml::from_str("[agent]\nhttp_token_file = \"/nonexistent/token\"\n").unwrap();
+        let error = agent_config(&AgentArgs::default(), &file).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid config: http_token_file: cannot read"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -82,6 +82,18 @@ fn invalid_source_settings_exit_2_and_name_the_key() {
             "invalid config: spool_max_bytes",
         ),
         (&["agent", "--when-full", "explode"], "--when-full"),
+        (
+            &["agent", "--source", "http", "--http-token-file", "/nonexistent/token"],
+            "invalid config: http_token_file: cannot read /nonexistent/token",
+        ),
+        (
+            &["agent", "--source", "stdin", "--max-line-bytes", "100"],
+            "invalid config: max_line_bytes: 100 is below 256",
+        ),
+        (
+            &["agent", "--source", "syslog", "--syslog-max-connections", "0"],
+            "invalid config: syslog_max_connections: must be at least 1",
+        ),
     ];
     for (args, expected) in cases {
         let (code, stderr) = run_failing(args, &[]);
