@@ -128,6 +128,10 @@ pub struct AgentArgs {
     /// HTTP source: longest wait for a request's whole body, in ms, then 408 [default: 30000]
     #[arg(long, env = "LOGSENTINEL_HTTP_BODY_TIMEOUT_MS")]
     pub http_body_timeout_ms: Option<u64>,
+    /// HTTP source: longest wait for a request's events to be stored, in ms; then 503 (the
+    /// events stay queued and are stored later) [default: 30000]
+    #[arg(long, env = "LOGSENTINEL_HTTP_STORE_TIMEOUT_MS")]
+    pub http_store_timeout_ms: Option<u64>,
     /// HTTP source: file holding a token that requests must send as `Authorization: Bearer
     /// TOKEN` (else 401) [default: no token needed]
     #[arg(long, env = "LOGSENTINEL_HTTP_TOKEN_FILE")]

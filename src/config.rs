@@ -59,6 +59,8 @@ struct AgentFile {
     http_max_requests: Option<usize>,
     /// Longest wait for a request's whole body, in ms; then 408. Default: 30000.
     http_body_timeout_ms: Option<u64>,
+    /// Longest wait for a request's events to be stored, in ms; then 503. Default: 30000.
+    http_store_timeout_ms: Option<u64>,
     /// File holding the bearer token HTTP clients must send. Default: none (no token).
     http_token_file: Option<PathBuf>,
     /// Longest line or message kept by the file, stdin and syslog sources, in bytes;
@@ -222,6 +224,8 @@ pub struct AgentConfig {
     pub http_max_requests: usize,
     /// Longest wait for a request's whole body.
     pub http_body_timeout: Duration,
+    /// Longest wait for a request's events to be stored before it is answered 503.
+    pub http_store_timeout: Duration,
     /// Token HTTP clients must send as `Authorization: Bearer …`; `None`: no check.
     pub http_token: Option<BearerToken>,
     /// Longest line or message kept by the file, stdin and syslog sources, in bytes.
@@ -353,6 +357,11 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         .or(from_file.http_body_timeout_ms)
         .unwrap_or(30_000);
     at_least_one(http_body_timeout_ms, "http_body_timeout_ms")?;
+    let http_store_timeout_ms = args
+        .http_store_timeout_ms
+        .or(from_file.http_store_timeout_ms)
+        .unwrap_or(30_000);
+    at_least_one(http_store_timeout_ms, "http_store_timeout_ms")?;
     let http_token = args
         .http_token_file
         .clone()
@@ -432,6 +441,7 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         http_max_body_bytes,
         http_max_requests,
         http_body_timeout: Duration::from_millis(http_body_timeout_ms),
+        http_store_timeout: Duration::from_millis(http_store_timeout_ms),
         http_token,
         max_line_bytes,
         syslog_max_connections,

@@ -223,3 +223,41 @@ fn stalled_bodies_time_out_and_requests_over_the_limit_get_503() {
     let summary = stop_and_summarise(agent);
     assert!(summary_count(&summary, "busy_http_requests") >= 1, "{:?}", summary.raw);
 }
+
+#[test]
+fn requests_in_flight_when_max_lag_is_reached_are_all_answered() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let address = free_address();
+    let agent = spawn_http_agent(
+        &url,
+        &address,
+        &["--max-lag", "1000", "--http-store-timeout-ms", "2000"],
+    );
+    let (status, _) = curl_post(&address, "/ingest", "{\"message\":\"m\"}\n".repeat(1000).as_bytes());
+    assert_eq!(status, 202);
+    // No police: the consumers stay 1,000 behind. Four requests come in at once; those
+    // taken before the agent holds its batches must still get an answer (curl gives up
+    // after 60 s, reported as status 0).
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || curl_post(&address, "/ingest", "{\"message\":\"m\"}\n".repeat(3000).as_bytes()))
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = requests.into_iter().map(|request| request.join().unwrap()).collect();
+    for (status, response) in &answers {
+        assert_eq!(*status, 503, "{response}");
+        assert!(response.to_ascii_lowercase().contains("retry-after: 1"), "{response}");
+    }
+    // What was taken is stored once the police catches up.
+    let police = spawn_police(&url, "p1", &[]);
+    wait_until("the police caught up", Duration::from_secs(60), || {
+        // No group until the police made it.
+        status_json(&url)["stream"]["groups"][0]["lag"].as_u64() == Some(0) && stream_length(&mut connection) >= 1000
+    });
+    stop_gracefully(police);
+    let summary = stop_and_summarise(agent);
+    assert_eq!(summary.unsent_events, 0);
+}

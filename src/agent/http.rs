@@ -15,6 +15,10 @@
 //!   Redis is down without a spool, the spool is full, or the consumers are `max_lag`
 //!   behind; or its queue is nearly full), when the spool dropped the events, or while
 //!   stopping
+//! - `503` too when the events were taken but not stored within `--http-store-timeout-ms`
+//!   (the agent started holding batches after the request came in): every request gets an
+//!   answer in bounded time. Its events stay queued and are stored later, so a retry may
+//!   store them twice (at-least-once, as a lost 202 would)
 //!
 //! `GET /health` answers 200 while the agent runs.
 //!
@@ -127,6 +131,7 @@ pub struct HttpSource {
     /// One permit per request being handled: `http_max_requests` in all.
     request_permits: Arc<Semaphore>,
     body_timeout: Duration,
+    store_timeout: Duration,
     token: Option<BearerToken>,
     counters: Arc<InputCounters>,
 }
@@ -146,6 +151,7 @@ impl HttpSource {
             backpressure,
             request_permits: Arc::new(Semaphore::new(config.http_max_requests)),
             body_timeout: config.http_body_timeout,
+            store_timeout: config.http_store_timeout,
             token: config.http_token.clone(),
             counters,
         }
@@ -232,6 +238,19 @@ async fn ingest(State(source): State<HttpSource>, request: Request) -> Response 
         Ok(events) => events,
         Err((line, problem)) => return bad_request(line, problem),
     };
+    match tokio::time::timeout(source.store_timeout, store(&source, events)).await {
+        Ok(response) => response,
+        Err(_) => {
+            InputCounters::count(&source.counters.http_store_timeouts);
+            unavailable(
+                "the agent holds its batches: the events are queued and will be stored later, a retry may store them twice",
+            )
+        }
+    }
+}
+
+/// Hands the events over and waits until they are stored.
+async fn store(source: &HttpSource, events: Vec<LogEvent>) -> Response {
     let accepted = events.len();
     if accepted == 0 {
         return (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": 0 }))).into_response();

@@ -56,6 +56,8 @@ pub struct InputCounters {
     pub busy_http_requests: AtomicU64,
     /// HTTP requests whose body did not arrive within `http_body_timeout_ms`.
     pub http_body_timeouts: AtomicU64,
+    /// HTTP requests whose events were not stored within `http_store_timeout_ms` (503).
+    pub http_store_timeouts: AtomicU64,
     /// Files matched by the globs that could not be opened or read (each counted once).
     pub unreadable_files: AtomicU64,
 }
@@ -70,6 +72,7 @@ pub struct InputCounts {
     pub accept_errors: u64,
     pub busy_http_requests: u64,
     pub http_body_timeouts: u64,
+    pub http_store_timeouts: u64,
     pub unreadable_files: u64,
 }
 
@@ -88,6 +91,7 @@ impl InputCounters {
             accept_errors: read(&self.accept_errors),
             busy_http_requests: read(&self.busy_http_requests),
             http_body_timeouts: read(&self.http_body_timeouts),
+            http_store_timeouts: read(&self.http_store_timeouts),
             unreadable_files: read(&self.unreadable_files),
         }
     }
@@ -118,6 +122,11 @@ impl InputCounts {
             (self.accept_errors, "accept", "errors (backed off)"),
             (self.busy_http_requests, "busy", "HTTP requests refused (503)"),
             (self.http_body_timeouts, "slow body", "HTTP requests (408)"),
+            (
+                self.http_store_timeouts,
+                "not stored",
+                "HTTP requests in time (503, stored later)",
+            ),
             (self.unreadable_files, "unreadable", "files"),
         ];
         for (count, label, what) in lines {
