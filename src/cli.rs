@@ -122,7 +122,7 @@ pub struct AgentArgs {
     #[arg(long, env = "LOGSENTINEL_HTTP_MAX_BODY_BYTES")]
     pub http_max_body_bytes: Option<usize>,
     /// HTTP source: requests handled at once, more get 503; each may hold a whole body
-    /// [default: 32]
+    /// [default: 16]
     #[arg(long, env = "LOGSENTINEL_HTTP_MAX_REQUESTS")]
     pub http_max_requests: Option<usize>,
     /// HTTP source: longest wait for a request's whole body, in ms, then 408 [default: 30000]

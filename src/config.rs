@@ -55,7 +55,7 @@ struct AgentFile {
     level_pattern: Option<String>,
     http_listen: Option<String>,
     http_max_body_bytes: Option<usize>,
-    /// HTTP requests handled at once; more get 503. Default: 32.
+    /// HTTP requests handled at once; more get 503. Default: 16 (16 × 10 MiB bodies: 160 MiB at most).
     http_max_requests: Option<usize>,
     /// Longest wait for a request's whole body, in ms; then 408. Default: 30000.
     http_body_timeout_ms: Option<u64>,
@@ -350,7 +350,7 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         }
         Ok(value)
     };
-    let http_max_requests = args.http_max_requests.or(from_file.http_max_requests).unwrap_or(32);
+    let http_max_requests = args.http_max_requests.or(from_file.http_max_requests).unwrap_or(16);
     at_least_one(http_max_requests as u64, "http_max_requests")?;
     let http_body_timeout_ms = args
         .http_body_timeout_ms
@@ -600,7 +600,7 @@ mod tests {
         );
         assert_eq!(config.max_line_bytes, 1 << 20);
         assert_eq!(config.syslog_max_connections, 1000);
-        assert_eq!(config.http_max_requests, 32);
+        assert_eq!(config.http_max_requests, 16);
         assert!(config.http_token.is_none());
         let file: FileConfig = toml::from_str("[agent]\nmax_line_bytes = 10\n").unwrap();
         let error = agent_config(&AgentArgs::default(), &file).unwrap_err();
