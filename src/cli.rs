@@ -146,6 +146,13 @@ pub struct AgentArgs {
     /// A syslog TCP connection silent this long is closed, in ms [default: 300000]
     #[arg(long, env = "LOGSENTINEL_SYSLOG_IDLE_TIMEOUT_MS")]
     pub syslog_idle_timeout_ms: Option<u64>,
+    /// HTTP and syslog TCP sources: PEM certificate chain; with it both take TLS only
+    /// (HTTPS, syslog over TLS) [default: plain TCP]
+    #[arg(long, env = "LOGSENTINEL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: none]
+    #[arg(long, env = "LOGSENTINEL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Disk spool directory: batches Redis cannot take go there and are replayed in order
     /// [default: no spool, batches wait in memory and the sources wait]
     #[arg(long, env = "LOGSENTINEL_SPOOL_DIR")]

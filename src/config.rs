@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::agent::http::BearerToken;
 use crate::agent::spool::{SpoolConfig, WhenFull};
+use crate::agent::tls::ServerTls;
 use crate::broker::keys::Keys;
 use crate::cli::{AgentArgs, AgentSource, CommonArgs, PoliceArgs, ReadFrom, Transport};
 use crate::event::Level;
@@ -68,6 +69,10 @@ struct AgentFile {
     max_line_bytes: Option<usize>,
     /// Syslog TCP connections open at once; more are closed at once. Default: 1000.
     syslog_max_connections: Option<usize>,
+    /// PEM certificate chain: HTTP and syslog TCP take TLS only. Default: none (plain TCP).
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default: none.
+    tls_key: Option<PathBuf>,
     /// A syslog TCP connection silent this long is closed, in ms. Default: 300000.
     syslog_idle_timeout_ms: Option<u64>,
     spool_dir: Option<PathBuf>,
@@ -234,6 +239,8 @@ pub struct AgentConfig {
     pub syslog_max_connections: usize,
     /// A syslog TCP connection silent this long is closed.
     pub syslog_idle_timeout: Duration,
+    /// TLS for the HTTP and syslog TCP listeners; `None`: plain TCP.
+    pub tls: Option<ServerTls>,
     pub spool: Option<SpoolConfig>,
     pub syslog_udp: Option<std::net::SocketAddr>,
     pub syslog_tcp: Option<std::net::SocketAddr>,
@@ -385,6 +392,16 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         .or(from_file.syslog_idle_timeout_ms)
         .unwrap_or(300_000);
     at_least_one(syslog_idle_timeout_ms, "syslog_idle_timeout_ms")?;
+    let tls_cert = args.tls_cert.clone().or_else(|| from_file.tls_cert.clone());
+    let tls_key = args.tls_key.clone().or_else(|| from_file.tls_key.clone());
+    let tls = match (tls_cert, tls_key) {
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("tls_key", "tls_cert is set: give its private key too")),
+        (None, Some(_)) => return Err(invalid("tls_cert", "tls_key is set: give its certificate too")),
+        (Some(cert), Some(key)) => {
+            Some(ServerTls::load(&cert, &key).map_err(|error| invalid(error.key, error.problem))?)
+        }
+    };
     let http_max_body_bytes = args
         .http_max_body_bytes
         .or(from_file.http_max_body_bytes)
@@ -446,6 +463,7 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         max_line_bytes,
         syslog_max_connections,
         syslog_idle_timeout: Duration::from_millis(syslog_idle_timeout_ms),
+        tls,
         spool,
         syslog_udp,
         syslog_tcp,

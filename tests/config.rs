@@ -87,6 +87,22 @@ fn invalid_source_settings_exit_2_and_name_the_key() {
             "invalid config: http_token_file: cannot read /nonexistent/token",
         ),
         (
+            &["agent", "--source", "http", "--tls-cert", "/nonexistent/cert.pem"],
+            "invalid config: tls_key: tls_cert is set",
+        ),
+        (
+            &[
+                "agent",
+                "--source",
+                "http",
+                "--tls-cert",
+                "/nonexistent/cert.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
+            "invalid config: tls_cert: cannot read certificates from /nonexistent/cert.pem",
+        ),
+        (
             &["agent", "--source", "stdin", "--max-line-bytes", "100"],
             "invalid config: max_line_bytes: 100 is below 256",
         ),

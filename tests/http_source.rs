@@ -261,3 +261,51 @@ fn requests_in_flight_when_max_lag_is_reached_are_all_answered() {
     let summary = stop_and_summarise(agent);
     assert_eq!(summary.unsent_events, 0);
 }
+
+#[test]
+fn https_with_tls_cert_and_key() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let address = free_address();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_certificate(dir.path());
+    let log_file = dir.path().join("agent.stderr");
+    let agent = spawn_agent_logging(
+        &url,
+        "web",
+        &[
+            "--source",
+            "http",
+            "--http-listen",
+            &address,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &log_file,
+    );
+    wait_until("the HTTP source to listen", Duration::from_secs(20), || {
+        log_lines_with(&log_file, "HTTP source listening") > 0
+    });
+    let post = |scheme: &str| {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30", "--cacert"])
+            .arg(&cert)
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "{\"message\":\"over tls\"}",
+            ])
+            .arg(format!("{scheme}://{address}/ingest"))
+            .output()
+            .expect("the tests need curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(post("https"), "202");
+    assert_ne!(post("http"), "202", "plain HTTP is not taken on a TLS listener");
+    stop_gracefully(agent);
+    assert_eq!(stream_messages(&mut connection), ["over tls"]);
+}

@@ -357,3 +357,47 @@ fn out_of_file_descriptors_the_accept_loop_backs_off_and_http_still_answers() {
     );
     assert!(summary_count(&summary, "accept_errors") >= 1, "{:?}", summary.raw);
 }
+
+#[test]
+fn syslog_over_tls() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let address = free_address();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_certificate(dir.path());
+    let log_file = dir.path().join("agent.log");
+    let agent = spawn_tcp_agent(
+        &url,
+        &address,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &log_file,
+    );
+    // openssl s_client as the sender: ends at the end of its input.
+    let mut sender = Command::new("openssl")
+        .args(["s_client", "-quiet", "-no_ign_eof", "-connect", &address, "-CAfile"])
+        .arg(&cert)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the TLS tests need the openssl command");
+    sender
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"<10>1 2026-11-27T10:00:00Z host auth - - - over tls\n")
+        .unwrap();
+    assert!(sender.wait().unwrap().success(), "openssl s_client failed");
+    wait_until("the message over TLS", Duration::from_secs(20), || {
+        stream_length(&mut connection) == 1
+    });
+    // A plain-text sender is not taken for a message.
+    let mut plain = std::net::TcpStream::connect(&address).unwrap();
+    let _ = plain.write_all(b"<10>plain text\n");
+    wait_for_close(&mut plain);
+    let summary = stop_and_summarise(agent);
+    assert_eq!(summary.events, 1);
+    assert_eq!(stream_messages(&mut connection), ["over tls"]);
+    assert_eq!(stream_events(&mut connection)[0]["level"], "CRITICAL");
+}

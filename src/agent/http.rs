@@ -46,6 +46,7 @@ use tracing::{error, info};
 
 use super::batcher::Settled;
 use super::sources::{InputCounters, MAX_CHUNK_EVENTS, SOURCE_QUEUE_MESSAGES, SourceMessage};
+use super::tls::{ServerTls, TlsListener};
 use crate::config::AgentConfig;
 use crate::event::foreign::{Defaults, decode_object};
 use crate::event::{Level, LogEvent};
@@ -158,7 +159,8 @@ impl HttpSource {
     }
 }
 
-pub async fn serve(listener: TcpListener, source: HttpSource, shutdown: CancellationToken) {
+/// Serves until `shutdown`; over TLS (HTTPS) when `tls` is given.
+pub async fn serve(listener: TcpListener, tls: Option<ServerTls>, source: HttpSource, shutdown: CancellationToken) {
     let address = listener.local_addr().ok();
     let max_body_bytes = source.max_body_bytes;
     let router = Router::new()
@@ -166,11 +168,23 @@ pub async fn serve(listener: TcpListener, source: HttpSource, shutdown: Cancella
         .route("/health", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(source);
-    info!(address = ?address, "HTTP source listening");
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
+    info!(address = ?address, tls = tls.is_some(), "HTTP source listening");
+    let served = match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .await
+        }
+        Some(tls) => match TlsListener::spawn(listener, tls, shutdown.clone()) {
+            Ok(tls_listener) => {
+                axum::serve(tls_listener, router)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .await
+            }
+            Err(error) => Err(error),
+        },
+    };
+    if let Err(error) = served {
         error!(error = %error, "HTTP source stopped");
     }
 }

@@ -14,6 +14,7 @@ pub mod sources;
 pub mod spool;
 pub mod stdin;
 pub mod syslog;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -167,6 +168,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
                 let counters = input_counters.clone();
                 tokio::spawn(syslog::listen_tcp(
                     listener,
+                    config.tls.clone(),
                     limits,
                     counters,
                     message_sender.clone(),
@@ -196,6 +198,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         if let Some(listener) = http_listener {
             tokio::spawn(http::serve(
                 listener,
+                config.tls.clone(),
                 http::HttpSource::new(
                     &config,
                     message_sender.clone(),

@@ -21,13 +21,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::sources::{InputCounters, LineBuffer, MAX_CHUNK_EVENTS, SourceMessage, lossy_line, read_line_bounded};
+use super::tls::ServerTls;
 use crate::event::foreign::Defaults;
 use crate::event::{Level, LogEvent, line, syslog};
 
@@ -94,8 +95,10 @@ pub async fn listen_udp(
     }
 }
 
+/// Takes connections until `shutdown`; over TLS when `tls` is given.
 pub async fn listen_tcp(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     limits: SyslogLimits,
     counters: Arc<InputCounters>,
     events: mpsc::Sender<SourceMessage>,
@@ -142,9 +145,16 @@ pub async fn listen_tcp(
             continue;
         };
         refusal_logged = false;
-        let connection = read_connection(stream, peer, limits, counters.clone(), events.clone(), shutdown.clone());
+        let (counters, events, shutdown, tls) = (counters.clone(), events.clone(), shutdown.clone(), tls.clone());
         tokio::spawn(async move {
-            connection.await;
+            match tls {
+                None => read_connection(stream, peer, limits, counters, events, shutdown).await,
+                Some(tls) => {
+                    if let Some(tls_stream) = tls.handshake(stream, peer).await {
+                        read_connection(tls_stream, peer, limits, counters, events, shutdown).await;
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -160,8 +170,8 @@ enum FrameRead {
     End,
 }
 
-async fn read_connection(
-    stream: TcpStream,
+async fn read_connection<S: AsyncRead + Unpin>(
+    stream: S,
     peer: SocketAddr,
     limits: SyslogLimits,
     counters: Arc<InputCounters>,
@@ -256,15 +266,15 @@ fn frame_buffered(buffered: &[u8], max_line_bytes: usize) -> bool {
 }
 
 /// Waits for bytes from the peer, at most `idle`.
-async fn fill(reader: &mut BufReader<TcpStream>, idle: Duration) -> std::io::Result<&[u8]> {
+async fn fill<R: AsyncBufRead + Unpin>(reader: &mut R, idle: Duration) -> std::io::Result<&[u8]> {
     tokio::time::timeout(idle, reader.fill_buf())
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// Reads one frame into `frame` (empty on entry).
-async fn read_frame(
-    reader: &mut BufReader<TcpStream>,
+async fn read_frame<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
     frame: &mut LineBuffer,
     limits: SyslogLimits,
 ) -> std::io::Result<FrameRead> {

@@ -322,3 +322,29 @@ pub fn log_lines_with(log_file: &std::path::Path, needle: &str) -> usize {
 pub fn summary_count(summary: &AgentSummary, field: &str) -> u64 {
     summary.raw[field].as_u64().unwrap_or(0)
 }
+
+/// A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command
+/// line: `(cert.pem, key.pem)` in `dir`.
+pub fn self_signed_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the TLS tests need the openssl command");
+    assert!(status.success(), "openssl req failed");
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
