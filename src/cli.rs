@@ -147,6 +147,55 @@ pub struct AgentArgs {
     /// HTTP source: largest request body (larger ones get 413)
     #[arg(long, env = "LOGSENTINEL_HTTP_MAX_BODY_BYTES", default_value = "10MiB")]
     pub http_max_body_bytes: Size,
+    /// HTTP source: requests handled at once, more get 503; each may hold a whole body
+    #[arg(long, env = "LOGSENTINEL_HTTP_MAX_REQUESTS", default_value_t = 16)]
+    pub http_max_requests: usize,
+    /// HTTP source: longest wait for a request's whole body, then 408
+    #[arg(
+        long,
+        env = "LOGSENTINEL_HTTP_BODY_TIMEOUT",
+        alias = "http-body-timeout-ms",
+        default_value = "30s"
+    )]
+    #[serde(alias = "http_body_timeout_ms")]
+    pub http_body_timeout: DurationMs,
+    /// HTTP source: longest wait for a request's events to be stored; then 503 (the events
+    /// stay queued and are stored later)
+    #[arg(
+        long,
+        env = "LOGSENTINEL_HTTP_STORE_TIMEOUT",
+        alias = "http-store-timeout-ms",
+        default_value = "30s"
+    )]
+    #[serde(alias = "http_store_timeout_ms")]
+    pub http_store_timeout: DurationMs,
+    /// HTTP source: file holding a token that requests must send as `Authorization: Bearer
+    /// TOKEN` (else 401); by default no token is needed
+    #[arg(long, env = "LOGSENTINEL_HTTP_TOKEN_FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// File, stdin and syslog sources: longest line or message kept (at least 256); the
+    /// rest is discarded and the event marked `truncated`
+    #[arg(long, env = "LOGSENTINEL_MAX_LINE_BYTES", default_value = "1MiB")]
+    pub max_line_bytes: Size,
+    /// Syslog TCP connections open at once; more are closed at once
+    #[arg(long, env = "LOGSENTINEL_SYSLOG_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub syslog_max_connections: usize,
+    /// A syslog TCP connection silent this long is closed
+    #[arg(
+        long,
+        env = "LOGSENTINEL_SYSLOG_IDLE_TIMEOUT",
+        alias = "syslog-idle-timeout-ms",
+        default_value = "5m"
+    )]
+    #[serde(alias = "syslog_idle_timeout_ms")]
+    pub syslog_idle_timeout: DurationMs,
+    /// HTTP and syslog TCP sources: PEM certificate chain; with it both take TLS only
+    /// (HTTPS, syslog over TLS); plain TCP by default
+    #[arg(long, env = "LOGSENTINEL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "LOGSENTINEL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Disk spool directory: batches Redis cannot take go there and are replayed in order;
     /// without one, batches wait in memory and the sources wait
     #[arg(long, env = "LOGSENTINEL_SPOOL_DIR")]

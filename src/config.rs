@@ -321,6 +321,24 @@ pub struct AgentConfig {
     pub level_pattern: Option<regex::Regex>,
     pub http_listen: std::net::SocketAddr,
     pub http_max_body_bytes: usize,
+    /// HTTP requests handled at once (each may hold `http_max_body_bytes`).
+    pub http_max_requests: usize,
+    /// Longest wait for a request's whole body.
+    pub http_body_timeout: Duration,
+    /// Longest wait for a request's events to be stored before it is answered 503.
+    pub http_store_timeout: Duration,
+    /// File of the token HTTP clients must send as `Authorization: Bearer …`; read when the
+    /// agent starts. `None`: no check.
+    pub http_token_file: Option<PathBuf>,
+    /// Longest line or message kept by the file, stdin and syslog sources, in bytes.
+    pub max_line_bytes: usize,
+    /// Syslog TCP connections open at once.
+    pub syslog_max_connections: usize,
+    /// A syslog TCP connection silent this long is closed.
+    pub syslog_idle_timeout: Duration,
+    /// TLS for the HTTP and syslog TCP listeners, loaded when the agent starts; `None`:
+    /// plain TCP.
+    pub tls: Option<TlsFiles>,
     pub spool: Option<SpoolConfig>,
     pub syslog_udp: Option<std::net::SocketAddr>,
     pub syslog_tcp: Option<std::net::SocketAddr>,
@@ -401,6 +419,36 @@ pub fn agent_config(args: &AgentArgs, matches: &ArgMatches, file: &FileConfig) -
         )
     })?;
     let http_max_body_bytes = in_range("http_max_body_bytes", args.http_max_body_bytes.0, 1, 1 << 30)?;
+    let http_max_requests = in_range("http_max_requests", args.http_max_requests, 1, 10_000)?;
+    let http_body_timeout = in_range(
+        "http_body_timeout",
+        args.http_body_timeout.0,
+        Duration::from_millis(1),
+        ONE_DAY,
+    )?;
+    let http_store_timeout = in_range(
+        "http_store_timeout",
+        args.http_store_timeout.0,
+        Duration::from_millis(1),
+        ONE_DAY,
+    )?;
+    let max_line_bytes = in_range("max_line_bytes", args.max_line_bytes.0, 256, 1 << 30)? as usize;
+    let syslog_max_connections = in_range("syslog_max_connections", args.syslog_max_connections, 1, 1_000_000)?;
+    let syslog_idle_timeout = in_range(
+        "syslog_idle_timeout",
+        args.syslog_idle_timeout.0,
+        Duration::from_millis(1),
+        THIRTY_DAYS,
+    )?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("tls_key", "tls_cert is set: give its private key too")),
+        (None, Some(_)) => return Err(invalid("tls_cert", "tls_key is set: give its certificate too")),
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+    };
     let spool_max_bytes = in_range("spool_max_bytes", args.spool_max_bytes.0, 65_536, 1 << 50)?;
     let spool = args.spool_dir.clone().map(|dir| SpoolConfig {
         dir,
@@ -432,6 +480,14 @@ pub fn agent_config(args: &AgentArgs, matches: &ArgMatches, file: &FileConfig) -
         level_pattern,
         http_listen,
         http_max_body_bytes: http_max_body_bytes as usize,
+        http_max_requests,
+        http_body_timeout,
+        http_store_timeout,
+        http_token_file: args.http_token_file.clone(),
+        max_line_bytes,
+        syslog_max_connections,
+        syslog_idle_timeout,
+        tls,
         spool,
         syslog_udp,
         syslog_tcp,
@@ -450,6 +506,13 @@ pub fn agent_config(args: &AgentArgs, matches: &ArgMatches, file: &FileConfig) -
         max_lag: args.max_lag,
         summary_json: args.summary_json,
     })
+}
+
+/// Certificate chain and private key (PEM) of the agent's TLS listeners.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Where the agent spools, how much, and what happens when it is full.
@@ -580,6 +643,32 @@ mod tests {
         let config = agent(&["--linger", "3ms", "--summary-json"], &file).unwrap();
         assert_eq!(config.linger, Duration::from_millis(3), "a flag beats the file's alias");
         assert!(config.summary_json, "flags the file does not name survive the merge");
+    }
+
+    #[test]
+    fn listeners_default_to_loopback_and_inputs_are_bounded() {
+        let none = FileConfig::default();
+        let config = agent(&["--source", "syslog,http"], &none).unwrap();
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.syslog_udp.map(|address| address.to_string()).as_deref(),
+            Some("127.0.0.1:5514")
+        );
+        assert_eq!(
+            config.syslog_tcp.map(|address| address.to_string()).as_deref(),
+            Some("127.0.0.1:5514")
+        );
+        assert_eq!(config.max_line_bytes, 1 << 20);
+        assert_eq!(config.syslog_max_connections, 1000);
+        assert_eq!(config.http_max_requests, 16);
+        assert!(config.http_token_file.is_none());
+        let error = agent(&[], &file("[agent]\nmax_line_bytes = 10\n")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid config: max_line_bytes: 10 is not between 256 and 1073741824"
+        );
+        let error = agent(&["--tls-cert", "cert.pem"], &none).unwrap_err();
+        assert!(error.to_string().starts_with("invalid config: tls_key:"), "{error}");
     }
 
     #[test]

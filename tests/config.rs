@@ -107,6 +107,34 @@ fn invalid_source_settings_exit_2_and_name_the_key() {
             "invalid config: spool_max_bytes",
         ),
         (&["agent", "--when-full", "explode"], "--when-full"),
+        (
+            &["agent", "--source", "http", "--http-token-file", "/nonexistent/token"],
+            "invalid config: http_token_file: cannot read /nonexistent/token",
+        ),
+        (
+            &["agent", "--source", "http", "--tls-cert", "/nonexistent/cert.pem"],
+            "invalid config: tls_key: tls_cert is set",
+        ),
+        (
+            &[
+                "agent",
+                "--source",
+                "http",
+                "--tls-cert",
+                "/nonexistent/cert.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
+            "invalid config: tls_cert: cannot read certificates from /nonexistent/cert.pem",
+        ),
+        (
+            &["agent", "--source", "stdin", "--max-line-bytes", "100"],
+            "invalid config: max_line_bytes: 100 is not between 256 and 1073741824",
+        ),
+        (
+            &["agent", "--source", "syslog", "--syslog-max-connections", "0"],
+            "invalid config: syslog_max_connections: 0 is not between 1 and 1000000",
+        ),
     ];
     for (args, expected) in cases {
         let (code, stderr) = run_failing(args, &[]);

@@ -202,3 +202,168 @@ fn read_from_end_ships_only_new_lines_and_new_files_from_their_start() {
     let seen: Vec<u64> = delivered(&mut connection).into_keys().collect();
     assert_eq!(seen, [10, 11, 12, 13, 14, 100, 101, 102]);
 }
+
+/// Peak RSS the agent may reach while reading one huge line: its own ~20–40 MB plus the
+/// 1 MiB kept of the line, with room to spare; reading the line whole costs gigabytes.
+const PEAK_RSS_BOUND_KIB: u64 = 150 * 1024;
+
+#[test]
+fn a_200_mb_line_is_cut_at_the_limit_with_bounded_memory() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("huge.log");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&log).unwrap());
+        file.write_all(b"INFO before\n").unwrap();
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            file.write_all(&block).unwrap();
+        }
+        file.write_all(b"\nINFO after\n").unwrap();
+    }
+    let agent = spawn_tailing_agent(&url, dir.path(), &log, &[]);
+    wait_for_lines(&mut connection, 3);
+    let peak_rss_kib = peak_rss_kib(agent.id());
+    let summary = stop_and_summarise(agent);
+    assert!(
+        peak_rss_kib < PEAK_RSS_BOUND_KIB,
+        "peak RSS {peak_rss_kib} KiB after a 200 MB line"
+    );
+    assert_eq!(summary.events, 3);
+    assert_eq!(summary_count(&summary, "truncated_messages"), 1);
+    let events = stream_events(&mut connection);
+    let messages: Vec<usize> = events
+        .iter()
+        .map(|event| event["message"].as_str().unwrap().len())
+        .collect();
+    assert_eq!(
+        messages,
+        [11, 1 << 20, 10],
+        "the long line is cut at 1 MiB, its neighbours intact"
+    );
+    assert_eq!(events[1]["extra"]["truncated"], "true");
+    assert!(events[0]["extra"].get("truncated").is_none());
+    // The checkpoint counts every byte of the cut line: a restart resumes after it.
+    let checkpoints = std::fs::read_to_string(dir.path().join("checkpoints.json")).unwrap();
+    let expected_offset = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        checkpoints.contains(&format!("\"offset\": {expected_offset}")),
+        "{checkpoints}"
+    );
+}
+
+#[test]
+fn a_symlink_loop_under_a_double_star_is_walked_once_and_the_agent_still_stops() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("a/b")).unwrap();
+    std::os::unix::fs::symlink(&tree, tree.join("a/b/up")).unwrap();
+    std::os::unix::fs::symlink(tree.join("a"), tree.join("a/again")).unwrap();
+    append_lines(&tree.join("a/b/deep.log"), 0..5);
+    let log_file = dir.path().join("agent.log");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let nothing = dir.path().join("none/*.log");
+    let agent = spawn_agent_logging(
+        &url,
+        "files",
+        &[
+            "--source",
+            "file",
+            "--file",
+            tree.join("**/*.log").to_str().unwrap(),
+            "--file",
+            nothing.to_str().unwrap(),
+            "--checkpoint-file",
+            checkpoints.to_str().unwrap(),
+        ],
+        &log_file,
+    );
+    wait_for_lines(&mut connection, 5);
+    // New files are found by later scans: by the end, three scans (at least) have walked
+    // the loop and seen the empty glob.
+    append_lines(&tree.join("a/new1.log"), 5..6);
+    wait_for_lines(&mut connection, 6);
+    append_lines(&tree.join("new2.log"), 6..8);
+    wait_for_lines(&mut connection, 8);
+    let summary = stop_and_summarise(agent);
+    assert_eq!(summary.events, 8);
+    let seen = delivered(&mut connection);
+    assert_eq!(seen.keys().copied().collect::<Vec<u64>>(), (0..8).collect::<Vec<u64>>());
+    assert!(
+        seen.values().all(|count| *count == 1),
+        "each file read once, though reachable by many paths: {seen:?}"
+    );
+    assert_eq!(
+        log_lines_with(&log_file, "glob matches no file"),
+        1,
+        "a glob matching nothing is logged once"
+    );
+}
+
+#[test]
+fn an_unreadable_file_is_counted_once_and_the_others_are_read() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // The agent may run as root here: it is then started as `nobody`, for whom mode 000
+    // means unreadable, as it does for any user but root.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = dir.path().join("secret.log");
+    append_lines(&secret, 0..3);
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    append_lines(&dir.path().join("open.log"), 10..12);
+    let log_file = dir.path().join("agent.stderr");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let pattern = dir.path().join("*.log");
+    let agent_args = [
+        "agent",
+        "--agent-id",
+        "files",
+        "--summary-json",
+        "--source",
+        "file",
+        "--file",
+        pattern.to_str().unwrap(),
+        "--checkpoint-file",
+        checkpoints.to_str().unwrap(),
+    ];
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_logsentinel"));
+        command
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_logsentinel"))
+    };
+    let agent = command
+        .args(["--redis-url", &url])
+        .args(agent_args)
+        .env("LOGSENTINEL_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_file).unwrap())
+        .spawn()
+        .expect("spawn agent (setpriv, util-linux, when run as root)");
+    wait_for_lines(&mut connection, 2);
+    // Two more scans (a new file each) see the unreadable file again.
+    append_lines(&dir.path().join("later1.log"), 12..13);
+    wait_for_lines(&mut connection, 3);
+    append_lines(&dir.path().join("later2.log"), 13..14);
+    wait_for_lines(&mut connection, 4);
+    let summary = stop_and_summarise(agent);
+    assert_eq!(summary.events, 4);
+    assert_eq!(summary_count(&summary, "unreadable_files"), 1);
+    assert_eq!(
+        log_lines_with(&log_file, "cannot open file"),
+        1,
+        "logged once, not every second"
+    );
+}

@@ -85,3 +85,42 @@ fn stdin_lines_are_shipped_parsed_and_alerted_on() {
     assert_alerts_exactly_once(&mut connection, 2);
     stop_gracefully(police);
 }
+
+#[test]
+fn a_100_mb_line_is_cut_at_the_limit_with_bounded_memory() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let mut agent = logsentinel(&url)
+        .args(["agent", "--source", "stdin", "--agent-id", "big", "--summary-json"])
+        .args(["--max-line-bytes", "65536"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = agent.stdin.take().unwrap();
+    input.write_all(b"ERROR first\n").unwrap();
+    let block = vec![b'y'; 1 << 20];
+    for _ in 0..100 {
+        input.write_all(&block).unwrap();
+    }
+    input.write_all(b"\nWARN last\n").unwrap();
+    input.flush().unwrap();
+    wait_until("three events", Duration::from_secs(60), || {
+        stream_length(&mut connection) == 3
+    });
+    let peak_rss_kib = peak_rss_kib(agent.id());
+    drop(input);
+    let summary = agent_summary(agent);
+    assert!(
+        peak_rss_kib < 100 * 1024,
+        "peak RSS {peak_rss_kib} KiB after a 100 MB line"
+    );
+    assert_eq!(summary.events, 3);
+    assert_eq!(summary.raw["truncated_messages"], 1);
+    let events = stream_events(&mut connection);
+    assert_eq!(events[1]["message"].as_str().unwrap().len(), 65536);
+    assert_eq!(events[1]["extra"]["truncated"], "true");
+    assert_eq!(events[2]["message"], "WARN last");
+}

@@ -14,6 +14,7 @@ pub mod sources;
 pub mod spool;
 pub mod stdin;
 pub mod syslog;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::AgentSource;
-use crate::config::{AgentConfig, BrokerConfig};
+use crate::config::{AgentConfig, BrokerConfig, ConfigError};
 use crate::event::Level;
 use batcher::{Batch, Batcher};
 use generator::Generator;
@@ -46,6 +47,9 @@ pub struct Summary {
     pub corrupt_spool_segments: u64,
     /// Lines shipped as plain text with level UNKNOWN (no level found).
     pub unknown_level_lines: u64,
+    /// What the sources cut, refused or could not read.
+    #[serde(flatten)]
+    pub inputs: sources::InputCounts,
     pub elapsed_s: f64,
     pub events_per_s: f64,
 }
@@ -73,6 +77,7 @@ impl Summary {
         if self.unknown_level_lines > 0 {
             println!("  no level   {} lines (shipped as UNKNOWN)", self.unknown_level_lines);
         }
+        self.inputs.print();
         if self.dropped_events > 0 {
             println!("  DROPPED    {}", self.dropped_events);
         }
@@ -88,6 +93,28 @@ impl Summary {
 /// flushes and summarises. Fails only when a source cannot start (e.g. an address in use).
 pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<Summary> {
     let run_id = run_id();
+    // Read here rather than in config: the file formats are the sources' business. A bad
+    // file is still a configuration error (exit 2) naming its key.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| {
+            tls::ServerTls::load(&files.cert, &files.key).map_err(|error| ConfigError::Invalid {
+                key: error.key,
+                problem: error.problem,
+            })
+        })
+        .transpose()?;
+    let http_token = config
+        .http_token_file
+        .as_ref()
+        .map(|path| {
+            http::BearerToken::read(path).map_err(|problem| ConfigError::Invalid {
+                key: "http_token_file",
+                problem,
+            })
+        })
+        .transpose()?;
     let spool = match &config.spool {
         Some(spool_config) => Some((
             spool::Spool::open(spool_config)
@@ -122,6 +149,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         None
     };
     let unknown_level_lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let input_counters = std::sync::Arc::new(sources::InputCounters::default());
     let backpressure = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
     let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(config.queue_batches);
@@ -143,17 +171,39 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         let (message_sender, message_receiver) = mpsc::channel(sources::SOURCE_QUEUE_MESSAGES);
         let line_parser = sources::LineParser::new(&config, unknown_level_lines.clone());
         if let Some((udp_socket, tcp_listener)) = syslog_listeners {
+            let limits = syslog::SyslogLimits {
+                max_line_bytes: config.max_line_bytes,
+                max_connections: config.syslog_max_connections,
+                idle_timeout: config.syslog_idle_timeout,
+            };
             if let Some(socket) = udp_socket {
-                tokio::spawn(syslog::listen_udp(socket, message_sender.clone(), shutdown.clone()));
+                let counters = input_counters.clone();
+                tokio::spawn(syslog::listen_udp(
+                    socket,
+                    limits,
+                    counters,
+                    message_sender.clone(),
+                    shutdown.clone(),
+                ));
             }
             if let Some(listener) = tcp_listener {
-                tokio::spawn(syslog::listen_tcp(listener, message_sender.clone(), shutdown.clone()));
+                let counters = input_counters.clone();
+                tokio::spawn(syslog::listen_tcp(
+                    listener,
+                    tls.clone(),
+                    limits,
+                    counters,
+                    message_sender.clone(),
+                    shutdown.clone(),
+                ));
             }
         }
         if has(AgentSource::Stdin) {
             tokio::spawn(stdin::read_lines(
                 line_parser.clone(),
-                sources::MultilineJoiner::new(config.multiline_continuation.clone()),
+                sources::MultilineJoiner::new(config.multiline_continuation.clone(), config.max_line_bytes),
+                config.max_line_bytes,
+                input_counters.clone(),
                 message_sender.clone(),
                 shutdown.clone(),
             ));
@@ -162,6 +212,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
             file_source = Some(files::start(
                 &config,
                 line_parser.clone(),
+                input_counters.clone(),
                 message_sender.clone(),
                 shutdown.clone(),
             )?);
@@ -169,7 +220,14 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         if let Some(listener) = http_listener {
             tokio::spawn(http::serve(
                 listener,
-                http::HttpSource::new(&config, message_sender.clone(), backpressure.clone()),
+                tls.clone(),
+                http::HttpSource::new(
+                    &config,
+                    http_token.clone(),
+                    message_sender.clone(),
+                    backpressure.clone(),
+                    input_counters.clone(),
+                ),
                 shutdown.clone(),
             ));
         }
@@ -202,6 +260,7 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         spool_bytes_left: report.spool_bytes_left,
         corrupt_spool_segments: report.corrupt_spool_segments,
         unknown_level_lines: unknown_level_lines.load(std::sync::atomic::Ordering::Relaxed),
+        inputs: input_counters.snapshot(),
         elapsed_s,
         events_per_s: report.events as f64 / elapsed_s.max(1e-9),
     })

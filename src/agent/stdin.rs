@@ -4,15 +4,20 @@
 //!
 //! No line is dropped: lines that are neither JSON nor logfmt are shipped as plain text
 //! (level from the level pattern or a level word, or UNKNOWN); invalid UTF-8 is replaced,
-//! not refused. The source ends at end of input.
+//! not refused. A line longer than `max_line_bytes` is cut there (marked and counted), the
+//! rest of it read and discarded: memory stays bounded whatever the input. The source ends
+//! at end of input.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::sources::{LineParser, MultilineJoiner, SourceMessage};
+use super::sources::{
+    InputCounters, LineBuffer, LineParser, MultilineJoiner, SourceMessage, lossy_line, read_line_bounded,
+};
 
 /// A joined event is shipped when no continuation line came for this long.
 pub const MULTILINE_FLUSH_AFTER: Duration = Duration::from_millis(500);
@@ -20,18 +25,20 @@ pub const MULTILINE_FLUSH_AFTER: Duration = Duration::from_millis(500);
 pub async fn read_lines(
     parser: LineParser,
     mut joiner: MultilineJoiner,
+    max_line_bytes: usize,
+    counters: Arc<InputCounters>,
     messages: mpsc::Sender<SourceMessage>,
     shutdown: CancellationToken,
 ) {
     let mut reader = BufReader::new(tokio::io::stdin());
-    let mut line_bytes = Vec::with_capacity(1024);
+    let mut line = LineBuffer::default();
     loop {
-        line_bytes.clear();
         let read = tokio::select! {
-            read = reader.read_until(b'\n', &mut line_bytes) => read,
+            // Cancel-safe: a line read halfway stays in `line` for the next round.
+            read = read_line_bounded(&mut reader, &mut line, max_line_bytes, None) => read,
             _ = tokio::time::sleep(MULTILINE_FLUSH_AFTER), if joiner.is_pending() => {
-                if let Some(text) = joiner.flush()
-                    && messages.send(SourceMessage::Event(parser.parse(&text))).await.is_err()
+                if let Some(joined) = joiner.flush()
+                    && messages.send(SourceMessage::Event(parser.parse_line(&joined, &counters))).await.is_err()
                 {
                     return;
                 }
@@ -40,17 +47,25 @@ pub async fn read_lines(
             _ = shutdown.cancelled() => break,
         };
         let end_of_input = match read {
-            Ok(read_bytes) => read_bytes == 0,
+            Ok(got_line) => !got_line,
             Err(error) => {
                 tracing::error!(error = %error, "cannot read standard input");
                 true
             }
         };
-        let line = String::from_utf8_lossy(&line_bytes);
-        let line = line.trim_end_matches(['\n', '\r']);
-        if !line.trim().is_empty()
-            && let Some(text) = joiner.push(line, 0)
-            && messages.send(SourceMessage::Event(parser.parse(&text))).await.is_err()
+        let text = lossy_line(&line.bytes, line.truncated);
+        let text = text.trim_end_matches(['\n', '\r']);
+        let joined = if text.trim().is_empty() {
+            None
+        } else {
+            joiner.push(text, line.truncated, 0)
+        };
+        line.clear();
+        if let Some(joined) = joined
+            && messages
+                .send(SourceMessage::Event(parser.parse_line(&joined, &counters)))
+                .await
+                .is_err()
         {
             return;
         }
@@ -58,7 +73,9 @@ pub async fn read_lines(
             break;
         }
     }
-    if let Some(text) = joiner.flush() {
-        let _ = messages.send(SourceMessage::Event(parser.parse(&text))).await;
+    if let Some(joined) = joiner.flush() {
+        let _ = messages
+            .send(SourceMessage::Event(parser.parse_line(&joined, &counters)))
+            .await;
     }
 }

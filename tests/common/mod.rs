@@ -286,3 +286,65 @@ pub fn curl_post(address: &str, path: &str, body: &[u8]) -> (u16, String) {
         .unwrap_or_else(|| panic!("no HTTP status from curl: {response:?}"));
     (status, response)
 }
+
+/// Peak resident memory of a running process (`VmHWM` in `/proc/PID/status`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// An agent writing its JSON summary to stdout and its log to `log_file`.
+pub fn spawn_agent_logging(url: &str, agent_id: &str, args: &[&str], log_file: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log_file).expect("create log file");
+    logsentinel(url)
+        .args(["agent", "--agent-id", agent_id, "--summary-json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn agent")
+}
+
+/// Lines of a log file that contain `needle`.
+pub fn log_lines_with(log_file: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(needle))
+        .count()
+}
+
+/// A counter of the agent's summary (0 when absent).
+pub fn summary_count(summary: &AgentSummary, field: &str) -> u64 {
+    summary.raw[field].as_u64().unwrap_or(0)
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command
+/// line: `(cert.pem, key.pem)` in `dir`.
+pub fn self_signed_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the TLS tests need the openssl command");
+    assert!(status.success(), "openssl req failed");
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
