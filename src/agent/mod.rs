@@ -208,12 +208,19 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
 }
 
 /// Identifies this run of the agent, so that event ids stay unique across restarts of an
-/// agent with the same id (sequence numbers start again at 0).
+/// agent with the same id (sequence numbers start again at 0). Random 64 bits from the
+/// OS: start time and pid collide when agents with one id start together in containers
+/// (pid 1 in each); two runs share an id with probability about n²/2⁶⁵.
 fn run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{:x}{:04x}", now.as_millis(), std::process::id() & 0xffff)
+    use rand::TryRng;
+    let random = rand::rngs::SysRng.try_next_u64().unwrap_or_else(|_| {
+        // No OS entropy (a very old kernel): fall back to time and pid, as before.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 48)
+    });
+    format!("{random:016x}")
 }
 
 /// Generates events at the configured rate into batches. Returns the count per level.
@@ -284,4 +291,16 @@ async fn generate(
         let _ = batch_sender.send(batch).await;
     }
     events_per_level
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_do_not_repeat_within_one_process_and_millisecond() {
+        let run_ids: std::collections::HashSet<String> = (0..1000).map(|_| run_id()).collect();
+        assert_eq!(run_ids.len(), 1000, "run ids of one pid and millisecond collided");
+        assert!(run_ids.iter().all(|run_id| run_id.len() == 16));
+    }
 }

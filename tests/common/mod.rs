@@ -286,3 +286,31 @@ pub fn curl_post(address: &str, path: &str, body: &[u8]) -> (u16, String) {
         .unwrap_or_else(|| panic!("no HTTP status from curl: {response:?}"));
     (status, response)
 }
+
+/// An agent writing its JSON summary to stdout and its log to `log_path`, to wait for what
+/// it reports and to check its messages.
+pub fn spawn_agent_logged(url: &str, agent_id: &str, args: &[&str], log_path: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log_path).expect("create agent log");
+    logsentinel(url)
+        .args(["agent", "--agent-id", agent_id, "--summary-json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn agent")
+}
+
+/// Waits for a process to exit (180 s guards hangs); returns its status and stdout.
+pub fn exit_and_output(mut child: Child) -> (ExitStatus, String) {
+    let status = wait_with_deadline(&mut child, Duration::from_secs(180));
+    let mut output = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut output).expect("read stdout");
+    }
+    (status, output)
+}
+
+/// The file's text, empty while it does not exist.
+pub fn file_text(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
