@@ -163,6 +163,10 @@ pub struct AgentArgs {
     /// Stream entries (or list items) per pipelined batch, at most 2048 events [default: 256]
     #[arg(long, env = "LOGSENTINEL_BATCH")]
     pub batch: Option<usize>,
+    /// Payload bytes at which a batch is cut, whatever its entry count (1024 to 67108864)
+    /// [default: 4194304]
+    #[arg(long, env = "LOGSENTINEL_BATCH_MAX_BYTES")]
+    pub batch_max_bytes: Option<usize>,
     /// Longest wait before a partial batch is sent, in milliseconds [default: 1]
     #[arg(long, env = "LOGSENTINEL_LINGER_MS")]
     pub linger_ms: Option<u64>,

@@ -68,6 +68,7 @@ struct AgentFile {
     sink: Option<Transport>,
     pack: Option<usize>,
     batch: Option<usize>,
+    batch_max_bytes: Option<usize>,
     linger_ms: Option<u64>,
     queue_batches: Option<usize>,
     shutdown_timeout_ms: Option<u64>,
@@ -216,6 +217,8 @@ pub struct AgentConfig {
     pub sink: Transport,
     pub pack: usize,
     pub batch_entries: usize,
+    /// Payload bytes at which a batch is cut. Default: 4 MiB.
+    pub batch_max_bytes: usize,
     pub linger: Duration,
     pub queue_batches: usize,
     pub shutdown_timeout: Duration,
@@ -239,6 +242,18 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
     let batch_entries = args.batch.or(from_file.batch).unwrap_or(256);
     if batch_entries == 0 {
         return Err(invalid("batch", "must be at least 1"));
+    }
+    let batch_max_bytes = args
+        .batch_max_bytes
+        .or(from_file.batch_max_bytes)
+        .unwrap_or(crate::agent::batcher::DEFAULT_BATCH_MAX_BYTES);
+    // The upper bound keeps a batch and the one event that crosses the limit far below the
+    // spool's largest record and Redis's default proto-max-bulk-len (512 MiB).
+    if !(1024..=64 << 20).contains(&batch_max_bytes) {
+        return Err(invalid(
+            "batch_max_bytes",
+            format!("{batch_max_bytes} is not between 1024 and 67108864"),
+        ));
     }
     let queue_batches = args.queue_batches.or(from_file.queue_batches).unwrap_or(4);
     if queue_batches == 0 {
@@ -384,6 +399,7 @@ pub fn agent_config(args: &AgentArgs, file: &FileConfig) -> Result<AgentConfig, 
         sink: args.sink.or(from_file.sink).unwrap_or(Transport::Stream),
         pack,
         batch_entries,
+        batch_max_bytes,
         linger: Duration::from_millis(args.linger_ms.or(from_file.linger_ms).unwrap_or(1)),
         queue_batches,
         shutdown_timeout: Duration::from_millis(

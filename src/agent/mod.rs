@@ -4,6 +4,10 @@
 //! The generator and the shipper are joined by a bounded channel of batches: when Redis is
 //! slow or down, the channel fills and the generator waits (backpressure) instead of
 //! dropping or growing memory without bound.
+//!
+//! The summary tells the truth: its levels count the events stored (in Redis or the spool)
+//! by this run, and [`Summary::is_clean`] is false (exit code 1) whenever an accepted event
+//! was dropped, lost in the spool or not delivered, or the shipper failed.
 
 pub mod batcher;
 pub mod files;
@@ -44,6 +48,12 @@ pub struct Summary {
     pub dropped_events: u64,
     pub spool_bytes_left: u64,
     pub corrupt_spool_segments: u64,
+    /// Spool writes that failed (a full disk); undone, their batches kept in hand.
+    pub spool_write_failures: u64,
+    /// Events too large for Redis, written to the dead-letter stream instead.
+    pub dead_lettered_events: u64,
+    /// Why the agent stopped early (Redis refused a command for good).
+    pub error: Option<String>,
     /// Lines shipped as plain text with level UNKNOWN (no level found).
     pub unknown_level_lines: u64,
     pub elapsed_s: f64,
@@ -51,6 +61,11 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// True when everything accepted was delivered or stored (the exit code is 0).
+    pub fn is_clean(&self) -> bool {
+        self.unsent_events == 0 && self.dropped_events == 0 && self.corrupt_spool_segments == 0 && self.error.is_none()
+    }
+
     pub fn print(&self, as_json: bool) {
         if as_json {
             println!("{}", serde_json::to_string(self).expect("summary serialises"));
@@ -78,6 +93,18 @@ impl Summary {
         }
         if self.corrupt_spool_segments > 0 {
             println!("  CORRUPT    {} spool segments", self.corrupt_spool_segments);
+        }
+        if self.spool_write_failures > 0 {
+            println!(
+                "  spool write failures {} (undone, batches kept)",
+                self.spool_write_failures
+            );
+        }
+        if self.dead_lettered_events > 0 {
+            println!("  DEAD       {} events too large for redis", self.dead_lettered_events);
+        }
+        if let Some(error) = &self.error {
+            println!("  ERROR      {error}");
         }
         println!("  elapsed    {:.3} s", self.elapsed_s);
         println!("  rate       {:.0} events/s", self.events_per_s);
@@ -129,15 +156,19 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         broker.redis_url.clone(),
         broker.keys.clone(),
         config.sink,
+        config.agent_id.clone(),
         config.max_lag,
         spool,
         backpressure.clone(),
+        shutdown.clone(),
+        config.shutdown_timeout,
     );
-    let shipper_task = tokio::spawn(shipper.run(batch_receiver, shutdown.clone(), config.shutdown_timeout));
+    let shipper_task = tokio::spawn(shipper.run(batch_receiver));
     info!(agent_id = %config.agent_id, run_id = %run_id, sources = ?config.sources, pack = config.pack, "agent started");
 
     let mut file_source = None;
-    let events_per_level = if has(AgentSource::Synthetic) {
+    // Counts of what the sources produced; the summary counts what was stored instead.
+    let _produced_per_level = if has(AgentSource::Synthetic) {
         generate(&config, &run_id, batch_sender, &shutdown).await
     } else {
         let (message_sender, message_receiver) = mpsc::channel(sources::SOURCE_QUEUE_MESSAGES);
@@ -176,13 +207,11 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         drop(message_sender); // the sources hold the only senders: the loop ends when they do
         sources::ship_events(message_receiver, &config, &run_id, batch_sender, &shutdown).await
     };
-    let report: ShipReport = shipper_task.await.unwrap_or_else(|join_error| {
-        tracing::error!(error = %join_error, "shipper task failed");
-        ShipReport::default()
-    });
+    let joined = shipper_task.await;
     if let Some(file_source) = file_source {
-        file_source.finish().await;
+        file_source.finish().await; // checkpoints hold only stored lines, whatever happened
     }
+    let report = shipper_outcome(joined)?;
 
     let elapsed_s = started.elapsed().as_secs_f64();
     Ok(Summary {
@@ -191,8 +220,8 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         events: report.events,
         events_per_level: Level::ALL
             .iter()
-            .filter(|level| events_per_level[level.index()] > 0)
-            .map(|level| (level.as_str(), events_per_level[level.index()]))
+            .filter(|level| report.stored_per_level[level.index()] > 0)
+            .map(|level| (level.as_str(), report.stored_per_level[level.index()]))
             .collect(),
         entries: report.entries,
         unsent_events: report.unsent_events,
@@ -201,9 +230,22 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         dropped_events: report.dropped_events,
         spool_bytes_left: report.spool_bytes_left,
         corrupt_spool_segments: report.corrupt_spool_segments,
+        spool_write_failures: report.spool_write_failures,
+        dead_lettered_events: report.dead_lettered_events,
+        error: report.refused.clone(),
         unknown_level_lines: unknown_level_lines.load(std::sync::atomic::Ordering::Relaxed),
         elapsed_s,
         events_per_s: report.events as f64 / elapsed_s.max(1e-9),
+    })
+}
+
+/// The shipper's report; a shipper that panicked or was cancelled is a failure of the
+/// agent (exit 1), never an empty report that looks like a quiet run.
+fn shipper_outcome(joined: Result<ShipReport, tokio::task::JoinError>) -> anyhow::Result<ShipReport> {
+    joined.map_err(|join_error| {
+        anyhow::anyhow!(
+            "the shipper failed ({join_error}): the batches it held were not delivered (spooled ones stay in the spool)"
+        )
     })
 }
 
@@ -246,7 +288,7 @@ async fn generate(
         &config.agent_id,
         run_id,
     );
-    let mut batcher = Batcher::new(config.pack, config.batch_entries, config.linger);
+    let mut batcher = Batcher::new(config.pack, config.batch_entries, config.batch_max_bytes, config.linger);
     let mut events_per_level = [0u64; Level::ALL.len()];
     let mut generated: u64 = 0;
     let limit = config.count.unwrap_or(u64::MAX);
@@ -263,8 +305,11 @@ async fn generate(
         for _ in 0..now_count {
             let level = batcher.push(|out| generator.write_next(out));
             events_per_level[level.index()] += 1;
+            generated += 1;
+            if batcher.room() == 0 {
+                break; // full by bytes before the count
+            }
         }
-        generated += now_count;
         let now = Instant::now();
         if batcher.is_due(now) || (generated == limit) {
             if let Some(batch) = batcher.take()
@@ -296,6 +341,18 @@ async fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_shipper_is_an_error_not_an_empty_report() {
+        let joined = tokio::spawn(async {
+            panic!("shipper bug");
+            #[allow(unreachable_code)]
+            ShipReport::default()
+        })
+        .await;
+        let error = shipper_outcome(joined).unwrap_err();
+        assert!(error.to_string().contains("the shipper failed"), "{error}");
+    }
 
     #[test]
     fn run_ids_do_not_repeat_within_one_process_and_millisecond() {

@@ -45,7 +45,7 @@ pub async fn ship_events(
     shutdown: &CancellationToken,
 ) -> [u64; Level::ALL.len()] {
     let id_prefix = format!("{}:{run_id}:", config.agent_id);
-    let mut batcher = Batcher::new(config.pack, config.batch_entries, config.linger);
+    let mut batcher = Batcher::new(config.pack, config.batch_entries, config.batch_max_bytes, config.linger);
     let mut events_per_level = [0u64; Level::ALL.len()];
     let mut next_sequence: u64 = 0;
     let limit = config.count.unwrap_or(u64::MAX);
@@ -94,7 +94,10 @@ pub async fn ship_events(
             event.id.push_str(itoa::Buffer::new().format(next_sequence));
             next_sequence += 1;
             events_per_level[event.level.index()] += 1;
-            batcher.push(|out| event.encode_into(out));
+            batcher.push(|out| {
+                event.encode_into(out);
+                event.level
+            });
             if batcher.room() == 0
                 && let Some(batch) = batcher.take()
                 && batch_sender.send(batch).await.is_err()

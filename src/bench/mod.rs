@@ -324,7 +324,12 @@ impl Bench {
             "bench",
             "run",
         );
-        let mut batcher = Batcher::new(1, 256, Duration::from_secs(1));
+        let mut batcher = Batcher::new(
+            1,
+            256,
+            crate::agent::batcher::DEFAULT_BATCH_MAX_BYTES,
+            Duration::from_secs(1),
+        );
         let mut batches = Vec::new();
         for _ in 0..64 {
             while batcher.room() > 0 {

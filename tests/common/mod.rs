@@ -272,6 +272,8 @@ pub fn curl_post(address: &str, path: &str, body: &[u8]) -> (u16, String) {
             "60",
             "-H",
             "Content-Type: application/x-ndjson",
+            "-H",
+            "Expect:", // no 100-continue for large bodies: the first status is the answer
             "--data-binary",
         ])
         .arg(format!("@{}", body_file.path().display()))
@@ -313,4 +315,45 @@ pub fn exit_and_output(mut child: Child) -> (ExitStatus, String) {
 /// The file's text, empty while it does not exist.
 pub fn file_text(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits for a process and parses the JSON summary it printed; any exit status.
+pub fn status_and_summary(child: Child) -> (ExitStatus, serde_json::Value) {
+    let (status, output) = exit_and_output(child);
+    let summary = serde_json::from_str(output.trim())
+        .unwrap_or_else(|error| panic!("no JSON summary ({error}), exit {status}: {output:?}"));
+    (status, summary)
+}
+
+/// A small tmpfs mounted on a fresh directory (a disk that fills up), unmounted on drop.
+/// Mounting needs root: the test fails loudly without it rather than skip.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("temp dir for tmpfs");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "this test fills a small disk: it mounts a tmpfs and must run as root: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
 }
