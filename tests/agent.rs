@@ -292,3 +292,57 @@ fn a_pipeline_cut_by_out_of_memory_resends_only_what_failed() {
         "out of memory is not an outage: {messages}"
     );
 }
+
+#[test]
+fn a_wrong_password_and_a_key_of_the_wrong_type_are_refusals_not_outages() {
+    let redis = TestRedis::start(&[]);
+    let mut connection = redis.connection();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("shipper")
+        .arg("on")
+        .arg(">right")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query(&mut connection)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let wrong_password = redis.url().replace("redis://", "redis://shipper:wrong@");
+    let log = dir.path().join("password.log");
+    let agent = spawn_agent_logged(&wrong_password, "refused", &["--count", "10", "--rate", "0"], &log);
+    let (status, summary) = status_and_summary(agent);
+    let messages = file_text(&log);
+    assert_eq!(status.code(), Some(1), "{summary}");
+    assert!(
+        messages.contains("redis refused the connection to redis://shipper:***@"),
+        "{messages}"
+    );
+    assert!(
+        !messages.contains("unreachable") && !messages.contains("wrong@"),
+        "{messages}"
+    );
+    assert_eq!(summary["unsent_events"], 10, "{summary}");
+
+    let url = redis.url().replace("redis://", "redis://shipper:right@");
+    let _: () = redis::cmd("SET")
+        .arg("logsentinel:logs")
+        .arg("not a stream")
+        .query(&mut connection)
+        .unwrap();
+    let log = dir.path().join("type.log");
+    let agent = spawn_agent_logged(
+        &url,
+        "refused",
+        &["--count", "10", "--rate", "0", "--max-lag", "0"],
+        &log,
+    );
+    let (status, summary) = status_and_summary(agent);
+    let messages = file_text(&log);
+    assert_eq!(status.code(), Some(1), "{summary}");
+    assert!(
+        messages.contains("redis refused XADD on logsentinel:logs: WRONGTYPE"),
+        "{messages}"
+    );
+}

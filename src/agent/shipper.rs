@@ -149,6 +149,8 @@ pub struct Shipper {
     when_full: WhenFull,
     /// The spooled record being replayed, with what Redis has not taken yet.
     replay_in_hand: Option<Spooled>,
+    /// Set from a failed spool write to the next one that works: logged once each way.
+    spool_write_failing: bool,
     last_sync: Instant,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
@@ -202,6 +204,7 @@ impl Shipper {
             spool,
             when_full,
             replay_in_hand: None,
+            spool_write_failing: false,
             last_sync: Instant::now(),
             shutdown,
             shutdown_timeout,
@@ -388,7 +391,13 @@ impl Shipper {
         if self.report.refused.is_some() {
             return (0, false);
         }
-        let deadline = self.check_stop();
+        // Only a stop request cuts an attempt; after the end of input a slow Redis that
+        // answers is waited for (the deadline then bounds the retries, not the replay).
+        let deadline = if self.shutdown.is_cancelled() {
+            self.check_stop()
+        } else {
+            None
+        };
         let attempt = self.target.ship(entries);
         let (delivered, result) = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
@@ -450,7 +459,6 @@ impl Shipper {
     async fn spool_batch(&mut self, mut batch: Batch) {
         let record_bytes = Spool::record_bytes(&batch);
         let mut warned_full = false;
-        let mut warned_write = false;
         loop {
             if self.spool.as_ref().expect("spooled mode").has_room(record_bytes) {
                 let (returned, appended) = self
@@ -462,6 +470,10 @@ impl Shipper {
                 batch = returned;
                 match appended {
                     Ok(_) => {
+                        if self.spool_write_failing {
+                            self.spool_write_failing = false;
+                            info!("the spool takes batches again");
+                        }
                         self.set_backpressure(false);
                         self.report.spooled_events += batch.event_count;
                         if self.last_sync.elapsed() >= SPOOL_SYNC_INTERVAL {
@@ -479,9 +491,9 @@ impl Shipper {
                         return;
                     }
                     Err(error) => {
-                        if !warned_write {
+                        if !self.spool_write_failing {
+                            self.spool_write_failing = true;
                             error!(error = %error, "cannot write to the spool, the batch stays in memory (undone, not stored)");
-                            warned_write = true;
                         }
                     }
                 }
