@@ -167,9 +167,8 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
     info!(agent_id = %config.agent_id, run_id = %run_id, sources = ?config.sources, pack = config.pack, "agent started");
 
     let mut file_source = None;
-    // Counts of what the sources produced; the summary counts what was stored instead.
-    let _produced_per_level = if has(AgentSource::Synthetic) {
-        generate(&config, &run_id, batch_sender, &shutdown).await
+    if has(AgentSource::Synthetic) {
+        generate(&config, &run_id, batch_sender, &shutdown).await;
     } else {
         let (message_sender, message_receiver) = mpsc::channel(sources::SOURCE_QUEUE_MESSAGES);
         let line_parser = sources::LineParser::new(&config, unknown_level_lines.clone());
@@ -205,8 +204,8 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
             ));
         }
         drop(message_sender); // the sources hold the only senders: the loop ends when they do
-        sources::ship_events(message_receiver, &config, &run_id, batch_sender, &shutdown).await
-    };
+        sources::ship_events(message_receiver, &config, &run_id, batch_sender, &shutdown).await;
+    }
     let joined = shipper_task.await;
     if let Some(file_source) = file_source {
         file_source.finish().await; // checkpoints hold only stored lines, whatever happened
@@ -265,13 +264,8 @@ fn run_id() -> String {
     format!("{random:016x}")
 }
 
-/// Generates events at the configured rate into batches. Returns the count per level.
-async fn generate(
-    config: &AgentConfig,
-    run_id: &str,
-    batch_sender: mpsc::Sender<Batch>,
-    shutdown: &CancellationToken,
-) -> [u64; Level::ALL.len()] {
+/// Generates events at the configured rate into batches.
+async fn generate(config: &AgentConfig, run_id: &str, batch_sender: mpsc::Sender<Batch>, shutdown: &CancellationToken) {
     let seed = config.seed.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -289,7 +283,6 @@ async fn generate(
         run_id,
     );
     let mut batcher = Batcher::new(config.pack, config.batch_entries, config.batch_max_bytes, config.linger);
-    let mut events_per_level = [0u64; Level::ALL.len()];
     let mut generated: u64 = 0;
     let limit = config.count.unwrap_or(u64::MAX);
     let started = Instant::now();
@@ -303,8 +296,7 @@ async fn generate(
         };
         let now_count = due.min(limit - generated).min(batcher.room());
         for _ in 0..now_count {
-            let level = batcher.push(|out| generator.write_next(out));
-            events_per_level[level.index()] += 1;
+            batcher.push(|out| generator.write_next(out));
             generated += 1;
             if batcher.room() == 0 {
                 break; // full by bytes before the count
@@ -335,7 +327,6 @@ async fn generate(
     if let Some(batch) = batcher.take() {
         let _ = batch_sender.send(batch).await;
     }
-    events_per_level
 }
 
 #[cfg(test)]
