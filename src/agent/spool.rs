@@ -632,6 +632,33 @@ mod tests {
     }
 
     #[test]
+    fn a_cursor_that_cannot_be_saved_is_saved_later_and_never_replays_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        for text in ["a", "b", "c"] {
+            spool.append(&batch(&[text])).unwrap();
+        }
+        // A directory where the cursor's temporary file goes: every cursor write fails.
+        fs::create_dir(dir.path().join("cursor.tmp")).unwrap();
+        assert_eq!(spool.peek().unwrap().unwrap().entries[0].payload, b"a");
+        spool.consume().unwrap();
+        assert!(spool.cursor_unsaved());
+        assert_eq!(
+            spool.peek().unwrap().unwrap().entries[0].payload,
+            b"b",
+            "what was replayed is not read again"
+        );
+        spool.consume().unwrap();
+
+        fs::remove_dir(dir.path().join("cursor.tmp")).unwrap();
+        spool.sync().unwrap();
+        assert!(!spool.cursor_unsaved());
+        drop(spool);
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(drain(&mut spool), ["c"], "the next run resumes after the saved cursor");
+    }
+
+    #[test]
     fn room_is_bounded_by_max_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(&SpoolConfig {
