@@ -346,3 +346,17 @@ fn a_wrong_password_and_a_key_of_the_wrong_type_are_refusals_not_outages() {
         "{messages}"
     );
 }
+
+#[test]
+fn a_batch_byte_limit_out_of_range_is_a_config_error_naming_the_key() {
+    let output = logsentinel("redis://127.0.0.1:1")
+        .args(["agent", "--batch-max-bytes", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("batch_max_bytes: 10 is not between 1024 and 67108864"),
+        "{stderr}"
+    );
+}
