@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
-pub use crate::options::{AgentSource, ReadFrom, Transport, WhenFull};
+use crate::options::{AgentSource, ReadFrom, Transport, WhenFull};
 use crate::options::{DurationMs, DurationS, Size, one_or_many};
 
 #[derive(Debug, Parser)]
@@ -246,6 +246,9 @@ pub struct AgentArgs {
     /// Stream entries (or list items) per pipelined batch (1 to 2048), at most 2048 events
     #[arg(long, env = "LOGSENTINEL_BATCH", default_value_t = 256)]
     pub batch: usize,
+    /// Payload size at which a batch is cut, whatever its entry count (1KiB to 64MiB)
+    #[arg(long, env = "LOGSENTINEL_BATCH_MAX_BYTES", default_value = "4MiB")]
+    pub batch_max_bytes: Size,
     /// Longest wait before a partial batch is sent
     #[arg(long, env = "LOGSENTINEL_LINGER", alias = "linger-ms", default_value = "1ms")]
     #[serde(alias = "linger_ms")]

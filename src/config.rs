@@ -351,6 +351,8 @@ pub struct AgentConfig {
     pub sink: Transport,
     pub pack: usize,
     pub batch_entries: usize,
+    /// Payload bytes at which a batch is cut.
+    pub batch_max_bytes: usize,
     pub linger: Duration,
     pub queue_batches: usize,
     pub shutdown_timeout: Duration,
@@ -365,6 +367,9 @@ pub fn agent_config(args: &AgentArgs, matches: &ArgMatches, file: &FileConfig) -
     let pack = in_range("pack", args.pack, 1, 10_000)?;
     // A batch holds at most 2,048 events whatever the pack, so more entries cannot be used.
     let batch_entries = in_range("batch", args.batch, 1, 2048)?;
+    // The upper bound keeps a batch and the one event that crosses the limit far below the
+    // spool's largest record and Redis's default proto-max-bulk-len (512 MiB).
+    let batch_max_bytes = in_range("batch_max_bytes", args.batch_max_bytes.0, 1024, 64 << 20)? as usize;
     let queue_batches = in_range("queue_batches", args.queue_batches, 1, 1024)?;
     let linger = in_range(
         "linger",
@@ -500,6 +505,7 @@ pub fn agent_config(args: &AgentArgs, matches: &ArgMatches, file: &FileConfig) -
         sink: args.sink,
         pack,
         batch_entries,
+        batch_max_bytes,
         linger,
         queue_batches,
         shutdown_timeout,

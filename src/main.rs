@@ -55,7 +55,10 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
             let summary_json = agent_config.summary_json;
             let summary = agent::run(broker_config, agent_config, shutdown).await?;
             summary.print(summary_json);
-            Ok(if summary.unsent_events == 0 {
+            if let Some(error) = &summary.error {
+                eprintln!("logsentinel: {error}");
+            }
+            Ok(if summary.is_clean() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

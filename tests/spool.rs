@@ -1,5 +1,6 @@
 //! The disk spool: a Redis outage during file and HTTP load, `kill -9` of an agent while
-//! it spools, a spool segment with a corrupt tail, and `when_full = drop_newest`.
+//! it spools, a spool segment with a corrupt tail, `when_full = drop_newest`, and a disk
+//! that fills up (a small tmpfs) under both `when_full` settings and a stop request.
 
 mod common;
 
@@ -23,6 +24,16 @@ fn post_requests(address: &str, prefix: &str, requests: usize, events_per_reques
 }
 
 fn spawn_spooling_agent(url: &str, address: &str, spool: &Path, extra: &[&str]) -> std::process::Child {
+    spawn_spooling_agent_logged(url, address, spool, extra, None)
+}
+
+fn spawn_spooling_agent_logged(
+    url: &str,
+    address: &str,
+    spool: &Path,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> std::process::Child {
     let mut args = vec![
         "--source",
         "http",
@@ -32,7 +43,10 @@ fn spawn_spooling_agent(url: &str, address: &str, spool: &Path, extra: &[&str]) 
         spool.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let agent = spawn_agent(url, "spooler", &args);
+    let agent = match log {
+        Some(log) => spawn_agent_logging(url, "spooler", &args, log),
+        None => spawn_agent(url, "spooler", &args),
+    };
     wait_until("the HTTP source to listen", Duration::from_secs(20), || {
         std::net::TcpStream::connect(address).is_ok()
     });
@@ -40,17 +54,22 @@ fn spawn_spooling_agent(url: &str, address: &str, spool: &Path, extra: &[&str]) 
 }
 
 /// Restarts Redis, runs an agent on `spool` until `expected` entries are in the stream
-/// (and a little longer, for a wrong extra one to show), stops it.
-fn replay_after_restart(redis: &mut TestRedis, spool: &Path, expected: u64) -> (AgentSummary, redis::Connection) {
+/// and the spool is empty, stops it; returns its exit status and summary.
+fn replay_after_restart(
+    redis: &mut TestRedis,
+    spool: &Path,
+    expected: u64,
+) -> (std::process::ExitStatus, serde_json::Value, redis::Connection) {
     redis.server.restart().unwrap();
     let mut connection = redis.connection();
     let address = free_address();
     let agent = spawn_spooling_agent(&redis.url(), &address, spool, &[]);
     wait_until("the spool replayed", Duration::from_secs(60), || {
-        stream_length(&mut connection) >= expected
+        stream_length(&mut connection) >= expected && segment_files(spool, ".spool").is_empty()
     });
-    std::thread::sleep(Duration::from_millis(500));
-    (stop_and_summarise(agent), connection)
+    sigterm(&agent);
+    let (status, summary) = status_and_summary(agent);
+    (status, summary, connection)
 }
 
 fn counts(messages: Vec<String>) -> BTreeMap<String, u32> {
@@ -169,8 +188,9 @@ fn kill_9_while_spooling_then_restart_loses_nothing() {
     agent.kill().unwrap(); // SIGKILL: no flush, no goodbye
     agent.wait().unwrap();
 
-    let (summary, mut connection) = replay_after_restart(&mut redis, &spool, 3000);
-    assert_eq!(summary.raw["replayed_events"], 3000);
+    let (status, summary, mut connection) = replay_after_restart(&mut redis, &spool, 3000);
+    assert!(status.success(), "{summary}");
+    assert_eq!(summary["replayed_events"], 3000);
 
     let seen = counts(stream_messages(&mut connection));
     assert_eq!(seen.len(), 3000, "every accepted event, once");
@@ -204,8 +224,9 @@ fn a_corrupt_spool_tail_is_reported_and_the_rest_replayed() {
         .unwrap();
     drop(segment);
 
-    let (summary, mut connection) = replay_after_restart(&mut redis, &spool, 100);
-    assert_eq!(summary.raw["corrupt_spool_segments"], 1, "{:?}", summary.raw);
+    let (status, summary, mut connection) = replay_after_restart(&mut redis, &spool, 100);
+    assert_eq!(summary["corrupt_spool_segments"], 1, "{summary}");
+    assert_eq!(status.code(), Some(1), "a spool loss fails the run: {summary}");
     assert_eq!(segment_files(&spool, ".spool.corrupt").len(), 1, "kept for inspection");
     let seen = counts(stream_messages(&mut connection));
     assert_eq!(seen.len(), 100);
@@ -232,7 +253,162 @@ fn a_full_spool_drops_the_newest_and_counts_them() {
     let refused = statuses.iter().filter(|status| **status == 503).count() as u64;
     assert_eq!(accepted + refused, 40, "{statuses:?}");
     assert!(accepted > 0 && refused > 0, "{statuses:?}");
-    let summary = stop_and_summarise(agent);
-    assert_eq!(summary.raw["dropped_events"].as_u64().unwrap(), refused * 100);
-    assert_eq!(summary.raw["spooled_events"].as_u64().unwrap(), accepted * 100);
+    sigterm(&agent);
+    let (status, summary) = status_and_summary(agent);
+    assert_eq!(summary["dropped_events"].as_u64().unwrap(), refused * 100);
+    assert_eq!(summary["spooled_events"].as_u64().unwrap(), accepted * 100);
+    assert_eq!(status.code(), Some(1), "drops fail the run: {summary}");
+    assert_eq!(
+        summary["events_per_level"]["INFO"].as_u64().unwrap(),
+        accepted * 100,
+        "levels count what was stored, not what came in"
+    );
+}
+
+/// The messages of request `request` as `post_requests` writes them.
+fn request_messages(prefix: &str, request: usize, events_per_request: usize) -> Vec<String> {
+    (0..events_per_request)
+        .map(|event| format!("{prefix} {request}-{event}"))
+        .collect()
+}
+
+/// Each record of 100 events is ~20 KB: 1 MB of disk fills after about 50 requests.
+const SMALL_DISK: &str = "1m";
+const LARGE_LIMIT: &str = "104857600";
+
+#[test]
+fn a_full_disk_with_drop_newest_drops_and_keeps_everything_it_accepted() {
+    let mut redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let disk = Tmpfs::mount(SMALL_DISK);
+    let spool = disk.path().join("spool");
+    redis.server.kill();
+
+    let address = free_address();
+    let agent = spawn_spooling_agent(
+        &url,
+        &address,
+        &spool,
+        &["--spool-max-bytes", LARGE_LIMIT, "--when-full", "drop_newest"],
+    );
+    let statuses = post_requests(&address, "x", 120, 100);
+    let accepted: Vec<usize> = (0..statuses.len()).filter(|index| statuses[*index] == 202).collect();
+    let refused = statuses.iter().filter(|status| **status == 503).count() as u64;
+    assert_eq!(accepted.len() as u64 + refused, 120, "{statuses:?}");
+    assert!(refused > 0, "the disk filled before the byte limit: {statuses:?}");
+    sigterm(&agent);
+    let (status, summary) = status_and_summary(agent);
+    assert_eq!(status.code(), Some(1), "drops fail the run: {summary}");
+    assert_eq!(summary["dropped_events"].as_u64().unwrap(), refused * 100, "{summary}");
+    assert!(summary["spool_write_failures"].as_u64().unwrap() > 0, "{summary}");
+
+    let (status, summary, mut connection) = replay_after_restart(&mut redis, &spool, accepted.len() as u64 * 100);
+    assert!(status.success(), "nothing corrupt in the spool: {summary}");
+    let expected: Vec<String> = accepted
+        .iter()
+        .flat_map(|request| request_messages("x", *request, 100))
+        .collect();
+    assert_eq!(
+        stream_messages(&mut connection),
+        expected,
+        "every accepted event once, in order"
+    );
+}
+
+#[test]
+fn a_full_disk_with_block_holds_the_batch_behind_the_backlog() {
+    let mut redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let disk = Tmpfs::mount(SMALL_DISK);
+    let spool = disk.path().join("spool");
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("agent.log");
+    redis.server.kill();
+
+    let address = free_address();
+    let agent = spawn_spooling_agent_logged(&url, &address, &spool, &["--spool-max-bytes", LARGE_LIMIT], Some(&log));
+    let poster_address = address.clone();
+    let poster = std::thread::spawn(move || post_requests(&poster_address, "b", 80, 100));
+    wait_until("the spool disk to fill", Duration::from_secs(60), || {
+        file_text(&log).contains("cannot write to the spool")
+    });
+    redis.server.restart().unwrap();
+    let statuses = poster.join().unwrap();
+    assert!(
+        statuses.iter().all(|status| *status == 202),
+        "the blocked request was stored once Redis took the backlog: {statuses:?}"
+    );
+    let mut connection = redis.connection();
+    wait_until("everything shipped", Duration::from_secs(60), || {
+        stream_length(&mut connection) >= 8000
+    });
+    sigterm(&agent);
+    let (status, summary) = status_and_summary(agent);
+    assert!(status.success(), "{summary}");
+    assert!(summary["spool_write_failures"].as_u64().unwrap() > 0, "{summary}");
+    let expected: Vec<String> = (0..80)
+        .flat_map(|request| request_messages("b", request, 100))
+        .collect();
+    assert_eq!(
+        stream_messages(&mut connection),
+        expected,
+        "every event once, and no batch overtook the spooled ones"
+    );
+}
+
+#[test]
+fn a_stop_while_a_batch_waits_on_a_full_disk_ends_the_agent() {
+    let mut redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let disk = Tmpfs::mount(SMALL_DISK);
+    let spool = disk.path().join("spool");
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("agent.log");
+    redis.server.kill();
+
+    let address = free_address();
+    let agent = spawn_spooling_agent_logged(
+        &url,
+        &address,
+        &spool,
+        &["--spool-max-bytes", LARGE_LIMIT, "--shutdown-timeout-ms", "500"],
+        Some(&log),
+    );
+    let poster_address = address.clone();
+    let poster = std::thread::spawn(move || {
+        let mut statuses = Vec::new();
+        for request in 0..200 {
+            let body: String = request_messages("s", request, 100)
+                .iter()
+                .map(|message| format!("{{\"message\":\"{message}\"}}\n"))
+                .collect();
+            let status = curl_post(&poster_address, "/ingest", body.as_bytes()).0;
+            statuses.push(status);
+            if status != 202 {
+                break;
+            }
+        }
+        statuses
+    });
+    wait_until("the spool disk to fill", Duration::from_secs(60), || {
+        file_text(&log).contains("cannot write to the spool")
+    });
+    sigterm(&agent);
+    let (status, summary) = status_and_summary(agent);
+    let statuses = poster.join().unwrap();
+    assert_eq!(
+        statuses.last(),
+        Some(&503),
+        "the waiting request was not stored: {statuses:?}"
+    );
+    assert_eq!(status.code(), Some(1), "{summary}");
+    assert_eq!(summary["unsent_events"], 100, "the batch in hand: {summary}");
+
+    let accepted = statuses.len() - 1;
+    let (status, summary, mut connection) = replay_after_restart(&mut redis, &spool, accepted as u64 * 100);
+    assert!(status.success(), "{summary}");
+    let expected: Vec<String> = (0..accepted)
+        .flat_map(|request| request_messages("s", request, 100))
+        .collect();
+    assert_eq!(stream_messages(&mut connection), expected);
 }

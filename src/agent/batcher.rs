@@ -1,7 +1,13 @@
 //! Cuts encoded events into stream entries (`pack` events each) and entries into batches
-//! (`batch_entries` each, or fewer once the oldest event has waited `linger`).
+//! (`batch_entries` each, or fewer once the oldest event has waited `linger` or the batch
+//! holds `max_bytes` of payload).
+//!
+//! Invariant: a batch holds at most `batch_entries` entries, [`MAX_BATCH_EVENTS`] events (or
+//! `pack`, if larger) and `max_bytes` of payload plus the one event that crossed the limit.
 
 use tokio::time::{Duration, Instant};
+
+use crate::event::Level;
 
 /// One stream entry (or list item): `event_count` events, newline-separated JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub struct Batch {
     pub entries: Vec<Entry>,
     pub event_count: u64,
     pub receipts: Vec<Receipt>,
+    /// Events of the batch per level ([`Level::index`]), counted once the batch is stored.
+    pub events_per_level: [u64; Level::ALL.len()],
 }
 
 impl Batch {
@@ -48,9 +56,18 @@ impl Batch {
 /// with a third of the peak RSS (24 MB against 69 MB).
 pub const MAX_BATCH_EVENTS: usize = 2048;
 
+/// Default of `--batch-max-bytes`. Generated events (~230 bytes) fill 2,048-event batches
+/// at ~470 KB, so this never cuts them; it bounds batches of large events (HTTP bodies of
+/// up to 10 MB) to a few MB: one spool record, one pipeline, one allocation.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 4 << 20;
+
 pub struct Batcher {
     pack: u32,
     batch_entries: usize,
+    /// Payload bytes at which the batch is full.
+    max_bytes: usize,
+    /// Payload bytes in `entries` and `open_entry`.
+    batch_bytes: usize,
     linger: Duration,
     entries: Vec<Entry>,
     open_entry: Entry,
@@ -58,15 +75,18 @@ pub struct Batcher {
     /// When the oldest event of the batch was added; the batch is due `linger` later.
     oldest_event_at: Option<Instant>,
     receipts: Vec<Receipt>,
+    events_per_level: [u64; Level::ALL.len()],
 }
 
 impl Batcher {
-    pub fn new(pack: usize, batch_entries: usize, linger: Duration) -> Batcher {
-        debug_assert!(pack >= 1 && batch_entries >= 1);
+    pub fn new(pack: usize, batch_entries: usize, max_bytes: usize, linger: Duration) -> Batcher {
+        debug_assert!(pack >= 1 && batch_entries >= 1 && max_bytes >= 1);
         let batch_entries = batch_entries.min(MAX_BATCH_EVENTS / pack).max(1);
         Batcher {
             pack: u32::try_from(pack).unwrap_or(u32::MAX),
             batch_entries,
+            max_bytes,
+            batch_bytes: 0,
             linger,
             entries: Vec::with_capacity(batch_entries),
             open_entry: Entry {
@@ -76,11 +96,13 @@ impl Batcher {
             batch_event_count: 0,
             oldest_event_at: None,
             receipts: Vec::new(),
+            events_per_level: [0; Level::ALL.len()],
         }
     }
 
-    /// Adds one event, written by `write_event` into the entry's payload.
-    pub fn push<T>(&mut self, write_event: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    /// Adds one event, written by `write_event` into the entry's payload, which returns
+    /// the event's level.
+    pub fn push(&mut self, write_event: impl FnOnce(&mut Vec<u8>) -> Level) -> Level {
         debug_assert!(!self.is_full(), "push on a full batch");
         if self.oldest_event_at.is_none() {
             self.oldest_event_at = Some(Instant::now());
@@ -88,13 +110,16 @@ impl Batcher {
         if self.open_entry.event_count > 0 {
             self.open_entry.payload.push(b'\n');
         }
-        let written = write_event(&mut self.open_entry.payload);
+        let length_before = self.open_entry.payload.len();
+        let level = write_event(&mut self.open_entry.payload);
+        self.batch_bytes += self.open_entry.payload.len() - length_before;
+        self.events_per_level[level.index()] += 1;
         self.open_entry.event_count += 1;
         self.batch_event_count += 1;
         if self.open_entry.event_count == self.pack {
             self.close_entry();
         }
-        written
+        level
     }
 
     fn close_entry(&mut self) {
@@ -111,12 +136,15 @@ impl Batcher {
 
     /// Events that still fit before the batch is full.
     pub fn room(&self) -> u64 {
+        if self.batch_bytes >= self.max_bytes {
+            return 0;
+        }
         let free_entries = self.batch_entries.saturating_sub(self.entries.len()) as u64;
         (free_entries * u64::from(self.pack)).saturating_sub(u64::from(self.open_entry.event_count))
     }
 
     pub fn is_full(&self) -> bool {
-        self.entries.len() >= self.batch_entries
+        self.entries.len() >= self.batch_entries || self.batch_bytes >= self.max_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -146,12 +174,14 @@ impl Batcher {
             self.close_entry();
         }
         self.oldest_event_at = None;
+        self.batch_bytes = 0;
         let event_count = std::mem::take(&mut self.batch_event_count);
         let entries = std::mem::replace(&mut self.entries, Vec::with_capacity(self.batch_entries));
         Some(Batch {
             entries,
             event_count,
             receipts: std::mem::take(&mut self.receipts),
+            events_per_level: std::mem::replace(&mut self.events_per_level, [0; Level::ALL.len()]),
         })
     }
 }
@@ -163,9 +193,12 @@ mod tests {
 
     #[test]
     fn packs_events_into_entries() {
-        let mut batcher = Batcher::new(3, 10, Duration::from_millis(5));
+        let mut batcher = Batcher::new(3, 10, usize::MAX, Duration::from_millis(5));
         for index in 0..7 {
-            batcher.push(|out| out.extend_from_slice(format!("e{index}").as_bytes()));
+            batcher.push(|out| {
+                out.extend_from_slice(format!("e{index}").as_bytes());
+                Level::Info
+            });
         }
         let batch = batcher.take().unwrap();
         assert_eq!(batch.event_count, 7);
@@ -174,11 +207,32 @@ mod tests {
         assert!(batcher.take().is_none());
     }
 
+    #[test]
+    fn a_batch_is_cut_by_bytes() {
+        let mut batcher = Batcher::new(1, 256, 1000, Duration::from_millis(5));
+        let mut pushed = 0;
+        while batcher.room() > 0 {
+            batcher.push(|out| {
+                out.extend_from_slice(&[b'x'; 300]);
+                Level::Warning
+            });
+            pushed += 1;
+        }
+        assert_eq!(pushed, 4, "300-byte events: the fourth crosses 1000 bytes");
+        assert!(batcher.is_due(Instant::now()));
+        let batch = batcher.take().unwrap();
+        assert_eq!(batch.events_per_level[Level::Warning.index()], 4);
+        assert_eq!(batcher.room(), 256, "the next batch starts empty");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn partial_batch_is_due_after_linger() {
-        let mut batcher = Batcher::new(1, 10, Duration::from_millis(5));
+        let mut batcher = Batcher::new(1, 10, usize::MAX, Duration::from_millis(5));
         assert!(!batcher.is_due(Instant::now()));
-        batcher.push(|out| out.push(b'x'));
+        batcher.push(|out| {
+            out.push(b'x');
+            Level::Info
+        });
         assert!(!batcher.is_due(Instant::now()));
         tokio::time::advance(Duration::from_millis(5)).await;
         assert!(batcher.is_due(Instant::now()));
@@ -186,23 +240,30 @@ mod tests {
 
     proptest! {
         #[test]
-        fn a_batch_never_exceeds_its_limits(pack in proptest::sample::select(vec![1usize, 2, 7, 19, 100, 5000, 10_000]), batch_entries in 1usize..300, events in 1usize..20_000) {
-            let mut batcher = Batcher::new(pack, batch_entries, Duration::from_millis(5));
+        fn a_batch_never_exceeds_its_limits(pack in proptest::sample::select(vec![1usize, 2, 7, 19, 100, 5000, 10_000]), batch_entries in 1usize..300, max_bytes in 1usize..50_000, event_bytes in 1usize..3000, events in 1usize..20_000) {
+            let mut batcher = Batcher::new(pack, batch_entries, max_bytes, Duration::from_millis(5));
             let mut shipped = 0u64;
             for _ in 0..events {
                 if batcher.room() == 0 {
                     let batch = batcher.take().unwrap();
                     prop_assert!(batch.entries.len() <= batch_entries);
                     prop_assert!(batch.event_count as usize <= MAX_BATCH_EVENTS.max(pack));
+                    let payload_bytes: usize = batch.entries.iter().map(|entry| entry.payload.len()).sum();
+                    // Over the limit by the last event only (and the newlines joining packed events).
+                    prop_assert!(payload_bytes < max_bytes + event_bytes + batch.event_count as usize);
+                    prop_assert_eq!(batch.events_per_level[Level::Info.index()], batch.event_count);
                     shipped += batch.event_count;
                 }
-                batcher.push(|out| out.push(b'e'));
+                batcher.push(|out| {
+                    out.extend(std::iter::repeat_n(b'e', event_bytes));
+                    Level::Info
+                });
             }
             let last = batcher.take().unwrap();
             prop_assert!(last.entries.len() <= batch_entries);
             for entry in &last.entries {
                 prop_assert!(entry.event_count as usize <= pack);
-                prop_assert_eq!(entry.payload.iter().filter(|byte| **byte == b'e').count(), entry.event_count as usize);
+                prop_assert_eq!(entry.payload.iter().filter(|byte| **byte == b'e').count(), entry.event_count as usize * event_bytes);
             }
             prop_assert_eq!(shipped + last.event_count, events as u64);
         }

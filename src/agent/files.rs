@@ -45,9 +45,9 @@ use super::sources::{
     InputCounters, JoinedLine, LineParser, MAX_CHUNK_EVENTS, MultilineJoiner, SourceMessage, append_bounded, lossy_line,
 };
 use super::stdin::MULTILINE_FLUSH_AFTER;
-use crate::cli::ReadFrom;
 use crate::config::AgentConfig;
 use crate::event::LogEvent;
+use crate::options::ReadFrom;
 
 const GLOB_INTERVAL: Duration = Duration::from_secs(1);
 const IDLE_POLL: Duration = Duration::from_millis(100);

@@ -4,6 +4,10 @@
 //! The generator and the shipper are joined by a bounded channel of batches: when Redis is
 //! slow or down, the channel fills and the generator waits (backpressure) instead of
 //! dropping or growing memory without bound.
+//!
+//! The summary tells the truth: its levels count the events stored (in Redis or the spool)
+//! by this run, and [`Summary::is_clean`] is false (exit code 1) whenever an accepted event
+//! was dropped, lost in the spool or not delivered, or the shipper failed.
 
 pub mod batcher;
 pub mod files;
@@ -24,9 +28,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::cli::AgentSource;
 use crate::config::{AgentConfig, BrokerConfig, ConfigError};
 use crate::event::Level;
+use crate::options::AgentSource;
 use batcher::{Batch, Batcher};
 use generator::Generator;
 use shipper::{ShipReport, Shipper};
@@ -45,6 +49,12 @@ pub struct Summary {
     pub dropped_events: u64,
     pub spool_bytes_left: u64,
     pub corrupt_spool_segments: u64,
+    /// Spool writes that failed (a full disk); undone, their batches kept in hand.
+    pub spool_write_failures: u64,
+    /// Events too large for Redis, written to the dead-letter stream instead.
+    pub dead_lettered_events: u64,
+    /// Why the agent stopped early (Redis refused a command for good).
+    pub error: Option<String>,
     /// Lines shipped as plain text with level UNKNOWN (no level found).
     pub unknown_level_lines: u64,
     /// What the sources cut, refused or could not read.
@@ -55,6 +65,11 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// True when everything accepted was delivered or stored (the exit code is 0).
+    pub fn is_clean(&self) -> bool {
+        self.unsent_events == 0 && self.dropped_events == 0 && self.corrupt_spool_segments == 0 && self.error.is_none()
+    }
+
     pub fn print(&self, as_json: bool) {
         if as_json {
             println!("{}", serde_json::to_string(self).expect("summary serialises"));
@@ -83,6 +98,18 @@ impl Summary {
         }
         if self.corrupt_spool_segments > 0 {
             println!("  CORRUPT    {} spool segments", self.corrupt_spool_segments);
+        }
+        if self.spool_write_failures > 0 {
+            println!(
+                "  spool write failures {} (undone, batches kept)",
+                self.spool_write_failures
+            );
+        }
+        if self.dead_lettered_events > 0 {
+            println!("  DEAD       {} events too large for redis", self.dead_lettered_events);
+        }
+        if let Some(error) = &self.error {
+            println!("  ERROR      {error}");
         }
         println!("  elapsed    {:.3} s", self.elapsed_s);
         println!("  rate       {:.0} events/s", self.events_per_s);
@@ -157,16 +184,19 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         broker.redis_url.clone(),
         broker.keys.clone(),
         config.sink,
+        config.agent_id.clone(),
         config.max_lag,
         spool,
         backpressure.clone(),
+        shutdown.clone(),
+        config.shutdown_timeout,
     );
-    let shipper_task = tokio::spawn(shipper.run(batch_receiver, shutdown.clone(), config.shutdown_timeout));
+    let shipper_task = tokio::spawn(shipper.run(batch_receiver));
     info!(agent_id = %config.agent_id, run_id = %run_id, sources = ?config.sources, pack = config.pack, "agent started");
 
     let mut file_source = None;
-    let events_per_level = if has(AgentSource::Synthetic) {
-        generate(&config, &run_id, batch_sender, &shutdown).await
+    if has(AgentSource::Synthetic) {
+        generate(&config, &run_id, batch_sender, &shutdown).await;
     } else {
         let (message_sender, message_receiver) = mpsc::channel(sources::SOURCE_QUEUE_MESSAGES);
         let line_parser = sources::LineParser::new(&config, unknown_level_lines.clone());
@@ -232,15 +262,13 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
             ));
         }
         drop(message_sender); // the sources hold the only senders: the loop ends when they do
-        sources::ship_events(message_receiver, &config, &run_id, batch_sender, &shutdown).await
-    };
-    let report: ShipReport = shipper_task.await.unwrap_or_else(|join_error| {
-        tracing::error!(error = %join_error, "shipper task failed");
-        ShipReport::default()
-    });
-    if let Some(file_source) = file_source {
-        file_source.finish().await;
+        sources::ship_events(message_receiver, &config, &run_id, batch_sender, &shutdown).await;
     }
+    let joined = shipper_task.await;
+    if let Some(file_source) = file_source {
+        file_source.finish().await; // checkpoints hold only stored lines, whatever happened
+    }
+    let report = shipper_outcome(joined)?;
 
     let elapsed_s = started.elapsed().as_secs_f64();
     Ok(Summary {
@@ -249,8 +277,8 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         events: report.events,
         events_per_level: Level::ALL
             .iter()
-            .filter(|level| events_per_level[level.index()] > 0)
-            .map(|level| (level.as_str(), events_per_level[level.index()]))
+            .filter(|level| report.stored_per_level[level.index()] > 0)
+            .map(|level| (level.as_str(), report.stored_per_level[level.index()]))
             .collect(),
         entries: report.entries,
         unsent_events: report.unsent_events,
@@ -259,6 +287,9 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
         dropped_events: report.dropped_events,
         spool_bytes_left: report.spool_bytes_left,
         corrupt_spool_segments: report.corrupt_spool_segments,
+        spool_write_failures: report.spool_write_failures,
+        dead_lettered_events: report.dead_lettered_events,
+        error: report.refused.clone(),
         unknown_level_lines: unknown_level_lines.load(std::sync::atomic::Ordering::Relaxed),
         inputs: input_counters.snapshot(),
         elapsed_s,
@@ -266,22 +297,34 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
     })
 }
 
-/// Identifies this run of the agent, so that event ids stay unique across restarts of an
-/// agent with the same id (sequence numbers start again at 0).
-fn run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{:x}{:04x}", now.as_millis(), std::process::id() & 0xffff)
+/// The shipper's report; a shipper that panicked or was cancelled is a failure of the
+/// agent (exit 1), never an empty report that looks like a quiet run.
+fn shipper_outcome(joined: Result<ShipReport, tokio::task::JoinError>) -> anyhow::Result<ShipReport> {
+    joined.map_err(|join_error| {
+        anyhow::anyhow!(
+            "the shipper failed ({join_error}): the batches it held were not delivered (spooled ones stay in the spool)"
+        )
+    })
 }
 
-/// Generates events at the configured rate into batches. Returns the count per level.
-async fn generate(
-    config: &AgentConfig,
-    run_id: &str,
-    batch_sender: mpsc::Sender<Batch>,
-    shutdown: &CancellationToken,
-) -> [u64; Level::ALL.len()] {
+/// Identifies this run of the agent, so that event ids stay unique across restarts of an
+/// agent with the same id (sequence numbers start again at 0). Random 64 bits from the
+/// OS: start time and pid collide when agents with one id start together in containers
+/// (pid 1 in each); two runs share an id with probability about n²/2⁶⁵.
+fn run_id() -> String {
+    use rand::TryRng;
+    let random = rand::rngs::SysRng.try_next_u64().unwrap_or_else(|_| {
+        // No OS entropy (a very old kernel): fall back to time and pid, as before.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 48)
+    });
+    format!("{random:016x}")
+}
+
+/// Generates events at the configured rate into batches.
+async fn generate(config: &AgentConfig, run_id: &str, batch_sender: mpsc::Sender<Batch>, shutdown: &CancellationToken) {
     let seed = config.seed.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -298,8 +341,7 @@ async fn generate(
         &config.agent_id,
         run_id,
     );
-    let mut batcher = Batcher::new(config.pack, config.batch_entries, config.linger);
-    let mut events_per_level = [0u64; Level::ALL.len()];
+    let mut batcher = Batcher::new(config.pack, config.batch_entries, config.batch_max_bytes, config.linger);
     let mut generated: u64 = 0;
     let limit = config.count.unwrap_or(u64::MAX);
     let started = Instant::now();
@@ -313,10 +355,12 @@ async fn generate(
         };
         let now_count = due.min(limit - generated).min(batcher.room());
         for _ in 0..now_count {
-            let level = batcher.push(|out| generator.write_next(out));
-            events_per_level[level.index()] += 1;
+            batcher.push(|out| generator.write_next(out));
+            generated += 1;
+            if batcher.room() == 0 {
+                break; // full by bytes before the count
+            }
         }
-        generated += now_count;
         let now = Instant::now();
         if batcher.is_due(now) || (generated == limit) {
             if let Some(batch) = batcher.take()
@@ -342,5 +386,28 @@ async fn generate(
     if let Some(batch) = batcher.take() {
         let _ = batch_sender.send(batch).await;
     }
-    events_per_level
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_shipper_is_an_error_not_an_empty_report() {
+        let joined = tokio::spawn(async {
+            panic!("shipper bug");
+            #[allow(unreachable_code)]
+            ShipReport::default()
+        })
+        .await;
+        let error = shipper_outcome(joined).unwrap_err();
+        assert!(error.to_string().contains("the shipper failed"), "{error}");
+    }
+
+    #[test]
+    fn run_ids_do_not_repeat_within_one_process_and_millisecond() {
+        let run_ids: std::collections::HashSet<String> = (0..1000).map(|_| run_id()).collect();
+        assert_eq!(run_ids.len(), 1000, "run ids of one pid and millisecond collided");
+        assert!(run_ids.iter().all(|run_id| run_id.len() == 16));
+    }
 }

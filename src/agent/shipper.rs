@@ -4,36 +4,52 @@
 //! Invariants:
 //! - a batch is settled `Stored` only once Redis replied OK to all of it, or once it is
 //!   written to the spool; batches are settled in the order they came
+//! - a partly failed pipeline is resent only for the entries that failed: what Redis took
+//!   is counted and removed from the batch (or the record in replay) at once
 //! - without a spool, a failed batch is resent after a capped exponential backoff (the
 //!   queue fills and the sources wait); with one, it goes to the spool at once and every
-//!   later batch follows it there until the spool is replayed, so order is kept
+//!   later batch follows it there until the spool is replayed, so order is kept: no batch
+//!   is ever shipped ahead of a spooled one, also when the spool cannot take it (disk
+//!   full, `when_full = block`: the batch waits in hand while the backlog is replayed)
+//! - out of memory (`maxmemory`) is back-pressure, handled as an outage: hold or spool,
+//!   retry. A refusal that retrying cannot heal (ACL, auth, a key of the wrong type)
+//!   stops the agent with the command and key named; what was spooled stays there
+//! - nothing over Redis's `proto-max-bulk-len` is sent (Redis would drop the connection):
+//!   a packed entry is sent as single events, a single event goes to the dead-letter
+//!   stream with its reason and its first 64 KiB
 //! - at-least-once: a resend after a lost reply, or a replay interrupted by a crash, can
 //!   write an entry twice; alert ids make the alerts of such twins count once
 //! - entries are never trimmed here (no MAXLEN): trimming is the police's job and only
 //!   removes what every group has acknowledged
 //! - while the consumers are `max_lag` entries or more behind, nothing is sent: batches go
-//!   to the spool, or (without one) are held so that the sources wait
-//! - after a stop is requested, retries go on for `shutdown_timeout`; what is still unsent
-//!   then is counted and reported, never dropped silently (with a spool it stays there and
-//!   is replayed by the next run)
+//!   to the spool, or (without one) are held so that the sources wait. The lag is read
+//!   again before the entries shipped since the last read could reach `max_lag`, so the
+//!   stream outgrows the limit by one batch at most
+//! - after a stop is requested (or the sources ended, with a spool), Redis is retried for
+//!   `shutdown_timeout`, no sleep or attempt runs past it; what is still unsent then is
+//!   counted and reported, never dropped silently (with a spool it stays there and is
+//!   replayed by the next run)
+//! - spool writes, syncs and reads run on the blocking pool, never on the runtime thread
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use redis::RedisError;
+use redis::{RedisError, RedisResult, Value};
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::batcher::{Batch, Entry, Settled};
-use super::spool::{Spool, WhenFull};
+use super::spool::{Spool, Spooled};
+use crate::broker::errors::{self, Failure};
 use crate::broker::{self, Backoff, Connection, keys::Keys};
-use crate::cli::Transport;
-use crate::event::ENCODING_VERSION;
+use crate::event::{ENCODING_VERSION, Level};
+use crate::options::Transport;
+use crate::options::WhenFull;
 
 /// What reached Redis, what went through the spool, and what could not be delivered.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct ShipReport {
     pub entries: u64,
     pub events: u64,
@@ -45,6 +61,14 @@ pub struct ShipReport {
     /// Bytes left in the spool at exit, replayed by the next run.
     pub spool_bytes_left: u64,
     pub corrupt_spool_segments: u64,
+    /// Spool writes that failed (a full disk) and were undone; their batches stayed in hand.
+    pub spool_write_failures: u64,
+    /// Events over Redis's `proto-max-bulk-len`, written to the dead-letter stream instead.
+    pub dead_lettered_events: u64,
+    /// Events of this run stored (in Redis or the spool) per level ([`Level::index`]).
+    pub stored_per_level: [u64; Level::ALL.len()],
+    /// Why the agent stopped early: Redis refused a command for good.
+    pub refused: Option<String>,
 }
 
 /// How often the consumers' lag is read while they keep up.
@@ -53,16 +77,61 @@ const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const LAG_WAIT: Duration = Duration::from_millis(200);
 /// How often the open spool segment is synced to the disk.
 const SPOOL_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Redis's default `proto-max-bulk-len`, assumed when `CONFIG GET` is refused.
+const DEFAULT_MAX_BULK_BYTES: usize = 512 << 20;
+/// Bytes of an oversized event kept in its dead letter: enough to tell where it came from.
+const DEAD_LETTER_RAW_BYTES: usize = 64 << 10;
+
+/// A failed Redis call, with what was asked of which key.
+#[derive(Debug)]
+pub struct ShipError {
+    pub failure: Failure,
+    /// e.g. `XADD on logsentinel:logs`.
+    pub what: String,
+    pub error: RedisError,
+}
+
+impl ShipError {
+    fn new(what: String, error: RedisError) -> ShipError {
+        ShipError {
+            failure: errors::classify(&error),
+            what,
+            error,
+        }
+    }
+
+    /// e.g. `redis refused XADD on logsentinel:logs: NOPERM this user has no permissions …`.
+    fn describe(&self) -> String {
+        match (self.error.code(), self.error.detail()) {
+            (Some(code), Some(detail)) => format!("redis refused {}: {code} {detail}", self.what),
+            _ => format!("redis refused {}: {}", self.what, self.error),
+        }
+    }
+}
+
+/// What one pipelined attempt delivered.
+#[derive(Debug, Default)]
+struct Delivered {
+    entries: u64,
+    events: u64,
+    dead_lettered_events: u64,
+}
 
 /// Redis as the shipper sees it: one connection, and the backoff of failed attempts.
 struct Target {
     redis_url: String,
     keys: Keys,
     sink: Transport,
+    /// `source` of the dead letters this agent writes.
+    agent_id: String,
     connection: Option<Connection>,
+    /// Redis's `proto-max-bulk-len`, read on connecting.
+    max_bulk_bytes: usize,
     backoff: Backoff,
     /// No Redis attempt before this instant (backoff after a failure).
     retry_at: Option<Instant>,
+    /// The derived lag is logged once, not once a second.
+    lag_derivation_logged: bool,
 }
 
 pub struct Shipper {
@@ -76,8 +145,18 @@ pub struct Shipper {
     lag_estimate: u64,
     /// Set while batches are held and the sources must wait (the HTTP source answers 503).
     backpressure: Arc<AtomicBool>,
-    spool: Option<(Spool, WhenFull)>,
+    /// `None` without a spool; also `None` for the moment a blocking task works on it.
+    spool: Option<Spool>,
+    when_full: WhenFull,
+    /// The spooled record being replayed, with what Redis has not taken yet.
+    replay_in_hand: Option<Spooled>,
+    /// Set from a failed spool write to the next one that works: logged once each way.
+    spool_write_failing: bool,
     last_sync: Instant,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+    /// Set when a stop is requested or (with a spool) the sources ended: no retry after it.
+    stop_deadline: Option<Instant>,
     report: ShipReport,
 }
 
@@ -89,23 +168,34 @@ enum Replay {
 }
 
 impl Shipper {
+    #[allow(clippy::too_many_arguments)] // one call site, every argument named there
     pub fn new(
         redis_url: String,
         keys: Keys,
         sink: Transport,
+        agent_id: String,
         max_lag: u64,
         spool: Option<(Spool, WhenFull)>,
         backpressure: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+        shutdown_timeout: Duration,
     ) -> Shipper {
         let backoff = Backoff::new("agent", &redis_url);
+        let (spool, when_full) = match spool {
+            Some((spool, when_full)) => (Some(spool), when_full),
+            None => (None, WhenFull::Block),
+        };
         Shipper {
             target: Target {
                 redis_url,
                 keys,
                 sink,
+                agent_id,
                 connection: None,
+                max_bulk_bytes: DEFAULT_MAX_BULK_BYTES,
                 backoff,
                 retry_at: None,
+                lag_derivation_logged: false,
             },
             max_lag,
             lag_over: false,
@@ -113,35 +203,38 @@ impl Shipper {
             lag_estimate: 0,
             backpressure,
             spool,
+            when_full,
+            replay_in_hand: None,
+            spool_write_failing: false,
             last_sync: Instant::now(),
+            shutdown,
+            shutdown_timeout,
+            stop_deadline: None,
             report: ShipReport::default(),
         }
     }
 
     /// Ships every batch from `batches` until the channel closes.
-    pub async fn run(
-        mut self,
-        mut batches: mpsc::Receiver<Batch>,
-        shutdown: CancellationToken,
-        shutdown_timeout: Duration,
-    ) -> ShipReport {
+    pub async fn run(mut self, mut batches: mpsc::Receiver<Batch>) -> ShipReport {
         if self.spool.is_some() {
-            self.run_spooled(&mut batches, &shutdown, shutdown_timeout).await;
+            self.run_spooled(&mut batches).await;
         } else {
-            self.run_in_memory(&mut batches, &shutdown, shutdown_timeout).await;
+            self.run_in_memory(&mut batches).await;
         }
         if self.report.unsent_events > 0 {
             error!(
                 unsent_events = self.report.unsent_events,
-                "redis still unreachable at the stop deadline, events not delivered"
+                "events not delivered: redis did not take them before the stop deadline"
             );
         }
-        if let Some((spool, _)) = self.spool.as_mut() {
-            if let Err(error) = spool.sync() {
+        if self.spool.is_some() {
+            if let Err(error) = self.on_spool(|spool| spool.sync()).await {
                 error!(error = %error, "cannot sync the spool");
             }
+            let spool = self.spool.as_ref().expect("spooled mode");
             self.report.spool_bytes_left = spool.bytes();
             self.report.corrupt_spool_segments = spool.corrupt_segments;
+            self.report.spool_write_failures = spool.write_failures;
             if !spool.is_empty() {
                 warn!(
                     bytes = spool.bytes(),
@@ -152,53 +245,35 @@ impl Shipper {
         self.report
     }
 
-    async fn run_in_memory(
-        &mut self,
-        batches: &mut mpsc::Receiver<Batch>,
-        shutdown: &CancellationToken,
-        shutdown_timeout: Duration,
-    ) {
-        let mut gave_up = false;
+    async fn run_in_memory(&mut self, batches: &mut mpsc::Receiver<Batch>) {
         while let Some(mut batch) = batches.recv().await {
-            if !gave_up {
-                while !shutdown.is_cancelled() && !self.consumers_keep_up().await {
-                    self.set_backpressure(true);
-                    tokio::select! {
-                        _ = tokio::time::sleep(LAG_WAIT) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
+            while self.report.refused.is_none() && !self.shutdown.is_cancelled() && !self.consumers_keep_up().await {
+                self.set_backpressure(true);
+                tokio::select! {
+                    _ = tokio::time::sleep(LAG_WAIT) => {}
+                    _ = self.shutdown.cancelled() => {}
                 }
             }
-            if !gave_up && self.ship_with_retry(&batch, shutdown, shutdown_timeout).await {
-                self.shipped(batch.entries.len() as u64, batch.event_count);
+            if self.ship_with_retry(&mut batch).await {
                 self.set_backpressure(false);
-                batch.settle(Settled::Stored);
-                continue;
+                self.settle(&mut batch, Settled::Stored);
+            } else {
+                self.report.unsent_events += batch.event_count;
+                self.settle(&mut batch, Settled::Unsent);
             }
-            gave_up = true;
-            self.report.unsent_events += batch.event_count;
-            batch.settle(Settled::Unsent);
         }
     }
 
-    async fn run_spooled(
-        &mut self,
-        batches: &mut mpsc::Receiver<Batch>,
-        shutdown: &CancellationToken,
-        shutdown_timeout: Duration,
-    ) {
+    async fn run_spooled(&mut self, batches: &mut mpsc::Receiver<Batch>) {
         let mut open = true;
-        let mut stop_deadline: Option<Instant> = None;
         loop {
-            if shutdown.is_cancelled() && stop_deadline.is_none() {
-                stop_deadline = Some(Instant::now() + shutdown_timeout);
-            }
+            self.check_stop();
             if !self.has_backlog() {
                 if !open {
                     break;
                 }
                 match batches.recv().await {
-                    Some(batch) => self.accept(batch, shutdown, stop_deadline).await,
+                    Some(batch) => self.accept(batch).await,
                     None => open = false,
                 }
                 continue;
@@ -207,145 +282,302 @@ impl Shipper {
             if open {
                 match batches.try_recv() {
                     Ok(batch) => {
-                        self.accept(batch, shutdown, stop_deadline).await;
+                        self.accept(batch).await;
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
             }
+            if !open && self.stop_deadline.is_none() {
+                // The sources ended: replay while Redis takes it, retry no longer than a stop.
+                self.stop_deadline = Some(Instant::now() + self.shutdown_timeout);
+            }
+            let passed = self.stop_deadline.is_some_and(|deadline| Instant::now() >= deadline);
             match self.replay_one().await {
-                Replay::Shipped | Replay::Empty => {}
-                Replay::NotBefore(at) => {
-                    // Stopping: what is in the spool is safe there, the next run replays it.
-                    if stop_deadline.is_some() && !open {
-                        break;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        batch = batches.recv(), if open => match batch {
-                            Some(batch) => self.accept(batch, shutdown, stop_deadline).await,
-                            None => open = false,
-                        },
-                        _ = shutdown.cancelled(), if stop_deadline.is_none() => {}
+                Replay::Shipped => {
+                    if !open && passed && self.shutdown.is_cancelled() {
+                        break; // a stop request bounds the replay too
                     }
                 }
-            }
-            if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) && !open {
-                break;
+                Replay::Empty => {
+                    // Nothing readable (the open segment is empty): wait for a batch.
+                    if !open {
+                        break;
+                    }
+                    match batches.recv().await {
+                        Some(batch) => self.accept(batch).await,
+                        None => open = false,
+                    }
+                }
+                Replay::NotBefore(at) => {
+                    // Stopping: what is in the spool is safe there, the next run replays it.
+                    if !open && (passed || self.report.refused.is_some()) {
+                        break;
+                    }
+                    let wake_at = self.stop_deadline.map_or(at, |deadline| at.min(deadline));
+                    let watch_stop = self.stop_deadline.is_none();
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wake_at) => {}
+                        batch = batches.recv(), if open => match batch {
+                            Some(batch) => self.accept(batch).await,
+                            None => open = false,
+                        },
+                        _ = self.shutdown.cancelled(), if watch_stop => {}
+                    }
+                }
             }
         }
     }
 
-    fn has_backlog(&self) -> bool {
-        self.spool.as_ref().is_some_and(|(spool, _)| !spool.is_empty())
+    /// Starts the stop deadline once a stop is requested; returns it.
+    fn check_stop(&mut self) -> Option<Instant> {
+        if self.shutdown.is_cancelled() && self.stop_deadline.is_none() {
+            self.stop_deadline = Some(Instant::now() + self.shutdown_timeout);
+        }
+        self.stop_deadline
     }
 
-    /// Counts what reached Redis.
-    fn shipped(&mut self, entries: u64, events: u64) {
-        self.report.entries += entries;
-        self.report.events += events;
-        self.lag_estimate += entries;
+    fn stop_deadline_passed(&mut self) -> bool {
+        self.check_stop().is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Sleeps until `at`, the stop deadline or a stop request, whichever comes first.
+    async fn pause_until(&mut self, at: Instant) {
+        let deadline = self.check_stop();
+        let wake_at = deadline.map_or(at, |deadline| at.min(deadline));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake_at) => {}
+            _ = self.shutdown.cancelled(), if deadline.is_none() => {}
+        }
+    }
+
+    /// Records in the spool, or a record in replay.
+    fn has_backlog(&self) -> bool {
+        self.replay_in_hand.is_some() || self.spool.as_ref().is_some_and(|spool| !spool.is_empty())
     }
 
     fn set_backpressure(&self, on: bool) {
         self.backpressure.store(on, Ordering::Relaxed);
     }
 
+    fn settle(&mut self, batch: &mut Batch, settled: Settled) {
+        if settled == Settled::Stored {
+            for (stored, count) in self.report.stored_per_level.iter_mut().zip(batch.events_per_level) {
+                *stored += count;
+            }
+        }
+        batch.settle(settled);
+    }
+
+    /// Runs blocking spool I/O on the blocking pool, so that no source waits for the disk.
+    async fn on_spool<T: Send + 'static>(&mut self, work: impl FnOnce(&mut Spool) -> T + Send + 'static) -> T {
+        let mut spool = self
+            .spool
+            .take()
+            .expect("spooled mode, and no other spool task running");
+        let (spool, output) = tokio::task::spawn_blocking(move || {
+            let output = work(&mut spool);
+            (spool, output)
+        })
+        .await
+        .expect("spool I/O never panics");
+        self.spool = Some(spool);
+        output
+    }
+
+    /// One attempt at `entries`; what Redis took is counted and removed from them. Returns
+    /// the events that left `entries` and whether all did. A refusal stops the agent.
+    async fn try_ship(&mut self, entries: &mut Vec<Entry>) -> (u64, bool) {
+        if self.report.refused.is_some() {
+            return (0, false);
+        }
+        // Only a stop request cuts an attempt; after the end of input a slow Redis that
+        // answers is waited for (the deadline then bounds the retries, not the replay).
+        let deadline = if self.shutdown.is_cancelled() {
+            self.check_stop()
+        } else {
+            None
+        };
+        let attempt = self.target.ship(entries);
+        let (delivered, result) = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // Cut at the stop deadline; the entries may have reached Redis (at-least-once).
+                    self.target.connection = None;
+                    return (0, false);
+                }
+            },
+            None => attempt.await,
+        };
+        self.report.entries += delivered.entries;
+        self.report.events += delivered.events;
+        self.report.dead_lettered_events += delivered.dead_lettered_events;
+        self.lag_estimate += delivered.entries;
+        let left_events = delivered.events + delivered.dead_lettered_events;
+        match result {
+            Ok(()) => (left_events, true),
+            Err(failure) => {
+                if failure.failure == Failure::Refused {
+                    self.refuse(&failure);
+                }
+                (left_events, false)
+            }
+        }
+    }
+
+    /// Redis refused for good: say what, and stop the agent.
+    fn refuse(&mut self, failure: &ShipError) {
+        let message = failure.describe();
+        error!(redis_url = %errors::redact_url(&self.target.redis_url), "{message}; stopping");
+        self.report.refused = Some(message);
+        self.shutdown.cancel();
+    }
+
     /// Ships `batch` directly when nothing waits in the spool and Redis is up, else spools it.
-    async fn accept(&mut self, mut batch: Batch, shutdown: &CancellationToken, stop_deadline: Option<Instant>) {
+    async fn accept(&mut self, mut batch: Batch) {
         if batch.entries.is_empty() {
-            batch.settle(Settled::Stored);
+            self.settle(&mut batch, Settled::Stored);
             return;
         }
         let redis_may_be_up = self.target.retry_at.is_none_or(|at| Instant::now() >= at);
-        if !self.has_backlog()
-            && redis_may_be_up
-            && self.consumers_keep_up().await
-            && self.target.ship(&batch.entries).await.is_ok()
-        {
-            self.shipped(batch.entries.len() as u64, batch.event_count);
-            self.set_backpressure(false);
-            batch.settle(Settled::Stored);
-            return;
+        if !self.has_backlog() && redis_may_be_up && self.report.refused.is_none() && self.consumers_keep_up().await {
+            let (left_events, all) = self.try_ship(&mut batch.entries).await;
+            batch.event_count -= left_events;
+            if all {
+                self.set_backpressure(false);
+                self.settle(&mut batch, Settled::Stored);
+                return;
+            }
         }
-        self.spool_batch(batch, shutdown, stop_deadline).await;
+        self.spool_batch(batch).await;
     }
 
-    async fn spool_batch(&mut self, mut batch: Batch, shutdown: &CancellationToken, stop_deadline: Option<Instant>) {
+    /// Writes `batch` to the spool. When the spool cannot take it (byte limit, or the disk),
+    /// `drop_newest` drops it; `block` keeps it in hand and replays the backlog until it
+    /// fits, so it never overtakes a spooled batch.
+    async fn spool_batch(&mut self, mut batch: Batch) {
         let record_bytes = Spool::record_bytes(&batch);
         let mut warned_full = false;
         loop {
-            let (spool, when_full) = self.spool.as_mut().expect("spooled mode");
-            let when_full = *when_full;
-            if spool.has_room(record_bytes) {
-                match spool.append(&batch) {
+            if self.spool.as_ref().expect("spooled mode").has_room(record_bytes) {
+                let (returned, appended) = self
+                    .on_spool(move |spool| {
+                        let appended = spool.append(&batch);
+                        (batch, appended)
+                    })
+                    .await;
+                batch = returned;
+                match appended {
                     Ok(_) => {
-                        self.backpressure.store(false, Ordering::Relaxed);
+                        if self.spool_write_failing {
+                            self.spool_write_failing = false;
+                            info!("the spool takes batches again");
+                        }
+                        self.set_backpressure(false);
                         self.report.spooled_events += batch.event_count;
                         if self.last_sync.elapsed() >= SPOOL_SYNC_INTERVAL {
                             self.last_sync = Instant::now();
-                            if let Err(error) = spool.sync() {
+                            if let Err(error) = self.on_spool(|spool| spool.sync()).await {
                                 error!(error = %error, "cannot sync the spool");
                             }
                         }
-                        batch.settle(Settled::Stored);
+                        self.settle(&mut batch, Settled::Stored);
+                        return;
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
+                        warn!(error = %error, "batch too large for the spool: shipped once the spool is replayed");
+                        self.ship_behind_backlog(batch).await;
                         return;
                     }
                     Err(error) => {
-                        // Disk trouble: hold the batch in memory and keep trying Redis.
-                        error!(error = %error, "cannot write to the spool, holding the batch in memory");
-                        let timeout = stop_deadline.map_or(Duration::from_secs(3600 * 24 * 365), |deadline| {
-                            deadline.saturating_duration_since(Instant::now())
-                        });
-                        if self.ship_with_retry(&batch, shutdown, timeout).await {
-                            self.shipped(batch.entries.len() as u64, batch.event_count);
-                            self.set_backpressure(false);
-                            batch.settle(Settled::Stored);
-                        } else {
-                            self.report.unsent_events += batch.event_count;
-                            batch.settle(Settled::Unsent);
+                        if !self.spool_write_failing {
+                            self.spool_write_failing = true;
+                            error!(error = %error, "cannot write to the spool, the batch stays in memory (undone, not stored)");
                         }
-                        return;
                     }
                 }
             }
-            match when_full {
+            match self.when_full {
                 WhenFull::DropNewest => {
                     if self.report.dropped_events == 0 || self.report.dropped_events % 100_000 < batch.event_count {
                         warn!(
                             dropped_events = self.report.dropped_events + batch.event_count,
-                            "spool full: dropping the newest events (when_full = drop_newest)"
+                            "spool full (size limit or disk): dropping the newest events (when_full = drop_newest)"
                         );
                     }
                     self.report.dropped_events += batch.event_count;
-                    batch.settle(Settled::Dropped);
+                    self.settle(&mut batch, Settled::Dropped);
                     return;
                 }
                 WhenFull::Block => {
                     self.set_backpressure(true);
                     if !warned_full {
-                        warn!("spool full: sources wait until the spool is replayed (when_full = block)");
+                        warn!(
+                            "spool full (size limit or disk): sources wait until the spool is replayed (when_full = block)"
+                        );
                         warned_full = true;
                     }
-                    if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    if self.stop_deadline_passed() || self.report.refused.is_some() {
                         self.report.unsent_events += batch.event_count;
-                        batch.settle(Settled::Unsent);
+                        self.settle(&mut batch, Settled::Unsent);
                         return;
                     }
-                    if let Replay::NotBefore(at) = self.replay_one().await {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(at) => {}
-                            _ = shutdown.cancelled(), if stop_deadline.is_none() => {}
+                    match self.replay_one().await {
+                        Replay::Shipped => {}
+                        Replay::Empty => {
+                            // Nothing spooled to keep ahead of it (the disk is full of
+                            // other files): send it directly, else retry the write later.
+                            let (left_events, all) = self.try_ship(&mut batch.entries).await;
+                            batch.event_count -= left_events;
+                            if all {
+                                self.set_backpressure(false);
+                                self.settle(&mut batch, Settled::Stored);
+                                return;
+                            }
+                            let retry_at = self
+                                .target
+                                .retry_at
+                                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+                            self.pause_until(retry_at).await;
                         }
+                        Replay::NotBefore(at) => self.pause_until(at).await,
                     }
                 }
             }
         }
     }
 
-    /// Ships the oldest spooled record, if Redis and the consumers allow.
+    /// Ships a batch the spool cannot hold, after everything spooled before it.
+    async fn ship_behind_backlog(&mut self, mut batch: Batch) {
+        while self.has_backlog() {
+            if self.stop_deadline_passed() || self.report.refused.is_some() {
+                self.report.unsent_events += batch.event_count;
+                self.settle(&mut batch, Settled::Unsent);
+                return;
+            }
+            match self.replay_one().await {
+                Replay::Shipped => {}
+                Replay::Empty => break,
+                Replay::NotBefore(at) => self.pause_until(at).await,
+            }
+        }
+        if self.ship_with_retry(&mut batch).await {
+            self.set_backpressure(false);
+            self.settle(&mut batch, Settled::Stored);
+        } else {
+            self.report.unsent_events += batch.event_count;
+            self.settle(&mut batch, Settled::Unsent);
+        }
+    }
+
+    /// Ships the oldest spooled record (or what is left of it), if Redis and the consumers
+    /// allow.
     async fn replay_one(&mut self) -> Replay {
+        if self.report.refused.is_some() {
+            return Replay::NotBefore(Instant::now() + Duration::from_secs(3600));
+        }
         if let Some(at) = self.target.retry_at
             && Instant::now() < at
         {
@@ -354,40 +586,47 @@ impl Shipper {
         if !self.consumers_keep_up().await {
             return Replay::NotBefore(Instant::now() + LAG_WAIT);
         }
-        let Some((spool, _)) = self.spool.as_mut() else {
-            return Replay::Empty;
+        let mut record = match self.replay_in_hand.take() {
+            Some(record) => record,
+            None => match self.on_spool(|spool| spool.peek()).await {
+                Ok(Some(record)) => record,
+                Ok(None) => return Replay::Empty,
+                Err(error) => {
+                    error!(error = %error, "cannot read the spool");
+                    return Replay::NotBefore(Instant::now() + Duration::from_secs(1));
+                }
+            },
         };
-        let spooled = match spool.peek() {
-            Ok(Some(spooled)) => spooled,
-            Ok(None) => return Replay::Empty,
-            Err(error) => {
-                error!(error = %error, "cannot read the spool");
-                return Replay::NotBefore(Instant::now() + Duration::from_secs(1));
-            }
-        };
-        if self.target.ship(&spooled.entries).await.is_err() {
+        let (left_events, all) = self.try_ship(&mut record.entries).await;
+        record.event_count -= left_events;
+        self.report.replayed_events += left_events;
+        if !all {
+            // Kept in hand: only what Redis did not take is sent again.
+            self.replay_in_hand = Some(record);
             return Replay::NotBefore(self.target.retry_at.unwrap_or_else(Instant::now));
         }
-        let (entries, events) = (spooled.entries.len() as u64, spooled.event_count);
-        if let Err(error) = spool.consume() {
+        if let Err(error) = self.on_spool(|spool| spool.consume()).await {
             error!(error = %error, "cannot move the spool cursor");
         }
-        self.shipped(entries, events);
-        self.report.replayed_events += events;
         Replay::Shipped
     }
 
     /// False while the consumers are `max_lag` entries or more behind. The lag is read
     /// every second while they keep up, and sooner once what was shipped since could
-    /// have reached the limit; errors reading it are left to the shipping
-    /// that follows (and its backoff).
+    /// have reached the limit; outages reading it are left to the shipping that follows
+    /// (and its backoff); a refusal stops the agent.
     async fn consumers_keep_up(&mut self) -> bool {
         let estimate_reached = !self.lag_over && self.lag_estimate >= self.max_lag;
         if self.max_lag == 0 || (Instant::now() < self.next_lag_check && !estimate_reached) {
             return !self.lag_over;
         }
-        let Ok(lag) = self.target.consumer_lag().await else {
-            return true;
+        let lag = match self.target.consumer_lag().await {
+            Ok(lag) => lag,
+            Err(failure) if failure.failure == Failure::Refused => {
+                self.refuse(&failure);
+                return false;
+            }
+            Err(_) => return true,
         };
         let over = lag >= self.max_lag;
         self.lag_estimate = lag;
@@ -401,130 +640,425 @@ impl Shipper {
         !over
     }
 
-    /// Returns false only when a stop was requested and `shutdown_timeout` has passed.
-    async fn ship_with_retry(
-        &mut self,
-        batch: &Batch,
-        shutdown: &CancellationToken,
-        shutdown_timeout: Duration,
-    ) -> bool {
-        let mut give_up_at: Option<Instant> = None;
-        while self.target.ship(&batch.entries).await.is_err() {
+    /// Ships `batch` (what is left of it after each attempt), retrying with backoff.
+    /// Returns false once Redis refused, or when a stop was requested and
+    /// `shutdown_timeout` has passed.
+    async fn ship_with_retry(&mut self, batch: &mut Batch) -> bool {
+        loop {
+            let (left_events, all) = self.try_ship(&mut batch.entries).await;
+            batch.event_count -= left_events;
+            if all {
+                return true;
+            }
+            if self.report.refused.is_some() || self.stop_deadline_passed() {
+                return false;
+            }
             self.set_backpressure(true);
-            if shutdown.is_cancelled() {
-                let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + shutdown_timeout);
-                if Instant::now() >= deadline {
-                    return false;
-                }
-            }
             let retry_at = self.target.retry_at.unwrap_or_else(Instant::now);
-            tokio::select! {
-                _ = tokio::time::sleep_until(retry_at) => {}
-                // wake up at once to start the stop deadline
-                _ = shutdown.cancelled(), if give_up_at.is_none() => {}
-            }
+            self.pause_until(retry_at).await;
         }
-        true
     }
 }
 
 impl Target {
-    /// One pipelined round trip for `entries` (stream: XADD each; list: one LPUSH). A
-    /// failure drops the connection and sets the time of the next attempt (backoff).
-    async fn ship(&mut self, entries: &[Entry]) -> Result<(), RedisError> {
-        match self.ship_once(entries).await {
+    /// One pipelined round trip for `entries` (stream: XADD each; list: one LPUSH); what
+    /// Redis took is removed from `entries`. An outage drops the connection; every
+    /// failure but a refusal sets the time of the next attempt (backoff).
+    async fn ship(&mut self, entries: &mut Vec<Entry>) -> (Delivered, Result<(), ShipError>) {
+        let mut delivered = Delivered::default();
+        let result = self.ship_once(entries, &mut delivered).await;
+        match &result {
             Ok(()) => {
                 self.backoff.succeeded();
                 self.retry_at = None;
-                Ok(())
             }
-            Err(error) => {
-                self.connection = None;
-                self.retry_at = Some(Instant::now() + self.backoff.failed(&error));
-                Err(error)
+            Err(failure) => {
+                if failure.failure == Failure::Unreachable {
+                    self.connection = None;
+                }
+                if failure.failure != Failure::Refused {
+                    self.retry_at = Some(Instant::now() + self.backoff.failed(&failure.error));
+                }
             }
         }
+        (delivered, result)
     }
 
-    /// The connection, opened if there is none, and the key names.
-    async fn connect(&mut self) -> Result<(&mut Connection, &Keys), RedisError> {
+    /// The connection, opened if there is none (reading `proto-max-bulk-len` once).
+    async fn connect(&mut self) -> Result<&mut Connection, ShipError> {
         if self.connection.is_none() {
-            self.connection = Some(broker::connect(&self.redis_url).await?);
+            let mut connection = broker::connect(&self.redis_url).await.map_err(|error| {
+                ShipError::new(
+                    format!("the connection to {}", errors::redact_url(&self.redis_url)),
+                    error,
+                )
+            })?;
+            self.max_bulk_bytes = max_bulk_bytes(&mut connection).await;
+            self.connection = Some(connection);
         }
-        let connection = self.connection.as_mut().expect("connection was just set");
-        Ok((connection, &self.keys))
+        Ok(self.connection.as_mut().expect("connection was just set"))
     }
 
-    async fn ship_once(&mut self, entries: &[Entry]) -> Result<(), RedisError> {
+    async fn ship_once(&mut self, entries: &mut Vec<Entry>, delivered: &mut Delivered) -> Result<(), ShipError> {
         if entries.is_empty() {
             return Ok(()); // a batch of receipts only
         }
-        let sink = self.sink;
-        let (connection, keys) = self.connect().await?;
-        match sink {
-            Transport::Stream => {
-                let mut pipeline = redis::pipe();
-                for entry in entries {
-                    let command = pipeline
-                        .cmd("XADD")
-                        .arg(&keys.stream)
-                        .arg("*")
-                        .arg("v")
-                        .arg(ENCODING_VERSION);
-                    if entry.event_count == 1 {
-                        command.arg("event").arg(&entry.payload).ignore();
+        let key = match self.sink {
+            Transport::Stream => self.keys.stream.clone(),
+            Transport::List => self.keys.list.clone(),
+        };
+        let max_bulk_bytes = self.max_bulk_bytes;
+        let plan = plan_commands(entries, max_bulk_bytes, self.sink);
+        let mut pipeline = redis::pipe();
+        pipeline.ignore_errors(); // per-command results: resend only what failed
+        for command in &plan {
+            match &command.kind {
+                Kind::Add { payload, event_count } => {
+                    let xadd = pipeline.cmd("XADD").arg(&key).arg("*").arg("v").arg(ENCODING_VERSION);
+                    if *event_count == 1 {
+                        xadd.arg("event").arg(*payload);
                     } else {
-                        command
-                            .arg("n")
-                            .arg(entry.event_count)
-                            .arg("events")
-                            .arg(&entry.payload)
-                            .ignore();
+                        xadd.arg("n").arg(*event_count).arg("events").arg(*payload);
                     }
                 }
-                pipeline.query_async::<()>(connection).await
-            }
-            Transport::List => {
-                let mut command = redis::cmd("LPUSH");
-                command.arg(&keys.list);
-                for entry in entries {
-                    command.arg(&entry.payload);
+                Kind::Push { items } => {
+                    let lpush = pipeline.cmd("LPUSH").arg(&key);
+                    for item in items {
+                        lpush.arg(*item);
+                    }
                 }
-                command.query_async::<()>(connection).await
+                Kind::DeadLetter { payload } => {
+                    let raw = String::from_utf8_lossy(&payload[..payload.len().min(DEAD_LETTER_RAW_BYTES)]);
+                    let reason = format!(
+                        "event of {} bytes is over redis proto-max-bulk-len ({max_bulk_bytes} bytes)",
+                        payload.len()
+                    );
+                    warn!(bytes = payload.len(), max_bulk_bytes, dead_stream = %self.keys.dead, "event too large for redis, sent to the dead-letter stream");
+                    pipeline
+                        .cmd("XADD")
+                        .arg(&self.keys.dead)
+                        .arg("*")
+                        .arg("reason")
+                        .arg(reason)
+                        .arg("source")
+                        .arg(&self.agent_id)
+                        .arg("raw")
+                        .arg(raw.as_ref());
+                }
             }
+        }
+        let dead_stream = self.keys.dead.clone();
+        let what = |command: &PlannedCommand| match command.kind {
+            Kind::Add { .. } => format!("XADD on {key}"),
+            Kind::Push { .. } => format!("LPUSH on {key}"),
+            Kind::DeadLetter { .. } => format!("XADD on {dead_stream}"),
+        };
+        let whole_what = what(&plan[0]);
+        let connection = self.connect().await?;
+        let results: Vec<RedisResult<Value>> = pipeline
+            .query_async(connection)
+            .await
+            .map_err(|error| ShipError::new(whole_what.clone(), error))?;
+        let results: Vec<RedisResult<Value>> = if results.len() == plan.len() {
+            results
+        } else {
+            let mismatch = || {
+                RedisError::from(std::io::Error::other(
+                    "pipeline reply count does not match its commands",
+                ))
+            };
+            plan.iter().map(|_| Err(mismatch())).collect()
+        };
+
+        // An entry is delivered when every command made of it succeeded.
+        let mut entry_failed = vec![false; entries.len()];
+        let mut dead_lettered_of_entry = vec![0u64; entries.len()];
+        let mut first_failure: Option<ShipError> = None;
+        for (command, result) in plan.iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    if let Kind::DeadLetter { .. } = command.kind {
+                        dead_lettered_of_entry[command.owners[0]] += 1;
+                    }
+                }
+                Err(error) => {
+                    for owner in &command.owners {
+                        entry_failed[*owner] = true;
+                    }
+                    let failure = ShipError::new(what(command), error);
+                    // A refusal is reported over an outage: retrying cannot heal it.
+                    if first_failure
+                        .as_ref()
+                        .is_none_or(|first| first.failure != Failure::Refused && failure.failure == Failure::Refused)
+                    {
+                        first_failure = Some(failure);
+                    }
+                }
+            }
+        }
+        for (index, entry) in entries.iter().enumerate() {
+            if !entry_failed[index] {
+                delivered.entries += 1;
+                delivered.dead_lettered_events += dead_lettered_of_entry[index];
+                delivered.events += u64::from(entry.event_count) - dead_lettered_of_entry[index];
+            }
+        }
+        let mut index = 0;
+        entries.retain(|_| {
+            let keep = entry_failed[index];
+            index += 1;
+            keep
+        });
+        match first_failure {
+            None => Ok(()),
+            Some(failure) => Err(failure),
         }
     }
 
     /// Entries not yet delivered to the consumer group (stream; the stream length when
-    /// there is no group yet or Redis cannot tell), or the list length (list mode).
-    async fn consumer_lag(&mut self) -> Result<u64, RedisError> {
+    /// there is no group yet), or the list length (list mode). Redis's group lag is
+    /// checked against the stream and derived when it cannot be right (see [`derive_lag`]).
+    async fn consumer_lag(&mut self) -> Result<u64, ShipError> {
         let lag = self.read_lag().await;
-        if lag.is_err() {
+        if let Err(failure) = &lag
+            && failure.failure == Failure::Unreachable
+        {
             self.connection = None;
         }
         lag
     }
 
-    async fn read_lag(&mut self) -> Result<u64, RedisError> {
+    async fn read_lag(&mut self) -> Result<u64, ShipError> {
         let sink = self.sink;
-        let (connection, keys) = self.connect().await?;
+        let keys = self.keys.clone();
+        let connection = self.connect().await?;
+        let on_stream = |command: &str| format!("{command} on {}", keys.stream);
         match sink {
-            Transport::List => redis::cmd("LLEN").arg(&keys.list).query_async(connection).await,
+            Transport::List => redis::cmd("LLEN")
+                .arg(&keys.list)
+                .query_async(connection)
+                .await
+                .map_err(|error| ShipError::new(format!("LLEN on {}", keys.list), error)),
             Transport::Stream => {
-                let exists: bool = redis::cmd("EXISTS").arg(&keys.stream).query_async(connection).await?;
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&keys.stream)
+                    .query_async(connection)
+                    .await
+                    .map_err(|error| ShipError::new(on_stream("EXISTS"), error))?;
                 if !exists {
                     return Ok(0);
                 }
-                let group_lag = broker::stream::groups(connection, &keys.stream)
-                    .await?
+                let group = broker::stream::groups(connection, &keys.stream)
+                    .await
+                    .map_err(|error| ShipError::new(on_stream("XINFO GROUPS"), error))?
                     .into_iter()
-                    .find(|group| group.name == keys.group)
-                    .and_then(|group| group.lag);
-                match group_lag {
-                    Some(lag) => Ok(lag),
-                    None => redis::cmd("XLEN").arg(&keys.stream).query_async(connection).await,
+                    .find(|group| group.name == keys.group);
+                let stream: Value = redis::cmd("XINFO")
+                    .arg("STREAM")
+                    .arg(&keys.stream)
+                    .query_async(connection)
+                    .await
+                    .map_err(|error| ShipError::new(on_stream("XINFO STREAM"), error))?;
+                let fields = broker::value_pairs(&stream);
+                let field = |name: &str| fields.iter().find(|(field, _)| field == name).map(|(_, value)| *value);
+                let length = field("length").and_then(broker::value_int).unwrap_or(0).max(0) as u64;
+                let Some(group) = group else {
+                    return Ok(length);
+                };
+                let last_generated_id = field("last-generated-id")
+                    .and_then(broker::value_text)
+                    .unwrap_or_default();
+                let (lag, derived) = derive_lag(group.lag, &group.last_delivered_id, &last_generated_id, length);
+                if derived && !self.lag_derivation_logged {
+                    self.lag_derivation_logged = true;
+                    warn!(
+                        reported_lag = ?group.lag,
+                        derived_lag = lag,
+                        length,
+                        last_delivered_id = %group.last_delivered_id,
+                        last_generated_id = %last_generated_id,
+                        "redis group lag is missing or inconsistent with the stream, using one derived from the stream"
+                    );
                 }
+                Ok(lag)
             }
         }
+    }
+}
+
+/// `proto-max-bulk-len`, or Redis's default when `CONFIG GET` is refused (ACL).
+async fn max_bulk_bytes(connection: &mut Connection) -> usize {
+    let reply: RedisResult<Value> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("proto-max-bulk-len")
+        .query_async(connection)
+        .await;
+    let configured = reply.ok().and_then(|reply| {
+        broker::value_pairs(&reply)
+            .into_iter()
+            .find(|(name, _)| name == "proto-max-bulk-len")
+            .and_then(|(_, value)| broker::value_int(value))
+    });
+    match configured {
+        Some(bytes) if bytes > 0 => bytes as usize,
+        _ => DEFAULT_MAX_BULK_BYTES,
+    }
+}
+
+/// The group lag to act on. Redis's own is trusted unless it cannot be right: nothing is
+/// undelivered when the group has delivered the stream's last id (after AOF restarts Redis
+/// was seen reporting 193,701 then), and never more than the stream holds (the police
+/// trims only what every group has read). When Redis cannot tell (null), the stream length
+/// bounds it. Returns the lag and whether it was derived.
+fn derive_lag(reported: Option<u64>, last_delivered_id: &str, last_generated_id: &str, length: u64) -> (u64, bool) {
+    if last_delivered_id == last_generated_id {
+        return (0, reported != Some(0));
+    }
+    match reported {
+        None => (length, true),
+        Some(lag) if lag > length => (length, true),
+        Some(lag) => (lag, false),
+    }
+}
+
+/// One command of a pipeline and the entries (indexes) it is made of.
+#[derive(Debug, PartialEq)]
+struct PlannedCommand<'a> {
+    kind: Kind<'a>,
+    owners: Vec<usize>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Kind<'a> {
+    /// XADD of one entry (or one event of an entry too large for one bulk string).
+    Add { payload: &'a [u8], event_count: u32 },
+    /// List mode: one LPUSH of every item that fits.
+    Push { items: Vec<&'a [u8]> },
+    /// An event too large for Redis, to the dead-letter stream.
+    DeadLetter { payload: &'a [u8] },
+}
+
+/// The commands that ship `entries` without any argument over `max_bulk_bytes`: a packed
+/// entry too large is split into its events (one JSON document per line), an event too
+/// large becomes a dead letter.
+fn plan_commands(entries: &[Entry], max_bulk_bytes: usize, sink: Transport) -> Vec<PlannedCommand<'_>> {
+    let mut commands = Vec::new();
+    let mut push_items = Vec::new();
+    let mut push_owners = Vec::new();
+    // (payload, event count, owner) of every XADD or list item that fits.
+    let mut fitting: Vec<(&[u8], u32, usize)> = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        if entry.payload.len() <= max_bulk_bytes {
+            fitting.push((entry.payload.as_slice(), entry.event_count, index));
+            continue;
+        }
+        for event in entry.payload.split(|byte| *byte == b'\n') {
+            if event.len() <= max_bulk_bytes {
+                fitting.push((event, 1, index));
+            } else {
+                commands.push(PlannedCommand {
+                    kind: Kind::DeadLetter { payload: event },
+                    owners: vec![index],
+                });
+            }
+        }
+    }
+    for (payload, event_count, owner) in fitting {
+        match sink {
+            Transport::Stream => commands.push(PlannedCommand {
+                kind: Kind::Add { payload, event_count },
+                owners: vec![owner],
+            }),
+            Transport::List => {
+                push_items.push(payload);
+                push_owners.push(owner);
+            }
+        }
+    }
+    if !push_items.is_empty() {
+        commands.push(PlannedCommand {
+            kind: Kind::Push { items: push_items },
+            owners: push_owners,
+        });
+    }
+    commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(text: &str, event_count: u32) -> Entry {
+        Entry {
+            event_count,
+            payload: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_lag_is_derived_only_when_redis_cannot_be_right() {
+        assert_eq!(derive_lag(Some(5), "1-1", "1-6", 10), (5, false));
+        assert_eq!(
+            derive_lag(Some(193_701), "9-0", "9-0", 0),
+            (0, true),
+            "everything delivered"
+        );
+        assert_eq!(derive_lag(Some(0), "9-0", "9-0", 0), (0, false));
+        assert_eq!(
+            derive_lag(Some(50), "1-1", "1-6", 10),
+            (10, true),
+            "never more than the stream holds"
+        );
+        assert_eq!(derive_lag(None, "1-1", "1-6", 10), (10, true));
+    }
+
+    #[test]
+    fn nothing_over_the_bulk_limit_is_planned() {
+        let entries = vec![entry("small", 1), entry("aaaa\nbb\ncccccccc", 3), entry("dddddddd", 1)];
+        let plan = plan_commands(&entries, 5, Transport::Stream);
+        let expected = vec![
+            PlannedCommand {
+                kind: Kind::DeadLetter { payload: b"cccccccc" },
+                owners: vec![1],
+            },
+            PlannedCommand {
+                kind: Kind::DeadLetter { payload: b"dddddddd" },
+                owners: vec![2],
+            },
+            PlannedCommand {
+                kind: Kind::Add {
+                    payload: b"small",
+                    event_count: 1,
+                },
+                owners: vec![0],
+            },
+            PlannedCommand {
+                kind: Kind::Add {
+                    payload: b"aaaa",
+                    event_count: 1,
+                },
+                owners: vec![1],
+            },
+            PlannedCommand {
+                kind: Kind::Add {
+                    payload: b"bb",
+                    event_count: 1,
+                },
+                owners: vec![1],
+            },
+        ];
+        assert_eq!(plan, expected);
+
+        let plan = plan_commands(&entries, 5, Transport::List);
+        assert_eq!(plan.len(), 3, "two dead letters and one LPUSH: {plan:?}");
+        assert_eq!(
+            plan[2],
+            PlannedCommand {
+                kind: Kind::Push {
+                    items: vec![b"small", b"aaaa", b"bb"]
+                },
+                owners: vec![0, 1, 1]
+            }
+        );
     }
 }

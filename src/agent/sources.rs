@@ -216,17 +216,15 @@ pub enum SourceMessage {
 }
 
 /// Batches events until every source has ended (all senders dropped) or a stop request.
-/// Returns the count per level.
 pub async fn ship_events(
     mut messages: mpsc::Receiver<SourceMessage>,
     config: &AgentConfig,
     run_id: &str,
     batch_sender: mpsc::Sender<Batch>,
     shutdown: &CancellationToken,
-) -> [u64; Level::ALL.len()] {
+) {
     let id_prefix = format!("{}:{run_id}:", config.agent_id);
-    let mut batcher = Batcher::new(config.pack, config.batch_entries, config.linger);
-    let mut events_per_level = [0u64; Level::ALL.len()];
+    let mut batcher = Batcher::new(config.pack, config.batch_entries, config.batch_max_bytes, config.linger);
     let mut next_sequence: u64 = 0;
     let limit = config.count.unwrap_or(u64::MAX);
     loop {
@@ -273,8 +271,10 @@ pub async fn ship_events(
             event.id.push_str(&id_prefix);
             event.id.push_str(itoa::Buffer::new().format(next_sequence));
             next_sequence += 1;
-            events_per_level[event.level.index()] += 1;
-            batcher.push(|out| event.encode_into(out));
+            batcher.push(|out| {
+                event.encode_into(out);
+                event.level
+            });
             if batcher.room() == 0
                 && let Some(batch) = batcher.take()
                 && batch_sender.send(batch).await.is_err()
@@ -290,7 +290,6 @@ pub async fn ship_events(
     if let Some(batch) = batcher.take() {
         let _ = batch_sender.send(batch).await;
     }
-    events_per_level
 }
 
 /// Turns lines of the stdin and file sources into events: JSON, logfmt or plain text

@@ -11,12 +11,22 @@
 //! - a record is written with one `write` call before the batch counts as stored, so a
 //!   `kill -9` of the agent loses nothing it reported stored (an OS crash can lose the last
 //!   second: segments are synced every second and when closed)
+//! - a failed write (a full disk) is undone: the segment is truncated back to the end of
+//!   its last whole record, or, if that fails too, closed (the next record opens a new
+//!   segment). No good record ever follows a torn one in a segment; the caller keeps the
+//!   batch, which does not count as stored
+//! - the spool never takes what it cannot read back: a record over [`MAX_RECORD_BYTES`]
+//!   (or with a length that does not fit its `u32` field) is refused before anything is
+//!   written
 //! - a new process never appends to an old segment: a torn record can only be the last one
 //!   of a segment written by a process that died
 //! - a record whose length or checksum is wrong ends its segment: it is reported, the
 //!   segment is renamed `*.corrupt` for inspection, replay goes on with the next segment
 //! - the cursor moves only after a record reached Redis: a crash during replay resends
-//!   at most the record in flight (at-least-once)
+//!   at most the record in flight (at-least-once). In this process the replay position
+//!   lives in memory; a cursor file that cannot be written (a full disk) is written again
+//!   at the next move or sync, and what was replayed is never read again
+//! - every method does blocking file I/O: the shipper calls them off the runtime thread
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -26,11 +36,11 @@ use std::path::{Path, PathBuf};
 use tracing::{error, info};
 
 use super::batcher::{Batch, Entry};
-pub use crate::config::SpoolConfig;
-pub use crate::options::WhenFull;
+use crate::config::SpoolConfig;
 
-/// Largest record accepted when reading; anything longer is corruption.
-const MAX_RECORD_BYTES: u32 = 256 * 1024 * 1024;
+/// Largest record payload written or read back; a longer length read is corruption. Far
+/// above a batch (`--batch-max-bytes` is at most 64 MiB, plus one event).
+pub const MAX_RECORD_BYTES: u32 = 256 * 1024 * 1024;
 const HEADER_BYTES: u64 = 8;
 
 /// A batch read back from the spool.
@@ -42,6 +52,7 @@ pub struct Spooled {
 struct Writer {
     number: u64,
     file: File,
+    /// Bytes of whole records in the file: a failed write is truncated back to this.
     written: u64,
     synced: bool,
 }
@@ -60,12 +71,16 @@ pub struct Spool {
     segments: VecDeque<(u64, u64)>,
     writer: Option<Writer>,
     reader: Option<Reader>,
-    /// The record read by [`Spool::peek`] and not yet consumed, with its size on disk.
-    peeked: Option<(Spooled, u64)>,
+    /// Size on disk of the record handed out by [`Spool::peek`] and not yet consumed.
+    peeked_size: Option<u64>,
+    /// A cursor position not yet saved (its write failed); saved at the next move or sync.
+    unsaved_cursor: Option<(u64, u64)>,
     /// Number of the next segment; segment numbers only grow, so the cursor stays valid.
     next_number: u64,
     /// Corrupt segments found since start.
     pub corrupt_segments: u64,
+    /// Failed record writes since start (each undone; the batch stayed with the caller).
+    pub write_failures: u64,
 }
 
 fn segment_name(number: u64) -> String {
@@ -96,9 +111,11 @@ impl Spool {
             segments: segments.into(),
             writer: None,
             reader: None,
-            peeked: None,
+            peeked_size: None,
+            unsaved_cursor: None,
             next_number: 0,
             corrupt_segments: 0,
+            write_failures: 0,
         };
         let (cursor_segment, cursor_offset) = spool.read_cursor();
         spool.next_number = spool
@@ -142,10 +159,28 @@ impl Spool {
         }
     }
 
-    fn write_cursor(&self, segment: u64, offset: u64) -> io::Result<()> {
+    /// Saves the replay position. A failure is logged and remembered, not returned: the
+    /// position in memory is already right, and the next move or sync writes it again.
+    fn write_cursor(&mut self, segment: u64, offset: u64) -> io::Result<()> {
         let temporary = self.path("cursor.tmp");
-        fs::write(&temporary, format!("{segment} {offset}\n"))?;
-        fs::rename(temporary, self.path("cursor"))
+        let saved = fs::write(&temporary, format!("{segment} {offset}\n"))
+            .and_then(|()| fs::rename(&temporary, self.path("cursor")));
+        match saved {
+            Ok(()) => self.unsaved_cursor = None,
+            Err(error) => {
+                if self.unsaved_cursor.is_none() {
+                    error!(error = %error, segment, offset, "cannot save the spool cursor, retrying at the next move");
+                }
+                let _ = fs::remove_file(&temporary); // give back the space it may hold
+                self.unsaved_cursor = Some((segment, offset));
+            }
+        }
+        Ok(())
+    }
+
+    /// True while the saved cursor is behind the replay position.
+    pub fn cursor_unsaved(&self) -> bool {
+        self.unsaved_cursor.is_some()
     }
 
     fn open_reader(&mut self, number: u64, offset: u64) -> io::Result<()> {
@@ -177,19 +212,19 @@ impl Spool {
         self.segments.iter().map(|(_, size)| size).sum()
     }
 
-    /// True when every record was replayed.
+    /// True when every record was replayed (an open segment may be listed, empty: the
+    /// write that opened it failed).
     pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
+        self.bytes() == 0
     }
 
     /// Size on disk of `batch` as a record.
     pub fn record_bytes(batch: &Batch) -> u64 {
-        HEADER_BYTES
-            + batch
-                .entries
-                .iter()
-                .map(|entry| 8 + entry.payload.len() as u64)
-                .sum::<u64>()
+        Self::entries_record_bytes(&batch.entries)
+    }
+
+    fn entries_record_bytes(entries: &[Entry]) -> u64 {
+        HEADER_BYTES + entries.iter().map(|entry| 8 + entry.payload.len() as u64).sum::<u64>()
     }
 
     /// Whether `record_bytes` more fit under `max_bytes` (a record larger than the whole
@@ -198,21 +233,10 @@ impl Spool {
         self.is_empty() || self.bytes() + record_bytes <= self.max_bytes
     }
 
-    /// Appends `batch` as one record.
+    /// Appends `batch` as one record. Refuses (`InvalidInput`, nothing written) a record
+    /// that could not be read back; undoes a failed write (see the module invariants).
     pub fn append(&mut self, batch: &Batch) -> io::Result<u64> {
-        let record_bytes = Self::record_bytes(batch);
-        let mut record = Vec::with_capacity(record_bytes as usize);
-        record.extend_from_slice(&[0; HEADER_BYTES as usize]);
-        for entry in &batch.entries {
-            record.extend_from_slice(&entry.event_count.to_le_bytes());
-            record.extend_from_slice(&(entry.payload.len() as u32).to_le_bytes());
-            record.extend_from_slice(&entry.payload);
-        }
-        let payload_length = (record.len() as u64 - HEADER_BYTES) as u32;
-        let checksum = crc32fast::hash(&record[HEADER_BYTES as usize..]);
-        record[0..4].copy_from_slice(&payload_length.to_le_bytes());
-        record[4..8].copy_from_slice(&checksum.to_le_bytes());
-
+        let record = encode_record(&batch.entries)?;
         if self
             .writer
             .as_ref()
@@ -221,7 +245,15 @@ impl Spool {
             self.roll_segment()?;
         }
         let writer = self.writer.as_mut().expect("a segment is open");
-        writer.file.write_all(&record)?;
+        if let Err(write_error) = writer.file.write_all(&record) {
+            self.write_failures += 1;
+            // Cut the torn bytes off, so that later records do not follow a torn one.
+            if let Err(truncate_error) = writer.file.set_len(writer.written) {
+                error!(error = %truncate_error, segment = %segment_name(writer.number), "cannot undo a failed spool write, closing the segment");
+                self.writer = None; // readers stop at the torn tail; later records go to a new segment
+            }
+            return Err(write_error);
+        }
         writer.written += record.len() as u64;
         writer.synced = false;
         let back = self.segments.back_mut().expect("the open segment is listed");
@@ -252,8 +284,12 @@ impl Spool {
         Ok(())
     }
 
-    /// Flushes the open segment to the disk (called every second and when closing).
+    /// Flushes the open segment to the disk (called every second and when closing), and
+    /// saves a cursor whose last write failed.
     pub fn sync(&mut self) -> io::Result<()> {
+        if let Some((segment, offset)) = self.unsaved_cursor {
+            self.write_cursor(segment, offset)?;
+        }
         if let Some(writer) = self.writer.as_mut()
             && !writer.synced
         {
@@ -263,17 +299,25 @@ impl Spool {
         Ok(())
     }
 
-    /// The oldest record not yet replayed. Corrupt records are reported and skipped with
-    /// the rest of their segment.
-    pub fn peek(&mut self) -> io::Result<Option<&Spooled>> {
-        while self.peeked.is_none() {
+    /// The oldest record not yet replayed, handed over until [`Spool::consume`] marks it
+    /// replayed (called again before that, it reads the same record again). Corrupt records
+    /// are reported and skipped with the rest of their segment.
+    pub fn peek(&mut self) -> io::Result<Option<Spooled>> {
+        if self.peeked_size.take().is_some() {
+            let reader = self.reader.as_mut().expect("a peeked record has a reader");
+            reader.file.seek(SeekFrom::Start(reader.offset))?;
+        }
+        loop {
             let Some(reader) = self.reader.as_mut() else {
                 return Ok(None);
             };
             let number = reader.number;
             let is_open_segment = self.writer.as_ref().is_some_and(|writer| writer.number == number);
             match read_record(reader)? {
-                RecordRead::Record(spooled, size) => self.peeked = Some((spooled, size)),
+                RecordRead::Record(spooled, size) => {
+                    self.peeked_size = Some(size);
+                    return Ok(Some(spooled));
+                }
                 RecordRead::End if is_open_segment => return Ok(None),
                 RecordRead::End => self.finish_segment()?,
                 RecordRead::Corrupt(problem) => {
@@ -295,7 +339,6 @@ impl Spool {
                 }
             }
         }
-        Ok(self.peeked.as_ref().map(|(spooled, _)| spooled))
     }
 
     /// Drops the current reader's segment and moves to the next one.
@@ -313,7 +356,7 @@ impl Spool {
 
     /// Marks the record returned by [`Spool::peek`] as replayed.
     pub fn consume(&mut self) -> io::Result<()> {
-        let Some((_, size)) = self.peeked.take() else {
+        let Some(size) = self.peeked_size.take() else {
             return Ok(());
         };
         let reader = self.reader.as_mut().expect("a peeked record has a reader");
@@ -328,6 +371,34 @@ impl Spool {
         }
         self.write_cursor(number, offset)
     }
+}
+
+/// `[length][CRC-32][payload]`, the payload `[count][length][bytes]` per entry; refused
+/// when a length does not fit or the payload is over [`MAX_RECORD_BYTES`].
+fn encode_record(entries: &[Entry]) -> io::Result<Vec<u8>> {
+    let record_bytes = Spool::entries_record_bytes(entries);
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a record of {record_bytes} bytes is over the spool's limit of {MAX_RECORD_BYTES}"),
+        )
+    };
+    let payload_length = u32::try_from(record_bytes - HEADER_BYTES).map_err(|_| too_large())?;
+    if payload_length > MAX_RECORD_BYTES {
+        return Err(too_large());
+    }
+    let mut record = Vec::with_capacity(record_bytes as usize);
+    record.extend_from_slice(&payload_length.to_le_bytes());
+    record.extend_from_slice(&[0; 4]); // the checksum, once the payload is written
+    for entry in entries {
+        let entry_length = u32::try_from(entry.payload.len()).map_err(|_| too_large())?;
+        record.extend_from_slice(&entry.event_count.to_le_bytes());
+        record.extend_from_slice(&entry_length.to_le_bytes());
+        record.extend_from_slice(&entry.payload);
+    }
+    let checksum = crc32fast::hash(&record[HEADER_BYTES as usize..]);
+    record[4..8].copy_from_slice(&checksum.to_le_bytes());
+    Ok(record)
 }
 
 enum RecordRead {
@@ -396,6 +467,7 @@ fn decode_payload(mut payload: &[u8]) -> Option<Spooled> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::WhenFull;
 
     fn batch(texts: &[&str]) -> Batch {
         Batch {
@@ -408,6 +480,7 @@ mod tests {
                 .collect(),
             event_count: texts.len() as u64,
             receipts: Vec::new(),
+            events_per_level: Default::default(),
         }
     }
 
@@ -423,6 +496,11 @@ mod tests {
     fn drain(spool: &mut Spool) -> Vec<String> {
         let mut payloads = Vec::new();
         while let Some(spooled) = spool.peek().unwrap() {
+            assert_eq!(
+                spool.peek().unwrap().unwrap().entries,
+                spooled.entries,
+                "a record peeked again until consumed"
+            );
             payloads.extend(
                 spooled
                     .entries
@@ -510,6 +588,58 @@ mod tests {
         assert_eq!(drain(&mut spool), ["kept"]);
         assert_eq!(spool.corrupt_segments, 1);
         assert!(spool.is_empty());
+    }
+
+    #[test]
+    fn a_record_that_could_not_be_read_back_is_refused_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        spool.append(&batch(&["before"])).unwrap();
+        // calloc'd and never touched: no memory is really used
+        let half = (MAX_RECORD_BYTES / 2) as usize + 1;
+        let oversized = Batch {
+            entries: (0..2)
+                .map(|_| Entry {
+                    event_count: 1,
+                    payload: vec![0; half],
+                })
+                .collect(),
+            event_count: 2,
+            receipts: Vec::new(),
+            events_per_level: Default::default(),
+        };
+        let refused = spool.append(&oversized).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidInput, "{refused}");
+        spool.append(&batch(&["after"])).unwrap();
+        assert_eq!(drain(&mut spool), ["before", "after"]);
+        assert_eq!(spool.corrupt_segments, 0);
+    }
+
+    #[test]
+    fn a_cursor_that_cannot_be_saved_is_saved_later_and_never_replays_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        for text in ["a", "b", "c"] {
+            spool.append(&batch(&[text])).unwrap();
+        }
+        // A directory where the cursor's temporary file goes: every cursor write fails.
+        fs::create_dir(dir.path().join("cursor.tmp")).unwrap();
+        assert_eq!(spool.peek().unwrap().unwrap().entries[0].payload, b"a");
+        spool.consume().unwrap();
+        assert!(spool.cursor_unsaved());
+        assert_eq!(
+            spool.peek().unwrap().unwrap().entries[0].payload,
+            b"b",
+            "what was replayed is not read again"
+        );
+        spool.consume().unwrap();
+
+        fs::remove_dir(dir.path().join("cursor.tmp")).unwrap();
+        spool.sync().unwrap();
+        assert!(!spool.cursor_unsaved());
+        drop(spool);
+        let mut spool = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(drain(&mut spool), ["c"], "the next run resumes after the saved cursor");
     }
 
     #[test]

@@ -315,7 +315,9 @@ impl Bench {
     /// syncs it, in this process: the rate of the spool's writer alone.
     fn spool_write(&self) -> anyhow::Result<SpoolWrite> {
         use crate::agent::batcher::Batcher;
-        use crate::agent::spool::{Spool, SpoolConfig, WhenFull};
+        use crate::agent::spool::Spool;
+        use crate::config::SpoolConfig;
+        use crate::options::WhenFull;
         let mut generator = crate::agent::generator::Generator::new(
             7,
             &crate::config::LevelMix::parse(crate::config::LevelMix::DEFAULT).expect("default mix"),
@@ -324,7 +326,12 @@ impl Bench {
             "bench",
             "run",
         );
-        let mut batcher = Batcher::new(1, 256, Duration::from_secs(1));
+        let mut batcher = Batcher::new(
+            1,
+            256,
+            crate::agent::batcher::DEFAULT_BATCH_MAX_BYTES,
+            Duration::from_secs(1),
+        );
         let mut batches = Vec::new();
         for _ in 0..64 {
             while batcher.room() > 0 {

@@ -23,8 +23,8 @@ use tracing::info;
 
 use crate::broker::Backoff;
 use crate::broker::errors::{Failure, classify, redact_url};
-use crate::cli::Transport;
 use crate::config::{BrokerConfig, PoliceConfig};
+use crate::options::Transport;
 use rules::Rule;
 use settle::{Outcome, Settled};
 use sinks::LocalSinks;

@@ -272,6 +272,8 @@ pub fn curl_post(address: &str, path: &str, body: &[u8]) -> (u16, String) {
             "60",
             "-H",
             "Content-Type: application/x-ndjson",
+            "-H",
+            "Expect:", // no 100-continue for large bodies: the first status is the answer
             "--data-binary",
         ])
         .arg(format!("@{}", body_file.path().display()))
@@ -347,4 +349,60 @@ pub fn self_signed_certificate(dir: &std::path::Path) -> (std::path::PathBuf, st
         .expect("the TLS tests need the openssl command");
     assert!(status.success(), "openssl req failed");
     (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// Waits for a process to exit (180 s guards hangs); returns its status and stdout.
+pub fn exit_and_output(mut child: Child) -> (ExitStatus, String) {
+    let status = wait_with_deadline(&mut child, Duration::from_secs(180));
+    let mut output = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut output).expect("read stdout");
+    }
+    (status, output)
+}
+
+/// The file's text, empty while it does not exist.
+pub fn file_text(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits for a process and parses the JSON summary it printed; any exit status.
+pub fn status_and_summary(child: Child) -> (ExitStatus, serde_json::Value) {
+    let (status, output) = exit_and_output(child);
+    let summary = serde_json::from_str(output.trim())
+        .unwrap_or_else(|error| panic!("no JSON summary ({error}), exit {status}: {output:?}"));
+    (status, summary)
+}
+
+/// A small tmpfs mounted on a fresh directory (a disk that fills up), unmounted on drop.
+/// Mounting needs root: the test fails loudly without it rather than skip.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("temp dir for tmpfs");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "this test fills a small disk: it mounts a tmpfs and must run as root: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
 }
