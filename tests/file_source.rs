@@ -47,6 +47,27 @@ fn delivered(connection: &mut redis::Connection) -> BTreeMap<u64, u32> {
     seen
 }
 
+/// Waits until the checkpoint file holds `file` read to its current end: every line of it
+/// is stored, and nothing more will be read from it until it grows.
+fn wait_for_checkpoint_at_end(checkpoints: &Path, file: &Path) {
+    let size = std::fs::metadata(file).expect("the file exists").len();
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    wait_until(
+        &format!("{name} checkpointed at its end ({size} bytes)"),
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(checkpoints).unwrap_or_default();
+            let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            saved["files"].as_array().is_some_and(|files| {
+                files.iter().any(|checkpoint| {
+                    checkpoint["path"].as_str().is_some_and(|path| path.ends_with(&name))
+                        && checkpoint["offset"].as_u64() == Some(size)
+                })
+            })
+        },
+    );
+}
+
 fn wait_for_lines(connection: &mut redis::Connection, expected: u64) {
     wait_until(
         &format!("{expected} lines in the stream"),
@@ -87,7 +108,7 @@ fn rotation_and_restarts_deliver_every_line_exactly_once() {
     wait_for_lines(&mut connection, 2400);
 
     // kill -9 once the checkpoint of what was shipped is saved (it is saved every second).
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_for_checkpoint_at_end(&dir.path().join("checkpoints.json"), &log);
     let mut agent = agent;
     agent.kill().unwrap();
     agent.wait().unwrap();
@@ -99,7 +120,8 @@ fn rotation_and_restarts_deliver_every_line_exactly_once() {
     append_lines(&log, 2500..2800);
     let agent = spawn_file_agent(&url, dir.path());
     wait_for_lines(&mut connection, 2700); // 2400..2500 are gone, see below
-    std::thread::sleep(Duration::from_millis(1500)); // room for a wrong duplicate to show up
+    // Everything the agent will read is read and stored: a wrong duplicate would be in.
+    wait_for_checkpoint_at_end(&dir.path().join("checkpoints.json"), &log);
     stop_gracefully(agent);
 
     let seen = delivered(&mut connection);
@@ -197,7 +219,8 @@ fn read_from_end_ships_only_new_lines_and_new_files_from_their_start() {
     wait_until("eight lines", Duration::from_secs(30), || {
         stream_length(&mut connection) >= 8
     });
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_checkpoint_at_end(&checkpoints, &old);
+    wait_for_checkpoint_at_end(&checkpoints, &dir.path().join("new.log"));
     stop_gracefully(agent);
     let seen: Vec<u64> = delivered(&mut connection).into_keys().collect();
     assert_eq!(seen, [10, 11, 12, 13, 14, 100, 101, 102]);

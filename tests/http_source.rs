@@ -81,7 +81,17 @@ fn backpressure_answers_503_then_everything_is_stored_once_the_police_catches_up
     let url = redis.url();
     let mut connection = redis.connection();
     let address = free_address();
-    let agent = spawn_http_agent(&url, &address, &["--max-lag", "1000"]);
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_file = log_dir.path().join("agent.log");
+    let agent = spawn_agent_logging(
+        &url,
+        "web",
+        &["--source", "http", "--http-listen", &address, "--max-lag", "1000"],
+        &log_file,
+    );
+    wait_until("the HTTP source to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(&address).is_ok()
+    });
 
     let (status, _) = curl_post(&address, "/ingest", "{\"message\":\"m\"}\n".repeat(1000).as_bytes());
     assert_eq!(status, 202);
@@ -95,7 +105,11 @@ fn backpressure_answers_503_then_everything_is_stored_once_the_police_catches_up
             "{\"message\":\"m\"}\n".repeat(20_000).as_bytes(),
         )
     });
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until(
+        "the agent holds the big request's batches",
+        Duration::from_secs(30),
+        || log_lines_with(&log_file, "holding batches") > 0,
+    );
     let (status, response) = curl_post(&address, "/ingest", b"{\"message\":\"one more\"}\n");
     assert_eq!(status, 503, "{response}");
     assert!(response.to_ascii_lowercase().contains("retry-after: 1"), "{response}");
