@@ -8,7 +8,8 @@
 //!   shapes, parsing of raw lines (JSON, logfmt, plain text)
 //! - [`broker`]: Redis connections and backoff, key names, stream and list commands, Lua scripts
 //! - [`agent`]: sources (synthetic generator, files, HTTP, stdin, syslog; TLS for the
-//!   listeners) → batcher → shipper, with backpressure and the disk spool
+//!   listeners) → batcher → shipper (what to send when) → target (the Redis wire side),
+//!   with backpressure and the disk spool
 //! - [`police`]: consumer group loop, list-mode loop, rules, alerts, local alert sinks
 //! - [`status`]: stream, group, consumer, lag and dead-letter figures
 //! - [`local_redis`]: a private `redis-server` on a free loopback port (demo and tests)

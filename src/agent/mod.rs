@@ -18,6 +18,7 @@ pub mod sources;
 pub mod spool;
 pub mod stdin;
 pub mod syslog;
+pub mod target;
 pub mod tls;
 
 use std::time::Duration;
