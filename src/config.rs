@@ -29,6 +29,8 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
     #[error("invalid config file {path}: {problem}")]
     File { path: PathBuf, problem: String },
+    #[error("invalid config: {key}: {problem}")]
+    Option { key: String, problem: String },
 }
 
 /// Largest alert dedup ttl, in seconds (ten years).
@@ -121,16 +123,23 @@ impl FileConfig {
             merged.insert(key.clone(), value.clone());
         }
         serde_path_to_error::deserialize(Value::Object(merged)).map_err(|error| {
-            let key = error.path().to_string();
+            let field = error.path().to_string();
+            let from_the_file = from_file.contains_key(field.split('.').next().unwrap_or(&field));
             let problem = redact_credentials(&error.into_inner().to_string());
-            let key = if section.is_empty() {
-                key
-            } else {
-                format!("{section}.{key}")
-            };
-            ConfigError::File {
-                path: self.path.clone().unwrap_or_default(),
-                problem: format!("{key}: {problem}"),
+            match &self.path {
+                Some(path) if from_the_file => {
+                    let key = if section.is_empty() {
+                        field
+                    } else {
+                        format!("{section}.{field}")
+                    };
+                    ConfigError::File {
+                        path: path.clone(),
+                        problem: format!("{key}: {problem}"),
+                    }
+                }
+                // the value came from a flag or a variable
+                _ => ConfigError::Option { key: field, problem },
             }
         })
     }
@@ -156,6 +165,11 @@ fn canonical_id(key: &str) -> String {
 /// `text` with the password of every `scheme://user:password@` (or `scheme://password@`) in
 /// it replaced by `***`, for messages that may quote a URL or a line of the config file.
 pub fn redact_credentials(text: &str) -> String {
+    static QUERY_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"([?&](?:pass|password)=)[^&\s"'*]+"#).expect("the query password pattern is valid")
+    });
+    let text = QUERY_PASSWORD.replace_all(text, "${1}***");
+    let text = text.as_ref();
     static CREDENTIALS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r#"://(?:([^:@/\s"']*):)?[^@/\s"']+@"#).expect("the credentials pattern is valid")
     });
@@ -714,6 +728,10 @@ mod tests {
         );
         assert_eq!(redact_credentials("\"rediss://:secret@h\""), "\"rediss://:***@h\"");
         assert_eq!(redact_credentials("redis://secret@h"), "redis://***@h");
+        assert_eq!(
+            redact_credentials("at unix:///tmp/s?pass=secret refused, pass=*** kept"),
+            "at unix:///tmp/s?pass=*** refused, pass=*** kept"
+        );
         assert_eq!(
             redact_credentials("redis://h:6379 and no@password"),
             "redis://h:6379 and no@password"

@@ -62,12 +62,25 @@ pub enum WhenFull {
 fn parse_duration(text: &str, bare_unit: Duration) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(count) = text.parse::<u64>() {
-        return bare_unit
-            .checked_mul(u32::try_from(count).map_err(|_| format!("{text} is too large"))?)
-            .ok_or_else(|| format!("{text} is too large"));
+        return Ok(bare_count(count, bare_unit));
+    }
+    // Whole milliseconds, as the merge writes them, however many (humantime stops at about
+    // 584 years; the range check that follows names the option).
+    if let Some(millis) = text.strip_suffix("ms").and_then(|count| count.parse::<u64>().ok()) {
+        return Ok(Duration::from_millis(millis));
     }
     humantime::parse_duration(text)
         .map_err(|error| format!("{text:?} is not a duration like 500ms, 30s or 5m: {error}"))
+}
+
+/// `count` of `bare_unit` (a millisecond or a second), saturating instead of overflowing:
+/// the range check that follows names the option.
+fn bare_count(count: u64, bare_unit: Duration) -> Duration {
+    if bare_unit >= Duration::from_secs(1) {
+        Duration::from_secs(count.saturating_mul(bare_unit.as_secs()))
+    } else {
+        Duration::from_millis(count.saturating_mul(bare_unit.as_millis() as u64))
+    }
 }
 
 macro_rules! duration_type {
@@ -90,16 +103,19 @@ macro_rules! duration_type {
         }
 
         impl Serialize for $name {
+            // Lossless for every value the parser gives, so that the merge of flags and file
+            // (a round trip through serde) keeps what clap read.
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(&format!("{}ms", self.0.as_millis()))
+                let millis = u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX);
+                serializer.serialize_str(&format!("{millis}ms"))
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                match NumberOrText::deserialize(deserializer)? {
-                    NumberOrText::Number(count) => parse_duration(&count.to_string(), $bare_unit),
-                    NumberOrText::Text(text) => parse_duration(&text, $bare_unit),
+                match deserializer.deserialize_any(NumberOrText("a duration like \"30s\" or a whole number"))? {
+                    NumberOrTextValue::Number(count) => Ok(bare_count(count, $bare_unit)),
+                    NumberOrTextValue::Text(text) => parse_duration(&text, $bare_unit),
                 }
                 .map($name)
                 .map_err(serde::de::Error::custom)
@@ -142,18 +158,42 @@ impl Serialize for Size {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match NumberOrText::deserialize(deserializer)? {
-            NumberOrText::Number(bytes) => Ok(Size(bytes)),
-            NumberOrText::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        match deserializer.deserialize_any(NumberOrText("a size like \"64KiB\" or a number of bytes"))? {
+            NumberOrTextValue::Number(bytes) => Ok(Size(bytes)),
+            NumberOrTextValue::Text(text) => text.parse().map_err(serde::de::Error::custom),
         }
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumberOrText {
+/// A whole number or a string, read with a message saying what was expected (an untagged
+/// enum would only say that nothing matched).
+struct NumberOrText(&'static str);
+
+enum NumberOrTextValue {
     Number(u64),
     Text(String),
+}
+
+impl serde::de::Visitor<'_> for NumberOrText {
+    type Value = NumberOrTextValue;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.0)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<NumberOrTextValue, E> {
+        Ok(NumberOrTextValue::Number(value))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<NumberOrTextValue, E> {
+        u64::try_from(value)
+            .map(NumberOrTextValue::Number)
+            .map_err(|_| E::custom(format!("{value} is negative; expected {}", self.0)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<NumberOrTextValue, E> {
+        Ok(NumberOrTextValue::Text(value.to_string()))
+    }
 }
 
 /// `key = "a"` or `key = ["a", "b"]` in the config file; a list on the command line.
@@ -186,7 +226,16 @@ mod tests {
         assert_eq!("90".parse::<DurationS>().unwrap().0, Duration::from_secs(90));
         assert_eq!("1d".parse::<DurationS>().unwrap().0, Duration::from_secs(86_400));
         assert!("soon".parse::<DurationMs>().unwrap_err().contains("not a duration"));
-        assert!("18446744073709551615".parse::<DurationMs>().is_err());
+        let huge: DurationMs = "18446744073709551615".parse().unwrap();
+        assert_eq!(
+            huge.0,
+            Duration::from_millis(u64::MAX),
+            "saturates; the range check names the option"
+        );
+        let round_trip: DurationMs = serde_json::from_value(serde_json::to_value(huge).unwrap()).unwrap();
+        assert_eq!(round_trip, huge, "the merge keeps huge values");
+        let negative = serde_json::from_str::<DurationMs>("-5").unwrap_err().to_string();
+        assert!(negative.contains("negative"), "{negative}");
         let from_file: DurationMs = serde_json::from_str("2500").unwrap();
         assert_eq!(from_file.0, Duration::from_millis(2500));
         let round_trip: DurationMs = serde_json::from_value(serde_json::to_value(from_file).unwrap()).unwrap();

@@ -11,5 +11,9 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (stderr a closed pipe) is dropped: reporting it
+        // would `eprintln!` to the same stderr and panic, killing the task that logged, the
+        // signal handler among them, and a stop request would then be ignored.
+        .log_internal_errors(false)
         .init();
 }

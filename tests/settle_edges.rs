@@ -444,3 +444,32 @@ fn the_same_foreign_message_pushed_twice_to_a_list_alerts_twice() {
     assert_ne!(alerts[0].1["id"], alerts[1].1["id"], "each alert has an id of its own");
     stop_gracefully(police);
 }
+
+/// A log reader that went away (a closed stderr pipe) must not make the police deaf to a
+/// stop request: a log line that cannot be written is dropped, not a panic.
+#[test]
+fn a_police_whose_log_pipe_is_closed_still_stops_on_sigterm() {
+    let redis = TestRedis::start(&[]);
+    let mut connection = redis.connection();
+    let mut police = logsentinel(&redis.url())
+        .args(["police", "--consumer", "p1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(police.stdout.take());
+    drop(police.stderr.take());
+    wait_until("the police joined the group", Duration::from_secs(20), || {
+        redis::cmd("XINFO")
+            .arg(&["CONSUMERS", "logsentinel:logs", "police"])
+            .query::<Vec<redis::Value>>(&mut connection)
+            .is_ok_and(|consumers| !consumers.is_empty())
+    });
+    write_entries(&mut connection, 20); // alerts to print on a closed stdout, too
+    sigterm(&police);
+    let status = wait_with_deadline(&mut police, Duration::from_secs(20));
+    assert!(
+        status.code().is_some(),
+        "the police exits after a stop request: {status}"
+    );
+}

@@ -154,10 +154,12 @@ impl Shipper {
             self.run_in_memory(&mut batches).await;
         }
         if self.report.unsent_events > 0 {
-            error!(
-                unsent_events = self.report.unsent_events,
+            let why = if self.report.refused.is_some() {
+                "events not delivered: redis refused them"
+            } else {
                 "events not delivered: redis did not take them before the stop deadline"
-            );
+            };
+            error!(unsent_events = self.report.unsent_events, "{why}");
         }
         if self.spool.is_some() {
             if let Err(error) = self.on_spool(|spool| spool.sync()).await {

@@ -54,8 +54,11 @@ pub fn classify(error: &RedisError) -> Failure {
     }
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages: the `user:password@` part and a
+/// `?pass=` / `?password=` query parameter (unix socket URLs).
 pub fn redact_url(url: &str) -> String {
+    let url = redact_query_password(url);
+    let url = url.as_str();
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
@@ -66,6 +69,20 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+fn redact_query_password(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|parameter| match parameter.split_once('=') {
+            Some((name, _)) if name == "pass" || name == "password" => format!("{name}=***"),
+            _ => parameter.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", parameters.join("&"))
 }
 
 #[cfg(test)]
@@ -109,5 +126,9 @@ mod tests {
         assert_eq!(redact_url("redis://:secret@host"), "redis://:***@host");
         assert_eq!(redact_url("redis://secret@host"), "redis://***@host");
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=secret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
     }
 }

@@ -195,6 +195,14 @@ pub fn decode_entry_within(
             raw: fields_as_json(fields),
         })
     };
+    // A field named twice would be read once and the other value lost without a trace.
+    if let Some(repeated) = ["v", "n", "event", "events"]
+        .into_iter()
+        .find(|name| fields.iter().filter(|(key, _)| key == name).count() > 1)
+    {
+        reject_whole(&mut decoded, format!("entry has the field {repeated:?} more than once"));
+        return decoded;
+    }
     match field("v") {
         Some(version) if version == ENCODING_VERSION => match (field("event"), field("events")) {
             (Some(_), Some(_)) => reject_whole(&mut decoded, "entry v=1 has both an event and an events field".into()),
@@ -458,6 +466,20 @@ mod tests {
             "entry v=1 has both an event and an events field"
         );
         assert_eq!(decoded.rejected[0].raw, fields_as_json(&fields));
+    }
+
+    #[test]
+    fn an_entry_naming_a_field_twice_is_rejected_whole() {
+        let first = sample("a:1:0", Level::Critical);
+        let second = sample("a:1:1", Level::Critical);
+        let fields = pairs(&[("v", "1"), ("event", &first.to_json()), ("event", &second.to_json())]);
+        let decoded = decode_entry("1-0", &fields, Level::Trace);
+        assert!(decoded.events.is_empty(), "neither event is half-read");
+        assert_eq!(decoded.rejected.len(), 1);
+        assert_eq!(
+            decoded.rejected[0].reason,
+            "entry has the field \"event\" more than once"
+        );
     }
 
     #[test]
