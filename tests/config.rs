@@ -211,9 +211,9 @@ fn out_of_range_numbers_exit_2_and_name_the_key() {
         assert_eq!(code, 2, "{args:?}: {stderr}");
         // numbers: the validation names the key; durations: clap names the flag, whose
         // spelling with `_` is the key
-        let expected = format!("invalid config: {key}: {HUGE} is not between");
+        let named = stderr.contains(&format!("invalid config: {key}: ")) && stderr.contains("is not between");
         let flag_named = stderr.contains(&format!("invalid value '{HUGE}' for '--{}", key.replace('_', "-")));
-        assert!(stderr.contains(&expected) || flag_named, "{args:?}: {stderr}");
+        assert!(named || flag_named, "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
