@@ -323,3 +323,42 @@ fn https_with_tls_cert_and_key() {
     stop_gracefully(agent);
     assert_eq!(stream_messages(&mut connection), ["over tls"]);
 }
+
+/// Clients that open connections and never finish a request (slowloris) hold at most the
+/// connection cap; the rest wait in the kernel's queue, and the agent's descriptors stay
+/// bounded. Once they go, requests are served again.
+#[test]
+fn idle_connections_are_capped_and_do_not_exhaust_the_agent() {
+    use std::io::Write;
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let address = free_address();
+    let agent = spawn_http_agent(&url, &address, &[]);
+    let open_fds = || std::fs::read_dir(format!("/proc/{}/fd", agent.id())).unwrap().count();
+    let before = open_fds();
+    // 256 taken, the rest within the listen backlog (more would wait for a SYN retry)
+    let held: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            stream.write_all(b"POST /ingest HTTP/1.1\r\nHost: x\r\nX-a: ").unwrap();
+            stream
+        })
+        .collect();
+    wait_until(
+        "the agent took connections up to its cap",
+        Duration::from_secs(20),
+        || open_fds() >= before + 256,
+    );
+    let during = open_fds();
+    assert!(
+        during <= before + 256 + 8,
+        "{during} descriptors open (started with {before})"
+    );
+    drop(held);
+    wait_until("the held connections closed", Duration::from_secs(20), || {
+        open_fds() <= before + 8
+    });
+    let (status, response) = curl_post(&address, "/ingest", b"{\"message\":\"after\"}\n");
+    assert_eq!(status, 202, "{response}");
+    stop_gracefully(agent);
+}

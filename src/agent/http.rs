@@ -170,15 +170,16 @@ pub async fn serve(listener: TcpListener, tls: Option<ServerTls>, source: HttpSo
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(source);
     info!(address = ?address, tls = tls.is_some(), "HTTP source listening");
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let served = match tls {
         None => {
-            axum::serve(listener, router)
+            axum::serve(LimitedListener::new(listener, connections), router)
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                 .await
         }
         Some(tls) => match TlsListener::spawn(listener, tls, shutdown.clone()) {
             Ok(tls_listener) => {
-                axum::serve(tls_listener, router)
+                axum::serve(LimitedListener::new(tls_listener, connections), router)
                     .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                     .await
             }
@@ -187,6 +188,85 @@ pub async fn serve(listener: TcpListener, tls: Option<ServerTls>, source: HttpSo
     };
     if let Err(error) = served {
         error!(error = %error, "HTTP source stopped");
+    }
+}
+
+/// Open HTTP connections at most. Each idle one costs a few tens of KiB and a file
+/// descriptor; past the cap new ones wait in the kernel's accept queue, so that clients
+/// holding connections open (slowloris) cannot grow the agent's memory or use up its
+/// descriptors, which its Redis connection and files need too.
+const MAX_CONNECTIONS: usize = 256;
+
+/// A listener that accepts a connection only while fewer than the semaphore's permits are
+/// open; the permit is released when the connection closes.
+struct LimitedListener<L> {
+    inner: L,
+    permits: Arc<Semaphore>,
+}
+
+impl<L> LimitedListener<L> {
+    fn new(inner: L, permits: Arc<Semaphore>) -> LimitedListener<L> {
+        LimitedListener { inner, permits }
+    }
+}
+
+impl<L: axum::serve::Listener> axum::serve::Listener for LimitedListener<L> {
+    type Io = LimitedIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection semaphore is never closed");
+        let (io, address) = self.inner.accept().await;
+        (LimitedIo { io, _permit: permit }, address)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection holding one permit of [`LimitedListener`].
+struct LimitedIo<I> {
+    io: I,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LimitedIo<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(context, buffer)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LimitedIo<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(context, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(context)
     }
 }
 
