@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::broker::errors::redact_url;
+use crate::broker::errors::{redact_credentials, redact_url};
 use crate::broker::keys::Keys;
 use crate::cli::{AgentArgs, CommonArgs, PoliceArgs};
 use crate::event::Level;
@@ -160,25 +160,6 @@ fn canonical_id(key: &str) -> String {
         }
     }
     key.to_string()
-}
-
-/// `text` with the password of every `scheme://user:password@` (or `scheme://password@`) in
-/// it replaced by `***`, for messages that may quote a URL or a line of the config file.
-pub fn redact_credentials(text: &str) -> String {
-    static QUERY_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r#"([?&](?:pass|password)=)[^&\s"'*]+"#).expect("the query password pattern is valid")
-    });
-    let text = QUERY_PASSWORD.replace_all(text, "${1}***");
-    let text = text.as_ref();
-    static CREDENTIALS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r#"://(?:([^:@/\s"']*):)?[^@/\s"']+@"#).expect("the credentials pattern is valid")
-    });
-    CREDENTIALS
-        .replace_all(text, |captures: &regex::Captures| match captures.get(1) {
-            Some(user) => format!("://{}:***@", user.as_str()),
-            None => "://***@".to_string(),
-        })
-        .into_owned()
 }
 
 /// The user of `redis://user@host` (a name, no password), which the Redis client ignores.

@@ -31,11 +31,17 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
     match run_command(cli, matches).await {
         Ok(code) => code,
         Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
-            eprintln!("logsentinel: {}", config::redact_credentials(&error.to_string()));
+            eprintln!(
+                "logsentinel: {}",
+                broker::errors::redact_credentials(&error.to_string())
+            );
             ExitCode::from(2)
         }
         Err(error) => {
-            eprintln!("logsentinel: {}", config::redact_credentials(&format!("{error:#}")));
+            eprintln!(
+                "logsentinel: {}",
+                broker::errors::redact_credentials(&format!("{error:#}"))
+            );
             ExitCode::FAILURE
         }
     }

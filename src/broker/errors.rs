@@ -71,18 +71,28 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn redact_query_password(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_string();
-    };
-    let parameters: Vec<String> = query
-        .split('&')
-        .map(|parameter| match parameter.split_once('=') {
-            Some((name, _)) if name == "pass" || name == "password" => format!("{name}=***"),
-            _ => parameter.to_string(),
+static QUERY_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r#"([?&](?:pass|password)=)[^&\s"'*]+"#).expect("the query password pattern is valid")
+});
+
+fn redact_query_password(text: &str) -> String {
+    QUERY_PASSWORD.replace_all(text, "${1}***").into_owned()
+}
+
+/// `text` with the password of every `scheme://user:password@` (or `scheme://password@`) in
+/// it replaced by `***`, for messages that may quote a URL or a line of the config file.
+pub fn redact_credentials(text: &str) -> String {
+    let text = redact_query_password(text);
+    let text = text.as_str();
+    static CREDENTIALS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"://(?:([^:@/\s"']*):)?[^@/\s"']+@"#).expect("the credentials pattern is valid")
+    });
+    CREDENTIALS
+        .replace_all(text, |captures: &regex::Captures| match captures.get(1) {
+            Some(user) => format!("://{}:***@", user.as_str()),
+            None => "://***@".to_string(),
         })
-        .collect();
-    format!("{base}?{}", parameters.join("&"))
+        .into_owned()
 }
 
 #[cfg(test)]
