@@ -360,9 +360,9 @@ pub struct StatusArgs {
 // clap prints each `default_value_t` itself: the doc comments must not repeat it.
 #[derive(Debug, Args, Default)]
 pub struct DemoArgs {
-    /// How long to run, in seconds (Ctrl-C stops earlier, cleanly)
-    #[arg(long, default_value_t = 20)]
-    pub duration: u64,
+    /// How long to run, e.g. 20s or 2m; a bare number is seconds (Ctrl-C stops earlier, cleanly)
+    #[arg(long, default_value = "20s")]
+    pub duration: DurationS,
     /// Events per second of each agent
     #[arg(long, default_value_t = 500)]
     pub rate: u64,
@@ -398,7 +398,7 @@ pub struct HealthcheckArgs {
     /// Also require this file (a police's `--health-file`), when it exists, to be fresh
     #[arg(long, env = "LOGSENTINEL_HEALTH_FILE")]
     pub health_file: Option<PathBuf>,
-    /// Oldest acceptable age of the health file, in seconds
-    #[arg(long, default_value_t = 30)]
-    pub max_age_s: u64,
+    /// Oldest acceptable age of the health file, e.g. 30s; a bare number is seconds
+    #[arg(long, alias = "max-age-s", default_value = "30s")]
+    pub max_age: DurationS,
 }

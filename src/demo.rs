@@ -66,7 +66,7 @@ pub async fn run(
         None => format!("the Redis at {}", redact_url(&url)),
     };
     eprintln!(
-        "[demo] {where_redis_is}, {AGENTS} agents at {} events/s each, {POLICE} police, {} s",
+        "[demo] {where_redis_is}, {AGENTS} agents at {} events/s each, {POLICE} police, {}",
         args.rate, args.duration
     );
 
@@ -94,7 +94,7 @@ async fn watch(
     started: Instant,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let run_for = Duration::from_secs(args.duration);
+    let run_for = args.duration.0;
     let mut previous_processed = 0;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;

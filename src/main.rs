@@ -103,7 +103,7 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
                 && let Ok(modified) = std::fs::metadata(path).and_then(|metadata| metadata.modified())
             {
                 let age = modified.elapsed().unwrap_or_default();
-                if age.as_secs() > args.max_age_s {
+                if age > args.max_age.0 {
                     anyhow::bail!(
                         "police loop stalled: health file {} is {} s old",
                         path.display(),

@@ -86,7 +86,7 @@ fn bare_count(count: u64, bare_unit: Duration) -> Duration {
 macro_rules! duration_type {
     ($name:ident, $bare_unit:expr, $bare_name:literal) => {
         #[doc = concat!("A duration in human units (`500ms`, `30s`, `5m`); a bare number is in ", $bare_name, ".")]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
         pub struct $name(pub Duration);
 
         impl FromStr for $name {

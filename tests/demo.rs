@@ -123,7 +123,7 @@ fn demo_help_prints_each_default_once() {
     let output = demo_command(&["--help"]).output().expect("run demo --help");
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{help}");
-    for default in ["[default: 20]", "[default: 500]", "[default: 1]"] {
+    for default in ["[default: 20s]", "[default: 500]", "[default: 1]"] {
         assert_eq!(help.matches(default).count(), 1, "{default} in:\n{help}");
     }
 }
