@@ -11,6 +11,8 @@
 //!   listeners) → batcher → shipper (what to send when) → target (the Redis wire side),
 //!   with backpressure and the disk spool
 //! - [`police`]: consumer group loop, list-mode loop, rules, alerts, local alert sinks
+//! - [`delivery`]: outbox readers per sink (retries, rate limit and digests, sink dead
+//!   letters) and the sinks: console, jsonl, webhook, slack, alertmanager, email
 //! - [`status`]: stream, group, consumer, lag and dead-letter figures
 //! - [`local_redis`]: a private `redis-server` on a free loopback port (demo and tests)
 //! - [`demo`]: Redis, 3 agents and 2 police in one command
@@ -23,6 +25,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod event;
 pub mod local_redis;

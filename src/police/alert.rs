@@ -1,28 +1,71 @@
-//! Alerts and their stable ids.
+//! The alert record: what the rules raise, what the outbox (the alerts stream) holds and
+//! what every sink delivers. Its JSON shape is documented in `docs/ALERTING.md`.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
 
-use super::rules::Rule;
+use serde::{Deserialize, Serialize};
+
 use crate::event::LogEvent;
 
-/// An alert raised by a rule for one event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    Firing,
+    Resolved,
+}
+
+/// One alert record. `alert_id` is stable per firing episode: a redelivered event, a second
+/// police or a lease taken over produce the same id, and the idempotency guard of the
+/// settle script writes it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// `<event id>/<rule name>`: the same event and rule always give the same id, so a
-    /// redelivered or resent event is recognised as a duplicate.
     pub alert_id: String,
     pub rule: String,
+    /// Rule type: `any`, `frequency`, `spike`, `flatline`.
+    #[serde(rename = "type")]
+    pub rule_type: String,
+    pub status: AlertStatus,
+    pub severity: String,
+    /// The `group_by` values (`<none>` where the event had no such field).
+    #[serde(default)]
+    pub group: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Matches in the episode so far (`any` without cooldown: 1).
+    pub count: u64,
+    pub first_event_time: String,
+    pub last_event_time: String,
+    /// Wall clock of the police that raised it.
     pub raised_at: String,
-    pub event: LogEvent,
+    /// Names of the sinks it is routed to.
+    pub sinks: Vec<String>,
+    /// The event that fired it; absent on records raised by the clock (flatline, spike
+    /// down, resolves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<LogEvent>,
 }
 
 impl Alert {
-    pub fn raise(rule: &Rule, event: LogEvent) -> Alert {
+    /// An alert for one event under an `any` rule without cooldown: id `<event id>/<rule>`,
+    /// so the same event and rule always give the same id.
+    pub fn for_event(rule: &str, severity: &str, sinks: &[String], event: LogEvent) -> Alert {
         Alert {
-            alert_id: format!("{}/{}", event.id, rule.name()),
-            rule: rule.name().to_string(),
+            alert_id: format!("{}/{rule}", event.id),
+            rule: rule.to_string(),
+            rule_type: "any".into(),
+            status: AlertStatus::Firing,
+            severity: severity.to_string(),
+            group: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            count: 1,
+            first_event_time: event.timestamp.clone(),
+            last_event_time: event.timestamp.clone(),
             raised_at: crate::event::now_rfc3339(),
-            event,
+            sinks: sinks.to_vec(),
+            event: Some(event),
         }
     }
 
@@ -34,15 +77,36 @@ impl Alert {
     /// line: every field comes from the logs, so control characters are escaped (a message
     /// holding `\n[ALERT] …` would otherwise print a fake alert, an ANSI escape rewrite the
     /// terminal).
+    /// `[ALERT] CRITICAL from <service>@<host> at <ts>: <message> (alert <id>)` for an alert
+    /// raised by an event, `[ALERT]`/`[RESOLVED] <severity> <rule> <group>: <summary>
+    /// (alert <id>)` otherwise; always one line: every field may come from the logs, so
+    /// control characters are escaped (a message holding `\n[ALERT] …` would otherwise
+    /// print a fake alert, an ANSI escape rewrite the terminal).
     pub fn console_line(&self) -> String {
-        let event = &self.event;
+        let tag = match self.status {
+            AlertStatus::Firing => "[ALERT]",
+            AlertStatus::Resolved => "[RESOLVED]",
+        };
+        if let (Some(event), AlertStatus::Firing) = (&self.event, self.status) {
+            return format!(
+                "{tag} {} from {}@{} at {}: {} (alert {})",
+                event.level,
+                Printable(&event.service),
+                Printable(&event.host),
+                Printable(&event.timestamp),
+                Printable(&event.message),
+                Printable(&self.alert_id)
+            );
+        }
+        let group = serde_json::to_string(&self.group).unwrap_or_default();
+        let summary = self.annotations.get("summary").map(String::as_str).unwrap_or("");
         format!(
-            "[ALERT] {} from {}@{} at {}: {} (alert {})",
-            event.level,
-            Printable(&event.service),
-            Printable(&event.host),
-            Printable(&event.timestamp),
-            Printable(&event.message),
+            "{tag} {} {} {}: {} (count {}, alert {})",
+            Printable(&self.severity),
+            Printable(&self.rule),
+            Printable(&group),
+            Printable(summary),
+            self.count,
             Printable(&self.alert_id)
         )
     }
@@ -79,20 +143,16 @@ mod tests {
     use crate::event::Level;
 
     fn alert_with(message: &str, service: &str) -> Alert {
-        Alert {
-            alert_id: "a:1:0/level>=CRITICAL".into(),
-            rule: "level>=CRITICAL".into(),
-            raised_at: "2026-11-27T10:00:00Z".into(),
-            event: LogEvent {
-                id: "a:1:0".into(),
-                timestamp: "2026-11-27T10:00:00Z".into(),
-                level: Level::Critical,
-                service: service.into(),
-                host: "web-1".into(),
-                message: message.into(),
-                extra: Default::default(),
-            },
-        }
+        let event = LogEvent {
+            id: "a:1:0".into(),
+            timestamp: "2026-11-27T10:00:00Z".into(),
+            level: Level::Critical,
+            service: service.into(),
+            host: "web-1".into(),
+            message: message.into(),
+            extra: Default::default(),
+        };
+        Alert::for_event("level>=CRITICAL", "critical", &[], event)
     }
 
     #[test]

@@ -34,9 +34,9 @@ impl Outcome {
             let mut matching = rules.iter().filter(|rule| rule.matches(&event)).peekable();
             while let Some(rule) = matching.next() {
                 if matching.peek().is_some() {
-                    alerts.push(Alert::raise(rule, event.clone()));
+                    alerts.push(Alert::for_event(rule.name(), "critical", &[], event.clone()));
                 } else {
-                    alerts.push(Alert::raise(rule, event));
+                    alerts.push(Alert::for_event(rule.name(), "critical", &[], event));
                     break;
                 }
             }

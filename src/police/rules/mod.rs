@@ -1,5 +1,7 @@
 //! Alert rules. A closed enum: `match` shows every kind of rule in one place.
 
+pub mod plan;
+
 use crate::event::{Level, LogEvent};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,1 @@
+//! One file per sink: console, jsonl, webhook, slack, alertmanager, email.
