@@ -38,6 +38,29 @@ impl Keys {
         format!("{}:seen:", self.alerts)
     }
 
+    /// Prefix of every key of the rule state (`docs/ALERTING.md`): `logsentinel:rules:`
+    /// beside the alerts stream's own prefix.
+    pub fn rules_prefix(&self) -> String {
+        let base = self.alerts.strip_suffix(":alerts").unwrap_or(&self.alerts);
+        format!("{base}:rules:")
+    }
+
+    /// Lease of the clock-driven rule work and re-sends (see [`super::lease`]).
+    pub fn rules_lease(&self) -> String {
+        format!("{}lease", self.rules_prefix())
+    }
+
+    /// Consumer group of one sink on the alerts stream.
+    pub fn sink_group(sink: &str) -> String {
+        format!("sink:{sink}")
+    }
+
+    /// Dead letters of one sink: records it could not deliver, with the last status.
+    pub fn sink_dead(&self, sink: &str) -> String {
+        let base = self.dead.strip_suffix(":dead").unwrap_or(&self.dead);
+        format!("{base}:dead:sink:{sink}")
+    }
+
     /// Liveness key of one consumer of the group; a consumer whose key exists is never
     /// removed from the group by another police.
     pub fn consumer_heartbeat(&self, consumer: &str) -> String {

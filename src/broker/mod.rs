@@ -4,6 +4,7 @@
 
 pub mod errors;
 pub mod keys;
+pub mod lease;
 pub mod list;
 pub mod scripts;
 pub mod stream;

@@ -314,3 +314,31 @@ return moved
 "#;
 
 pub static RETURN_ORPHANED_ITEMS: LazyLock<Script> = LazyLock::new(|| Script::new(RETURN_ORPHANED_ITEMS_LUA));
+
+/// Takes or renews a lease: `SET key owner NX PX ttl` if nobody holds it, `PEXPIRE` if
+/// `owner` does, nothing otherwise. Atomic so that a holder never renews a lease another
+/// process took in between (after ours expired).
+/// KEYS: lease. ARGV: owner, ttl (ms). Returns 1 if `owner` holds the lease now, else 0.
+const LEASE_LUA: &str = r#"#!lua flags=allow-oom
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+pub static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_LUA));
+
+/// Gives a lease up if `owner` holds it, so that a stopping holder hands over at once.
+/// KEYS: lease. ARGV: owner. Returns 1 if it was released.
+const RELEASE_LEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+pub static RELEASE_LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LEASE_LUA));
