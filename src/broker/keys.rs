@@ -50,6 +50,21 @@ impl Keys {
         format!("{}lease", self.rules_prefix())
     }
 
+    /// Registry of firing episodes: hash `<rule>/<gk>` → alert record (`docs/ALERTING.md`).
+    pub fn rules_active(&self) -> String {
+        format!("{}active", self.rules_prefix())
+    }
+
+    /// Registry of resolved episodes, kept 15 min for re-sends: hash `<rule>/<gk>` → record.
+    pub fn rules_resolved(&self) -> String {
+        format!("{}resolved", self.rules_prefix())
+    }
+
+    /// Lease of one sink's re-sends (Alertmanager): one police re-sends for that sink.
+    pub fn sink_lease(&self, sink: &str) -> String {
+        format!("{}lease:sink:{sink}", self.rules_prefix())
+    }
+
     /// Consumer group of one sink on the alerts stream.
     pub fn sink_group(sink: &str) -> String {
         format!("sink:{sink}")

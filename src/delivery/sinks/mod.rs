@@ -1,1 +1,2 @@
 //! One file per sink: console, jsonl, webhook, slack, alertmanager, email.
+pub mod alertmanager;
