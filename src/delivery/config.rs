@@ -97,6 +97,10 @@ pub enum SinkConfig {
         password: Option<Secret>,
         from: String,
         to: Vec<String>,
+        /// PEM file of extra root certificates trusted for the server's TLS certificate
+        /// (a private CA), beside the built-in Mozilla roots. Default: none.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
         #[serde(default)]
         max_attempts: Option<u32>,
         #[serde(default)]

@@ -1,2 +1,3 @@
 //! One file per sink: console, jsonl, webhook, slack, alertmanager, email.
 pub mod alertmanager;
+pub mod email;
