@@ -50,6 +50,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
             entries_in_hand = read_new(police, &mut connection, next_maintenance).await?;
             continue;
         }
+        police.refresh_rules();
         // New entries were delivered once so far: no delivery counts needed.
         let outcomes = evaluate(police, std::mem::take(&mut entries_in_hand), None);
         police.deliver_locally(&outcomes).await?;
