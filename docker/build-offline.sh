@@ -2,7 +2,9 @@
 # Builds every image the compose stack needs without pulling anything:
 # - logsentinel:<crate version>, logsentinel:<git commit>, logsentinel:latest, from a static
 #   binary built here (FROM scratch);
-# - logsentinel-redis:local, from the host's redis-server and redis-cli (FROM scratch).
+# - logsentinel-redis:local, from the host's redis-server and redis-cli (FROM scratch);
+# - logsentinel-alertmanager:local, from the host's prometheus-alertmanager and amtool
+#   (FROM scratch), for the compose profile "alerting".
 # Prints the image ids and sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +39,27 @@ done
 cp docker/Dockerfile.redis-local "$context/redis/Dockerfile"
 docker build -q -t logsentinel-redis:local "$context/redis" >/dev/null
 
-docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^logsentinel(-redis)?:' | sort
+echo "== alertmanager image from the host's prometheus-alertmanager"
+command -v prometheus-alertmanager >/dev/null \
+  || { echo "prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)" >&2; exit 1; }
+rootfs="$context/alertmanager/rootfs"
+mkdir -p "$rootfs/bin" "$rootfs/etc/alertmanager" "$rootfs/tmp" "$context/alertmanager/storage"
+chmod 1777 "$rootfs/tmp"
+for pair in prometheus-alertmanager:alertmanager amtool:amtool; do
+  path=$(readlink -f "$(command -v "${pair%%:*}")")
+  cp "$path" "$rootfs/bin/${pair##*:}"
+  for library in $(ldd "$path" | grep -o '/[^ ]*'); do
+    mkdir -p "$rootfs$(dirname "$library")"
+    cp -L "$library" "$rootfs$library"
+  done
+done
+# Debian's build reads its notification templates from here at start
+if [ -d /usr/share/prometheus/alertmanager ]; then
+  mkdir -p "$rootfs/usr/share/prometheus"
+  cp -r /usr/share/prometheus/alertmanager "$rootfs/usr/share/prometheus/"
+fi
+cp docker/alertmanager.yml "$rootfs/etc/alertmanager/alertmanager.yml"
+cp docker/Dockerfile.alertmanager-local "$context/alertmanager/Dockerfile"
+docker build -q -t logsentinel-alertmanager:local "$context/alertmanager" >/dev/null
+
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^logsentinel(-redis|-alertmanager)?:' | sort
