@@ -103,10 +103,14 @@ impl TestSmtp {
 
     /// The `[sinks.mail]` table for this server; the password comes from a file.
     fn sink_config(&self, password: &str) -> SinkConfig {
+        self.sink_config_with(password, "starttls")
+    }
+
+    fn sink_config_with(&self, password: &str, security: &str) -> SinkConfig {
         let password_file = self.dir.path().join("password");
         std::fs::write(&password_file, format!("{password}\n")).expect("write password file");
         let text = format!(
-            "type = \"email\"\nsmtp = \"{}\"\nusername = \"alerts\"\npassword = {{ file = \"{}\" }}\n\
+            "type = \"email\"\nsmtp = \"{}\"\nsecurity = \"{security}\"\nusername = \"alerts\"\npassword = {{ file = \"{}\" }}\n\
              from = \"LogSentinel <logsentinel@example.com>\"\nto = [\"oncall@example.com\", \"team@example.com\"]\n\
              ca_file = \"{}\"\ntimeout = \"5s\"\n",
             self.address,
@@ -343,4 +347,20 @@ async fn a_server_that_never_answers_is_a_retryable_timeout() {
         Err(SinkError::Retryable { .. }) => {}
         other => panic!("expected a retryable timeout, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_delivers_too() {
+    let smtp = TestSmtp::start(&["--implicit-tls"]);
+    let sink = EmailSink::from_config("mail", &smtp.sink_config_with("s3cret", "tls"))
+        .await
+        .expect("sink");
+    let alert = hostile_alert(AlertStatus::Firing);
+    sink.deliver(&Message::Single(&alert))
+        .await
+        .expect("delivered over TLS");
+    let message = smtp.wait_for_message(1);
+    assert_eq!(message["tls"], true);
+    assert_eq!(message["authenticated"], true);
+    assert_eq!(message["headers"]["X-LogSentinel-Alert-Id"], alert.alert_id);
 }

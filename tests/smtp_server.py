@@ -2,7 +2,7 @@
 """A real SMTP server for the email sink tests (aiosmtpd, Debian's python3-aiosmtpd).
 
 Listens on 127.0.0.1:PORT. With --cert/--key it offers STARTTLS and requires it before
-MAIL and AUTH; with --user/--password it requires AUTH (PLAIN or LOGIN) with those. Every
+MAIL and AUTH (with --implicit-tls: TLS from the first byte instead); with --user/--password it requires AUTH (PLAIN or LOGIN) with those. Every
 DATA is counted in DIR/attempts (one line per attempt); the first --fail-count of them are
 answered with --fail-code (451: try later, 550: refused), the others accepted: each accepted
 message is written to DIR as N.eml (raw) and N.json (subject, headers, plain and HTML parts
@@ -53,7 +53,8 @@ class Recorder:
             "html": html.get_content() if html is not None else None,
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
-            "tls": session.ssl is not None,
+            # STARTTLS sets session.ssl; implicit TLS shows on the transport
+            "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
             "authenticated": bool(session.authenticated),
         }
         base = os.path.join(self.out_dir, str(number))
@@ -71,6 +72,7 @@ def main():
     parser.add_argument("--dir", required=True)
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--implicit-tls", action="store_true")
     parser.add_argument("--user")
     parser.add_argument("--password")
     parser.add_argument("--fail-code", default="451")
@@ -82,7 +84,10 @@ def main():
     if args.cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.cert, args.key)
-        smtp_options.update(tls_context=context, require_starttls=True)
+        if args.implicit_tls:
+            smtp_options.update(ssl_context=context)
+        else:
+            smtp_options.update(tls_context=context, require_starttls=True)
     if args.user:
         def authenticator(server, session, envelope, mechanism, auth_data):
             ok = (
@@ -95,7 +100,8 @@ def main():
         smtp_options.update(
             authenticator=authenticator,
             auth_required=True,
-            auth_require_tls=bool(args.cert),
+            # aiosmtpd counts only STARTTLS as TLS here; implicit TLS is TLS all along
+            auth_require_tls=bool(args.cert) and not args.implicit_tls,
         )
     controller = Controller(recorder, hostname="127.0.0.1", port=args.port, **smtp_options)
     controller.start()
