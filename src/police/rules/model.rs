@@ -92,6 +92,19 @@ impl<'rules> Model<'rules> {
         }
     }
 
+    /// Starts the clock at `first_ms`: the first tick checks no window before the one
+    /// holding `first_ms` (a replay starts there; a police's clock checks the newest closed
+    /// window on its first tick instead).
+    pub fn start_clock(&mut self, first_ms: i64) {
+        for (rule_index, rule) in self.stateful.iter().enumerate() {
+            if rule.window_ms > 0 {
+                let first_window = window::window_start(first_ms, rule.window_ms);
+                self.checked_through
+                    .insert(rule_index, first_window - rule.window_ms as i64);
+            }
+        }
+    }
+
     /// The stateful rules, as the settle script receives them.
     pub fn stateful_rules(&self) -> &[StatefulRule] {
         &self.stateful
