@@ -11,6 +11,7 @@
 //! - a stop request is honoured between batches, never in the middle of one
 
 pub mod alert;
+pub mod clock;
 pub mod list_consumer;
 pub mod rules;
 pub mod settle;
@@ -45,6 +46,8 @@ pub struct Police {
     pub broker: BrokerConfig,
     pub config: PoliceConfig,
     pub rules: Vec<Rule>,
+    /// Rules with state in Redis, in the order their updates index them.
+    pub stateful_rules: Vec<rules::plan::StatefulRule>,
     /// Lowest level any rule fires at; events below it are only validated and counted.
     pub interest: crate::event::Level,
     pub sinks: LocalSinks,
@@ -97,6 +100,7 @@ impl Police {
             .unwrap_or(crate::event::Level::Emergency);
         Ok(Police {
             rules,
+            stateful_rules: Vec::new(),
             interest,
             broker,
             config,
@@ -205,6 +209,7 @@ impl Police {
             source,
             consumer: &self.config.consumer,
             alert_dedup_ttl_s: self.config.alert_dedup_ttl_s,
+            rules: &self.stateful_rules,
         }
     }
 
