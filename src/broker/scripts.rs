@@ -50,10 +50,12 @@ use redis::Script;
 /// applied in item order, one after the other, exactly as the reference model applies them;
 /// each key is read once per call (`GET`, `HGET`, `ZSCORE`) and written once. Records raised
 /// here are built from a draft body (the alert record's JSON without `alert_id`, `status`,
-/// `count` and `raised_at`, see [`crate::police::settle::draft_body`]) as
-/// `{"alert_id":…,"status":…,"count":…,"raised_at":…,<body>`, so that the script can read
-/// and rewrite those four fields of a stored record with one anchored pattern, and the
-/// figure marks in the body are replaced by the figures.
+/// `count`, `raised_at`, `first_event_time` and `last_event_time`, see
+/// [`crate::police::settle::draft_body`]) as `{"alert_id":…,"status":…,"count":…,
+/// "raised_at":…,"first_event_time":…,"last_event_time":…,<body>`, so that the scripts can
+/// read and rewrite those six fields of a stored record with one anchored pattern; the
+/// figure marks in the body are replaced by the figures. A batch sends one draft per (rule,
+/// group key, window); the event times of a record are those of the update that fired it.
 ///
 /// KEYS: source (stream or processing list), alerts stream, dead stream, stats hash.
 /// ARGV: mode (`stream`|`list`), group, consumer, seen prefix, seen ttl (s), source label,
@@ -61,7 +63,7 @@ use redis::Script;
 /// number of stateful rules, per rule 9 fields (name, kind `any`|`frequency`|`spike`|
 /// `flatline`, window ms, threshold, cooldown ms, max lateness ms, ratio, min count,
 /// spike directions `u`|`d`|`b`|`-`), number of drafts, per draft (group key id, group
-/// values JSON, draft body), number of quiet groups, then per quiet group: events per item,
+/// values JSON, draft body, first and last event time), number of quiet groups, then per quiet group: events per item,
 /// item count, items; then per item with outputs: item, event count, alert count, dead
 /// count, update count, alert count × (alert id, guarded `1`|`0`, alert json), dead count ×
 /// (reason, raw), update count × (rule number from 1, draft number from 1, window start ms,
@@ -112,8 +114,9 @@ local function fmt(number) return string.format('%d', number) end
 
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
--- RFC 3339 UTC with microseconds, as the police writes `raised_at`
-local function rfc3339(seconds, micros)
+-- RFC 3339 UTC with milliseconds, as the rules write event times and `raised_at`
+local function rfc3339(ms)
+  local seconds = math.floor(ms / 1000)
   local days = math.floor(seconds / 86400)
   local rest = seconds - days * 86400
   local z = days + 719468
@@ -125,10 +128,10 @@ local function rfc3339(seconds, micros)
   local day = doy - math.floor((153 * mp + 2) / 5) + 1
   local month = mp < 10 and mp + 3 or mp - 9
   local year = yoe + era * 400 + (month <= 2 and 1 or 0)
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, day,
-    math.floor(rest / 3600), math.floor(rest % 3600 / 60), rest % 60, micros)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day,
+    math.floor(rest / 3600), math.floor(rest % 3600 / 60), rest % 60, ms - seconds * 1000)
 end
-local now_text = rfc3339(tonumber(clock[1]), tonumber(clock[2]))
+local now_text = rfc3339(now_ms)
 
 -- the rule table: 9 fields per rule from ARGV[at]
 local function read_rules(at, count)
@@ -188,15 +191,18 @@ local function read_integer(key)
   return number
 end
 
--- records: {"alert_id":…,"status":…,"count":…,"raised_at":…,<body>
+-- records: {"alert_id":…,"status":…,"count":…,"raised_at":…,"first_event_time":…,
+-- "last_event_time":…,<body>; the times are RFC 3339 (no quotes to escape)
 local function record_json(record)
   return '{"alert_id":"' .. record.id .. '","status":"' .. record.status .. '","count":' .. fmt(record.count)
-    .. ',"raised_at":"' .. record.raised .. '",' .. record.body
+    .. ',"raised_at":"' .. record.raised .. '","first_event_time":"' .. record.first
+    .. '","last_event_time":"' .. record.last .. '",' .. record.body
 end
 local function parse_record(json)
-  local id, status, count, raised, body = string.match(json, '^{"alert_id":"([^"]*)","status":"(%a+)","count":(%d+),"raised_at":"([^"]*)",(.*)$')
+  local id, status, count, raised, first, last, body = string.match(json,
+    '^{"alert_id":"([^"]*)","status":"(%a+)","count":(%d+),"raised_at":"([^"]*)","first_event_time":"([^"]*)","last_event_time":"([^"]*)",(.*)$')
   if not id then return nil end
-  return {id = id, status = status, count = tonumber(count), raised = raised, body = body}
+  return {id = id, status = status, count = tonumber(count), raised = raised, first = first, last = last, body = body}
 end
 -- clock-raised and resolved records carry no event; `event` is the body's last field
 local function without_event(body)
@@ -255,8 +261,9 @@ local function set_mark(ep, value)
   ep.mark, ep.mark_dirty = value, true
 end
 
--- raises a record of ep's rule and group (behind the guard) and makes it the episode
-local function fire(ep, id, count, previous, body, out)
+-- raises a record of ep's rule and group (behind the guard) and makes it the episode,
+-- fired by window (or event time) `fired_at`
+local function fire(ep, id, fired_at, count, previous, body, first, last, out)
   if fired[id] or redis.call('EXISTS', seen_prefix .. id) == 1 then
     rule_duplicates = rule_duplicates + 1
     return false
@@ -264,34 +271,27 @@ local function fire(ep, id, count, previous, body, out)
   fired[id] = true
   body = string.gsub(body, '\\u0001count\\u0001', fmt(count))
   body = string.gsub(body, '\\u0001previous_count\\u0001', fmt(previous))
-  local record = {id = id, status = 'firing', count = count, raised = now_text, body = body}
+  local record = {id = id, status = 'firing', count = count, raised = now_text, first = first, last = last, body = body}
   out[#out + 1] = {id, record_json(record)}
   ep.active, ep.active_dirty = record, true
+  set_mark(ep, fired_at)
   return true
 end
--- matches while an episode is firing add to its count
-local function extend(ep, matches)
+-- frequency, spike: a later match in the window that fired its episode sets the episode's
+-- count to the window's count
+local function follow(ep, window_start, count, last_ms)
   local record = active_of(ep)
-  if not record or not record.id then return false end
-  record.count = record.count + matches
+  if not record or not record.id or mark_of(ep) ~= window_start then return end
+  record.count, record.last = count, rfc3339(last_ms)
   ep.active_dirty = true
-  return true
 end
--- a window meeting a frequency or spike condition: fires unless in cooldown; in cooldown
--- it extends a firing episode (and becomes its last firing window)
-local function crossing(ep, window_start, count, previous, body, matches, out)
+-- a window meeting a frequency or spike condition fires unless in cooldown
+local function crossing(ep, window_start, count, previous, body, first, last, out)
   local rule = ep.rule
   local until_ms = cooldown_of(ep)
-  if until_ms and window_start < until_ms then
-    if extend(ep, matches) then
-      local mark = mark_of(ep)
-      if not mark or window_start > mark then set_mark(ep, window_start) end
-    end
-    return
-  end
-  if fire(ep, rule.name .. '/' .. ep.gk .. '/' .. fmt(window_start), count, previous, body, out) then
+  if until_ms and window_start < until_ms then return end
+  if fire(ep, rule.name .. '/' .. ep.gk .. '/' .. fmt(window_start), window_start, count, previous, body, first, last, out) then
     ep.cooldown, ep.cooldown_dirty = window_start + rule.cooldown, true
-    set_mark(ep, window_start)
   end
 end
 -- ends ep's firing episode with a resolved record (guard `<id>#resolved`)
@@ -301,7 +301,7 @@ local function resolve(ep, out)
   if record.id then
     local resolved_id = record.id .. '#resolved'
     local resolved = record_json({id = record.id, status = 'resolved', count = record.count, raised = now_text,
-      body = without_event(record.body)})
+      first = record.first, last = record.last, body = without_event(record.body)})
     if fired[resolved_id] or redis.call('EXISTS', seen_prefix .. resolved_id) == 1 then
       rule_duplicates = rule_duplicates + 1
     else
@@ -400,7 +400,7 @@ expect_permission(seen_prefix .. '*', 'EXISTS', seen_prefix .. 'x')
 
 local rules, i = read_rules(11, tonumber(ARGV[10]))
 local drafts_at = i + 1
-i = drafts_at + 3 * tonumber(ARGV[i])
+i = drafts_at + 5 * tonumber(ARGV[i])
 local quiet_count = tonumber(ARGV[i])
 i = i + 1
 -- 2. skip the quiet groups, acknowledged at the end
@@ -464,18 +464,25 @@ local late = 0
 local newest = {}
 local function apply(at, out)
   local rule = rules[tonumber(ARGV[at])]
-  local draft_at = drafts_at + 3 * (tonumber(ARGV[at + 1]) - 1)
-  local window_start, matches, last_ms = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]), tonumber(ARGV[at + 5])
+  local draft_at = drafts_at + 5 * (tonumber(ARGV[at + 1]) - 1)
+  local window_start, matches = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local first_ms, last_ms = tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5])
   local gk, body = ARGV[draft_at], ARGV[draft_at + 2]
   local ep = episode(rule, gk)
   if rule.kind == 'any' then
-    -- window_start is the event time; no windows, no lateness
+    -- window_start is the event time; no windows, no lateness; the mark is the wall
+    -- clock of the last match
     local until_ms = cooldown_of(ep)
     if until_ms and window_start < until_ms then
-      if extend(ep, matches) then set_mark(ep, now_ms) end
-    elseif fire(ep, rule.name .. '/' .. gk .. '/' .. fmt(window_start), matches, 0, body, out) then
+      local record = active_of(ep)
+      if record and record.id then
+        record.count, record.last = record.count + matches, rfc3339(last_ms)
+        ep.active_dirty = true
+        set_mark(ep, now_ms)
+      end
+    elseif fire(ep, rule.name .. '/' .. gk .. '/' .. fmt(window_start), now_ms, matches, 0, body,
+        rfc3339(first_ms), rfc3339(last_ms), out) then
       ep.cooldown, ep.cooldown_dirty = window_start + rule.cooldown, true
-      set_mark(ep, now_ms)
     end
     return
   end
@@ -503,17 +510,17 @@ local function apply(at, out)
   end
   if rule.kind == 'frequency' then
     if before < rule.threshold and after >= rule.threshold then
-      crossing(ep, window_start, after, 0, body, matches, out)
+      crossing(ep, window_start, after, 0, body, rfc3339(first_ms), rfc3339(last_ms), out)
     else
-      extend(ep, matches)
+      follow(ep, window_start, after, last_ms)
     end
   elseif rule.kind == 'spike' then
     local previous = count_entry(rule, gk, window_start - rule.window).value
     local function holds(count) return count >= rule.min_count and count >= rule.ratio * previous end
     if rule.up and seen_before and not holds(before) and holds(after) then
-      crossing(ep, window_start, after, previous, body, matches, out)
+      crossing(ep, window_start, after, previous, body, rfc3339(first_ms), rfc3339(last_ms), out)
     else
-      extend(ep, matches)
+      follow(ep, window_start, after, last_ms)
     end
   elseif rule.kind == 'flatline' then
     if before < rule.threshold and after >= rule.threshold then resolve(ep, out) end
@@ -613,8 +620,8 @@ pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
 /// Clock work at the close of one window of one rule (`now >= W + window + max_lateness`),
 /// run by the lease holder: `flatline` fires for every candidate group whose count of the
 /// window is below the threshold and that is not firing already (id `<rule>/<gk>/<W>`);
-/// a downward `spike` fires where `prev >= min_count` and `cur * ratio <= prev`, unless in
-/// cooldown (then it extends a firing episode). Each window is handled once: the script
+/// a downward `spike` fires for every candidate group where `prev >= min_count` and
+/// `cur * ratio <= prev`, unless in cooldown. Each window is handled once: the script
 /// records it in `clock:<rule>` and does nothing for a window at or before it.
 ///
 /// Why atomic: the checks, the records, the episode registry and the window mark must go
@@ -623,7 +630,8 @@ pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
 /// one either.
 /// KEYS: alerts stream. ARGV: rules prefix, seen prefix, seen ttl (s), the rule (9 fields as
 /// in SETTLE), window start W, then per candidate group: group key id, group values JSON,
-/// draft body (clock-raised: without `event`). Returns {records written, duplicates}.
+/// draft body (clock-raised: without `event`), first and last event time. Returns {records
+/// written, duplicates}.
 const CLOCK_HEAD_LUA: &str = r#"
 local alerts = KEYS[1]
 local rules_prefix, seen_prefix, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -639,18 +647,18 @@ expect_rule_keys(rules)
 local done = read_integer(clock_key)
 if done and done >= window_start then return {0, 0} end
 local out = {}
-for at = 14, #ARGV, 3 do
+for at = 14, #ARGV, 5 do
   local ep = episode(rule, ARGV[at])
-  local body = ARGV[at + 2]
+  local body, first, last = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local current = count_entry(rule, ep.gk, window_start).value
   if rule.kind == 'flatline' then
     if current < rule.threshold and not active_of(ep) then
-      fire(ep, rule.name .. '/' .. ep.gk .. '/' .. fmt(window_start), current, 0, body, out)
+      fire(ep, rule.name .. '/' .. ep.gk .. '/' .. fmt(window_start), window_start, current, 0, body, first, last, out)
     end
   elseif rule.kind == 'spike' and rule.down then
     local previous = count_entry(rule, ep.gk, window_start - rule.window).value
     if previous >= rule.min_count and current * rule.ratio <= previous then
-      crossing(ep, window_start, current, previous, body, 0, out)
+      crossing(ep, window_start, current, previous, body, first, last, out)
     end
   end
 end

@@ -11,8 +11,9 @@
 //!   never doubles an alert
 //! - the clock never delays the read/settle loop: its own task and its own connection,
 //!   and each step is one short script; on a clean stop it releases the lease
-//! - windows close on the wall clock: `now >= W + window + max_lateness`; a window that
-//!   closed while no police held the lease is skipped, only the latest closed one is done
+//! - windows close on the wall clock: `now >= W + window + max_lateness`; each tick does
+//!   every window closed since the last one done (`clock:<rule>`), oldest first, at most
+//!   [`MAX_WINDOWS_PER_TICK`]; the very first tick of a rule only the newest closed one
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,8 +39,13 @@ pub const ANY_QUIET: Duration = Duration::from_secs(5 * 60);
 pub const RESOLVED_KEEP: Duration = Duration::from_secs(15 * 60);
 
 /// Builds the draft of a clock-raised record (flatline, spike down) for a rule (by its
-/// index in [`ClockRules::rules`]), a group and a window start; the clock drops its event.
-pub type DraftFn = Arc<dyn Fn(usize, &GroupKey, i64) -> Alert + Send + Sync>;
+/// index in [`ClockRules::rules`]), a group, a window start and the wall clock; `None`
+/// skips the group. The clock drops the draft's event.
+pub type DraftFn = Arc<dyn Fn(usize, &GroupKey, i64, i64) -> Option<Alert> + Send + Sync>;
+
+/// Windows closed per rule and tick at most: a clock that stood still longer does only the
+/// newest ones (an older silent window would fire the same episode anyway).
+pub const MAX_WINDOWS_PER_TICK: i64 = 10_000;
 
 /// What the clock needs of the rule set.
 #[derive(Clone)]
@@ -149,9 +155,11 @@ impl Clock {
                 StatefulKind::AnyWithCooldown | StatefulKind::Frequency => false,
             };
             if closes {
-                let (written, duplicates) = self.close_window(connection, index, now_ms).await?;
-                totals.records_written += written;
-                totals.duplicates += duplicates;
+                for window_start in self.windows_to_close(connection, rule, now_ms).await? {
+                    let (written, duplicates) = self.close_window(connection, index, window_start, now_ms).await?;
+                    totals.records_written += written;
+                    totals.duplicates += duplicates;
+                }
             }
         }
         let (written, duplicates, _dropped): (u64, u64, u64) = {
@@ -171,34 +179,52 @@ impl Clock {
         Ok(totals)
     }
 
-    /// The latest window of rule `index` that has closed at `now_ms`, handled once.
+    /// Windows of `rule` closed at `now_ms` and not done yet, oldest first.
+    async fn windows_to_close(
+        &self,
+        connection: &mut Connection,
+        rule: &StatefulRule,
+        now_ms: i64,
+    ) -> Result<Vec<i64>, RedisError> {
+        let window_ms = rule.window_ms.max(1) as i64;
+        // W is closed when W + window + max_lateness <= now.
+        let newest_closed = (now_ms - window_ms - rule.max_lateness_ms as i64).div_euclid(window_ms) * window_ms;
+        let done: Option<String> = redis::cmd("GET")
+            .arg(format!("{}clock:{}", self.keys.rules_prefix(), rule.name))
+            .query_async(connection)
+            .await
+            .unwrap_or(None);
+        let done: Option<i64> = done.and_then(|text| text.parse().ok());
+        let first = match done {
+            Some(done) => (done + window_ms).max(newest_closed - (MAX_WINDOWS_PER_TICK - 1) * window_ms),
+            None => newest_closed,
+        };
+        Ok((0..)
+            .map(|step| first + step * window_ms)
+            .take_while(|window_start| *window_start <= newest_closed)
+            .collect())
+    }
+
+    /// The close of window `window_start` of rule `index`, handled once.
     async fn close_window(
         &self,
         connection: &mut Connection,
         index: usize,
+        window_start: i64,
         now_ms: i64,
     ) -> Result<(u64, u64), RedisError> {
         let rule = &self.rules.rules[index];
-        let window_ms = rule.window_ms.max(1) as i64;
-        let lateness_ms = rule.max_lateness_ms as i64;
-        let window_start = ((now_ms - lateness_ms).div_euclid(window_ms) - 1) * window_ms;
-        if window_start < 0 {
-            return Ok((0, 0));
-        }
         let prefix = self.keys.rules_prefix();
-        let done: Option<i64> = redis::cmd("GET")
-            .arg(format!("{prefix}clock:{}", rule.name))
-            .query_async(connection)
-            .await
-            .unwrap_or(None);
-        if done.is_some_and(|done| done >= window_start) {
-            return Ok((0, 0));
-        }
-        // Candidates: groups first seen before the window, and the expected ones.
+        // Candidates: flatline, the groups first seen before the window and the expected
+        // ones; spike down, every group seen.
+        let seen_before = match rule.kind {
+            StatefulKind::Flatline => format!("({window_start}"),
+            _ => "+inf".to_string(),
+        };
         let seen: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(format!("{prefix}groups:{}", rule.name))
             .arg("-inf")
-            .arg(format!("({window_start}"))
+            .arg(seen_before)
             .query_async(connection)
             .await?;
         let mut candidates: Vec<GroupKey> = Vec::with_capacity(seen.len());
@@ -231,12 +257,16 @@ impl Clock {
         push_rule(&mut invocation, rule);
         invocation.arg(window_start);
         for group in &candidates {
-            let mut draft = (self.rules.draft)(index, group, window_start);
+            let Some(mut draft) = (self.rules.draft)(index, group, window_start, now_ms) else {
+                continue;
+            };
             draft.event = None;
             invocation
                 .arg(&group.id)
                 .arg(&group.values_json)
-                .arg(draft_body(&draft));
+                .arg(draft_body(&draft))
+                .arg(&draft.first_event_time)
+                .arg(&draft.last_event_time);
         }
         invocation.invoke_async(connection).await
     }

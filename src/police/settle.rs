@@ -196,7 +196,9 @@ async fn invoke(
         invocation
             .arg(&update.group.id)
             .arg(&update.group.values_json)
-            .arg(draft_body(&update.draft));
+            .arg(draft_body(&update.draft))
+            .arg(&update.draft.first_event_time)
+            .arg(&update.draft.last_event_time);
     }
 
     let mut quiet_by_event_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
@@ -307,8 +309,9 @@ fn id_range<'a>(ids: impl Iterator<Item = &'a str>) -> (String, String) {
     }
 }
 
-/// The alert record's JSON without `alert_id`, `status`, `count` and `raised_at` and without
-/// its opening brace: the scripts prepend those four (see [`scripts::SETTLE`]). The figure
+/// The alert record's JSON without `alert_id`, `status`, `count`, `raised_at`,
+/// `first_event_time` and `last_event_time` and without its opening brace: the scripts
+/// prepend those six (see [`scripts::SETTLE`]). The figure
 /// marks may appear only in labels and annotations (where the script replaces them), so a
 /// mark in any other field (event text, group values) is replaced by U+FFFD here.
 pub fn draft_body(draft: &Alert) -> String {
@@ -325,8 +328,8 @@ pub fn draft_body(draft: &Alert) -> String {
         labels,
         annotations,
         count: _,
-        first_event_time,
-        last_event_time,
+        first_event_time: _,
+        last_event_time: _,
         raised_at: _,
         sinks,
         event,
@@ -338,8 +341,6 @@ pub fn draft_body(draft: &Alert) -> String {
         group,
         labels,
         annotations,
-        first_event_time,
-        last_event_time,
         sinks,
         event: event.as_ref(),
     };
@@ -348,7 +349,7 @@ pub fn draft_body(draft: &Alert) -> String {
     json[1..].to_string()
 }
 
-/// [`Alert`] but for the four fields the scripts write; `event` last (the scripts cut it
+/// [`Alert`] but for the six fields the scripts write; `event` last (the scripts cut it
 /// off for records without an event).
 #[derive(Serialize)]
 struct DraftBody<'a> {
@@ -359,8 +360,6 @@ struct DraftBody<'a> {
     group: &'a BTreeMap<String, String>,
     labels: &'a BTreeMap<String, String>,
     annotations: &'a BTreeMap<String, String>,
-    first_event_time: &'a str,
-    last_event_time: &'a str,
     sinks: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<&'a LogEvent>,
