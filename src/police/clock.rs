@@ -23,7 +23,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::alert::Alert;
+use tokio::sync::watch;
+
+use super::rules::RuleSet;
 use super::rules::plan::{GroupKey, StatefulKind, StatefulRule};
 use super::settle::{draft_body, push_rule, push_rules};
 use crate::broker::keys::Keys;
@@ -38,24 +40,9 @@ pub const ANY_QUIET: Duration = Duration::from_secs(5 * 60);
 /// Resolved episodes are kept this long for re-sends (Alertmanager), then dropped.
 pub const RESOLVED_KEEP: Duration = Duration::from_secs(15 * 60);
 
-/// Builds the draft of a clock-raised record (flatline, spike down) for a rule (by its
-/// index in [`ClockRules::rules`]), a group, a window start and the wall clock; `None`
-/// skips the group. The clock drops the draft's event.
-pub type DraftFn = Arc<dyn Fn(usize, &GroupKey, i64, i64) -> Option<Alert> + Send + Sync>;
-
 /// Windows closed per rule and tick at most: a clock that stood still longer does only the
 /// newest ones (an older silent window would fire the same episode anyway).
 pub const MAX_WINDOWS_PER_TICK: i64 = 10_000;
-
-/// What the clock needs of the rule set.
-#[derive(Clone)]
-pub struct ClockRules {
-    /// The stateful rules, in the order of the settle's rule table.
-    pub rules: Vec<StatefulRule>,
-    /// Per rule (same order): the groups a flatline rule expects even if never seen.
-    pub expected: Vec<Vec<GroupKey>>,
-    pub draft: DraftFn,
-}
 
 /// What one tick did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +55,9 @@ pub struct Clock {
     pub keys: Keys,
     pub redis_url: String,
     pub lease: Lease,
-    pub rules: ClockRules,
+    /// The rules in force (replaced on reload); read at each tick, never held across an
+    /// await.
+    pub rules: watch::Receiver<Arc<RuleSet>>,
     pub alert_dedup_ttl_s: u64,
 }
 
@@ -111,6 +100,14 @@ impl Clock {
                     }
                 },
             };
+            let has_state = !self.rules.borrow().stateful_rules().is_empty();
+            if !has_state {
+                // Nothing timed to do: leave the lease to a police that has work.
+                if holding && self.lease.release(open).await.is_ok() {
+                    holding = false;
+                }
+                continue;
+            }
             if Instant::now() >= next_renew || !holding {
                 match self.lease.acquire_or_renew(open).await {
                     Ok(held) => {
@@ -147,8 +144,10 @@ impl Clock {
     /// One round of clock work at wall clock `now_ms`: every window that closed is
     /// handled, then due episodes resolved.
     pub async fn tick(&self, connection: &mut Connection, now_ms: i64) -> Result<ClockTotals, RedisError> {
+        let rule_set: Arc<RuleSet> = self.rules.borrow().clone();
+        let stateful = rule_set.stateful_rules();
         let mut totals = ClockTotals::default();
-        for (index, rule) in self.rules.rules.iter().enumerate() {
+        for (index, rule) in stateful.iter().enumerate() {
             let closes = match rule.kind {
                 StatefulKind::Flatline => true,
                 StatefulKind::Spike => rule.spike_down,
@@ -156,7 +155,9 @@ impl Clock {
             };
             if closes {
                 for window_start in self.windows_to_close(connection, rule, now_ms).await? {
-                    let (written, duplicates) = self.close_window(connection, index, window_start, now_ms).await?;
+                    let (written, duplicates) = self
+                        .close_window(connection, &rule_set, rule, index, window_start, now_ms)
+                        .await?;
                     totals.records_written += written;
                     totals.duplicates += duplicates;
                 }
@@ -171,7 +172,7 @@ impl Clock {
                 .arg(self.alert_dedup_ttl_s)
                 .arg(ANY_QUIET.as_millis() as u64)
                 .arg(RESOLVED_KEEP.as_millis() as u64);
-            push_rules(&mut invocation, &self.rules.rules);
+            push_rules(&mut invocation, &stateful);
             invocation.invoke_async(connection).await?
         };
         totals.records_written += written;
@@ -209,11 +210,12 @@ impl Clock {
     async fn close_window(
         &self,
         connection: &mut Connection,
+        rule_set: &RuleSet,
+        rule: &StatefulRule,
         index: usize,
         window_start: i64,
         now_ms: i64,
     ) -> Result<(u64, u64), RedisError> {
-        let rule = &self.rules.rules[index];
         let prefix = self.keys.rules_prefix();
         // Candidates: flatline, the groups first seen before the window and the expected
         // ones; spike down, every group seen.
@@ -242,7 +244,7 @@ impl Clock {
             }
         }
         if rule.kind == StatefulKind::Flatline {
-            for expected in self.rules.expected.get(index).into_iter().flatten() {
+            for expected in rule_set.expected_groups(index) {
                 if !candidates.iter().any(|group| group.id == expected.id) {
                     candidates.push(expected.clone());
                 }
@@ -257,7 +259,7 @@ impl Clock {
         push_rule(&mut invocation, rule);
         invocation.arg(window_start);
         for group in &candidates {
-            let Some(mut draft) = (self.rules.draft)(index, group, window_start, now_ms) else {
+            let Some(mut draft) = rule_set.clock_draft(index, group, window_start, now_ms) else {
                 continue;
             };
             draft.event = None;

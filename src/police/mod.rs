@@ -18,7 +18,10 @@ pub mod settle;
 pub mod sinks;
 pub mod stream_consumer;
 
+use std::sync::Arc;
+
 use redis::RedisError;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -26,7 +29,7 @@ use crate::broker::Backoff;
 use crate::broker::errors::{Failure, classify, redact_url};
 use crate::config::{BrokerConfig, PoliceConfig};
 use crate::options::Transport;
-use rules::Rule;
+use rules::{RuleFileError, RuleSet};
 use settle::{Outcome, Settled};
 use sinks::LocalSinks;
 
@@ -45,11 +48,14 @@ pub enum SessionEnd {
 pub struct Police {
     pub broker: BrokerConfig,
     pub config: PoliceConfig,
-    pub rules: Vec<Rule>,
-    /// Rules with state in Redis, in the order their updates index them.
+    /// The rules in force; replaced whole when a reload succeeds (see [`Self::refresh_rules`]).
+    pub rules: Arc<RuleSet>,
+    /// The stateful rules of `rules`, in the order their updates index them.
     pub stateful_rules: Vec<rules::plan::StatefulRule>,
-    /// Lowest level any rule fires at; events below it are only validated and counted.
+    /// Lowest level any rule matches; events below it are only validated and counted.
     pub interest: crate::event::Level,
+    /// Rule sets reloaded on SIGHUP; `None` without a rule file.
+    pub reloaded_rules: Option<watch::Receiver<Arc<RuleSet>>>,
     pub sinks: LocalSinks,
     /// What this police settled; shared cells so that a settle can run beside a read.
     pub totals: settle::Totals,
@@ -64,6 +70,9 @@ pub enum PoliceError {
         #[source]
         source: RedisError,
     },
+    /// Every error of the rule file, one `FILE:LINE:COL: message` per line.
+    #[error("{0}")]
+    Rules(#[source] RuleFileError),
     #[error("cannot open alerts file {path}")]
     AlertsFile {
         path: std::path::PathBuf,
@@ -92,22 +101,51 @@ impl Police {
             None => None,
         };
         let console = (!config.quiet).then_some(sinks::console::ConsoleSink);
-        let rules = vec![Rule::min_level(config.alert_level)];
-        let interest = rules
-            .iter()
-            .map(Rule::lowest_level)
-            .min()
-            .unwrap_or(crate::event::Level::Emergency);
+        let (rules, reloaded_rules) = match &config.rules_file {
+            Some(path) => {
+                let rules = load_rules(path.clone()).await.map_err(PoliceError::Rules)?;
+                let (sender, receiver) = watch::channel(rules.clone());
+                reload_on_hangup(path.clone(), sender);
+                (rules, Some(receiver))
+            }
+            None => {
+                let mut sinks = Vec::new();
+                if console.is_some() {
+                    sinks.push("console".to_string());
+                }
+                if file.is_some() {
+                    sinks.push("jsonl".to_string());
+                }
+                (Arc::new(RuleSet::builtin(config.alert_level, sinks)), None)
+            }
+        };
+        let interest = rules.lowest_level();
+        let stateful_rules = rules.stateful_rules();
         Ok(Police {
             rules,
-            stateful_rules: Vec::new(),
+            stateful_rules,
             interest,
+            reloaded_rules,
             broker,
             config,
             sinks: LocalSinks { console, file },
             totals: settle::Totals::default(),
             shutdown,
         })
+    }
+
+    /// Takes the newest rule set reloaded on SIGHUP, if any: called between batches, so
+    /// that a batch is evaluated under one rule set.
+    fn refresh_rules(&mut self) {
+        let Some(receiver) = &mut self.reloaded_rules else {
+            return;
+        };
+        if !receiver.has_changed().unwrap_or(false) {
+            return;
+        }
+        self.rules = receiver.borrow_and_update().clone();
+        self.stateful_rules = self.rules.stateful_rules();
+        self.interest = self.rules.lowest_level();
     }
 
     /// Runs sessions until a stop is requested; a Redis outage ends a session, and a new one
@@ -117,6 +155,9 @@ impl Police {
         info!(consumer = %self.config.consumer, source = ?self.config.source, "police started");
         let mut backoff = Backoff::new("police", &self.broker.redis_url);
         let mut refused = None;
+        // Stopped after the last settle, so that the lease is released last.
+        let clock_stop = CancellationToken::new();
+        let clock = self.spawn_clock(clock_stop.clone());
         loop {
             let session = match self.config.source {
                 Transport::Stream => stream_consumer::run_session(&mut self, &mut backoff).await,
@@ -151,6 +192,12 @@ impl Police {
                 }
             }
         }
+        clock_stop.cancel();
+        if let Some(clock) = clock
+            && let Err(error) = clock.await
+        {
+            tracing::error!(error = %error, "the rule clock task failed");
+        }
         let totals = self.totals.get();
         info!(
             consumer = %self.config.consumer,
@@ -166,6 +213,31 @@ impl Police {
             }),
             None => Ok(totals),
         }
+    }
+
+    /// Starts the rule clock (see [`clock`]) when rules with state can be in force: a rule
+    /// file that has some now, or one that may get some on reload.
+    fn spawn_clock(&self, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        if self.stateful_rules.is_empty() && self.reloaded_rules.is_none() {
+            return None;
+        }
+        let rules = match &self.reloaded_rules {
+            Some(receiver) => receiver.clone(),
+            None => watch::channel(self.rules.clone()).1,
+        };
+        let keys = self.broker.keys.clone();
+        let lease = crate::broker::lease::Lease {
+            key: keys.rules_lease(),
+            owner: clock::Clock::owner(&self.config.consumer),
+        };
+        let clock = clock::Clock {
+            keys,
+            redis_url: self.broker.redis_url.clone(),
+            lease,
+            rules,
+            alert_dedup_ttl_s: self.config.alert_dedup_ttl_s,
+        };
+        Some(tokio::spawn(clock.run(stop)))
     }
 
     /// How long our group heartbeat key lives: no less than the idle time after which other
@@ -242,6 +314,47 @@ impl Police {
         }
         Ok(())
     }
+}
+
+/// Reads and compiles a rule file off the runtime thread (many regexes take a while).
+pub async fn load_rules(path: std::path::PathBuf) -> Result<Arc<RuleSet>, RuleFileError> {
+    let shown = path.display().to_string();
+    match tokio::task::spawn_blocking(move || RuleSet::load(&path)).await {
+        Ok(loaded) => loaded.map(Arc::new),
+        Err(join_error) => Err(RuleFileError::Read {
+            path: shown,
+            source: std::io::Error::other(join_error.to_string()),
+        }),
+    }
+}
+
+/// On every SIGHUP, reloads the rule file and hands the new set to the police; a file that
+/// does not load keeps the rules in force, and the reason is logged.
+fn reload_on_hangup(path: std::path::PathBuf, sender: watch::Sender<Arc<RuleSet>>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot listen for SIGHUP; the rule file will not be reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match load_rules(path.clone()).await {
+                Ok(rules) => {
+                    info!(path = %path.display(), rules = rules.rules().len(), "rule file reloaded");
+                    if sender.send(rules).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    errors = %error.lines().join("; "),
+                    "rule file not reloaded, the rules in force stay"
+                ),
+            }
+        }
+    });
 }
 
 #[derive(Debug, thiserror::Error)]

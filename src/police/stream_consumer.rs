@@ -50,6 +50,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
             entries_in_hand = read_new(police, &mut connection, next_maintenance).await?;
             continue;
         }
+        police.refresh_rules();
         // New entries were delivered once so far: no delivery counts needed.
         let outcomes = evaluate(police, std::mem::take(&mut entries_in_hand), None);
         police.deliver_locally(&outcomes).await?;
@@ -158,6 +159,7 @@ async fn process(
     entries: Vec<StreamEntry>,
     delivery_counts: Option<HashMap<String, u64>>,
 ) -> Result<(), SessionError> {
+    police.refresh_rules();
     let outcomes = evaluate(police, entries, delivery_counts.as_ref());
     police.deliver_locally(&outcomes).await?;
     police.settle(connection, Source::Stream, &outcomes).await
@@ -169,6 +171,7 @@ fn evaluate(
     delivery_counts: Option<&HashMap<String, u64>>,
 ) -> Vec<Outcome> {
     let max_deliveries = police.config.max_deliveries;
+    let now_ms = super::rules::window::now_ms();
     let mut outcomes = Vec::with_capacity(entries.len());
     for entry in entries {
         let deliveries = delivery_counts
@@ -177,7 +180,7 @@ fn evaluate(
         let Some(fields) = entry.fields else {
             // Deleted from the stream while pending: nothing left to process; ack it.
             warn!(entry_id = %entry.id, "pending entry no longer exists in the stream");
-            outcomes.push(Outcome::evaluate(entry.id, Default::default(), &[]));
+            outcomes.push(Outcome::evaluate(entry.id, Default::default(), &police.rules, now_ms));
             continue;
         };
         if deliveries > max_deliveries {
@@ -186,7 +189,7 @@ fn evaluate(
             continue;
         }
         let decoded = event::decode_entry_within(&entry.id, &fields, police.interest, police.config.max_entry_bytes);
-        outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules));
+        outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules, now_ms));
     }
     outcomes
 }
