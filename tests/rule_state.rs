@@ -8,11 +8,14 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use logsentinel::broker::keys::Keys;
 use logsentinel::event::{self, Level};
+use logsentinel::police::alert::AlertStatus;
+use logsentinel::police::rules::model::Model;
 use logsentinel::police::rules::{RuleSet, group, window};
 use logsentinel::police::settle::{self, Outcome, SettleTarget, Source};
 
@@ -66,7 +69,8 @@ fn line(ts_ms: i64, level: &str, service: &str, message: &str) -> String {
     )
 }
 
-/// Writes events as native v1 entries, one event per entry.
+/// Writes events as native v1 entries, one event per entry; the `vault` service's message
+/// is "key leak", every other one "m".
 fn xadd_events(connection: &mut redis::Connection, events: &[(i64, &str, &str)]) {
     let mut pipeline = redis::pipe();
     for (ts_ms, level, service) in events {
@@ -77,7 +81,7 @@ fn xadd_events(connection: &mut redis::Connection, events: &[(i64, &str, &str)])
             "level": level,
             "service": service,
             "host": "h1",
-            "message": "m",
+            "message": if *service == "vault" { "key leak" } else { "m" },
         });
         pipeline
             .cmd("XADD")
@@ -417,6 +421,141 @@ fn target<'a>(
         consumer,
         alert_dedup_ttl_s: 600,
         rules,
+    }
+}
+
+/// The settle script and the clock script raise what the reference model raises from the
+/// same items, in the same order: ids, statuses and counts.
+#[tokio::test]
+async fn the_scripts_and_the_reference_model_raise_the_same_records() {
+    let redis = TestRedis::start(&[]);
+    let mut sync = redis.connection();
+    create_group(&mut sync, "police");
+    let rules = RuleSet::parse(
+        "rules.toml",
+        "max_lateness = \"1m\"\n\
+         [[rules]]\nname = \"f\"\ntype = \"frequency\"\nfilter = { level = \"ERROR\" }\ngroup_by = [\"service\"]\n\
+         threshold = 4\nwindow = \"1m\"\ncooldown = \"2m\"\n\
+         [[rules]]\nname = \"s\"\ntype = \"spike\"\ngroup_by = [\"service\"]\nwindow = \"1m\"\nratio = 2\n\
+         direction = \"both\"\nmin_count = 3\ncooldown = \"0s\"\n\
+         [[rules]]\nname = \"q\"\ntype = \"flatline\"\ngroup_by = [\"service\"]\nthreshold = 2\nwindow = \"1m\"\n\
+         expect = [\"db\"]\n\
+         [[rules]]\nname = \"a\"\ntype = \"any\"\nfilter = { message = \"leak\" }\ncooldown = \"1m\"\n\
+         [[rules]]\nname = \"c\"\ntype = \"any\"\nfilter = { level = \"CRITICAL\" }\ncooldown = \"0s\"\n",
+    )
+    .expect("valid rules");
+    let stateful = rules.stateful_rules();
+    // Twenty minutes of events ending two minutes ago, with some out of order and late.
+    let minute = 60_000i64;
+    let start = window::window_start(now_ms(), minute as u64) - 22 * minute;
+    let mut events: Vec<(i64, &str, &str)> = Vec::new();
+    let services = ["api", "web", "db"];
+    for step in 0..400i64 {
+        let minute_index = step / 20;
+        let service = services[(step % 3) as usize];
+        // db only speaks in the first minutes: flatline; web bursts every fifth minute: spikes
+        if service == "db" && minute_index > 3 {
+            continue;
+        }
+        let per_minute = if service == "web" && minute_index % 5 == 4 {
+            3
+        } else {
+            1
+        };
+        for burst in 0..per_minute {
+            let level = match (step + burst) % 7 {
+                0 | 3 => "ERROR",
+                5 if step % 50 == 0 => "CRITICAL",
+                _ => "INFO",
+            };
+            let mut ts = start + minute_index * minute + (step % 20) * 2_000 + burst;
+            if step % 37 == 0 {
+                ts -= 3 * minute; // late: its window closed more than a minute before the newest
+            }
+            events.push((ts, level, service));
+        }
+    }
+    // leaks: an episode folding three matches, then one after its cooldown
+    for offset in [0, 10_000, 50_000, 200_000] {
+        events.push((start + 5 * minute + offset, "INFO", "vault"));
+    }
+    xadd_events(&mut sync, &events);
+    let mut connection = logsentinel::broker::connect(&redis.url()).await.unwrap();
+    let keys = Keys::default();
+    let mut model = Model::new(&rules);
+    let mut expected: Vec<(String, String, u64)> = Vec::new();
+    loop {
+        let batch = read_as(&mut sync, "a", 25, &rules);
+        if batch.is_empty() {
+            break;
+        }
+        let mut outcomes = Vec::new();
+        for (outcome, events) in batch {
+            let plan = rules.evaluate(events, now_ms());
+            for alert in model.apply(plan, now_ms()) {
+                expected.push((alert.alert_id.clone(), status_of(alert.status), alert.count));
+            }
+            outcomes.push(outcome);
+        }
+        settle::settle(&mut connection, &target(&keys, "a", &stateful), &outcomes)
+            .await
+            .unwrap();
+    }
+    // Clock work now: the newest closed window of each rule, then resolves.
+    let clock = logsentinel::police::clock::Clock {
+        keys: keys.clone(),
+        redis_url: redis.url(),
+        lease: logsentinel::broker::lease::Lease {
+            key: keys.rules_lease(),
+            owner: "test".into(),
+        },
+        rules: tokio::sync::watch::channel(Arc::new(rules.clone())).1,
+        alert_dedup_ttl_s: 600,
+    };
+    let tick_at = now_ms();
+    clock.tick(&mut connection, tick_at).await.unwrap();
+    for alert in model.tick(tick_at) {
+        expected.push((alert.alert_id.clone(), status_of(alert.status), alert.count));
+    }
+    let written: Vec<(String, String, u64)> = records(&mut sync)
+        .iter()
+        .map(|record| {
+            (
+                record["alert_id"].as_str().unwrap().to_string(),
+                record["status"].as_str().unwrap().to_string(),
+                record["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        written.iter().any(|(id, _, _)| id.starts_with("f/")),
+        "a frequency alert"
+    );
+    assert!(written.iter().any(|(id, _, _)| id.starts_with("s/")), "a spike alert");
+    assert!(
+        written.iter().any(|(id, _, _)| id.starts_with("q/")),
+        "a flatline alert"
+    );
+    assert!(
+        written.iter().any(|(id, _, _)| id.starts_with("a/")),
+        "an any-with-cooldown alert"
+    );
+    assert!(written.iter().any(|(_, status, _)| status == "resolved"), "a resolve");
+    assert_eq!(written, expected, "the scripts and the model raise the same records");
+    assert_eq!(
+        counters(&mut sync, "logsentinel:logs:stats")
+            .get("late")
+            .copied()
+            .unwrap_or(0),
+        model.late,
+        "the same late matches"
+    );
+}
+
+fn status_of(status: AlertStatus) -> String {
+    match status {
+        AlertStatus::Firing => "firing".into(),
+        AlertStatus::Resolved => "resolved".into(),
     }
 }
 
