@@ -124,12 +124,18 @@ impl Bench {
         let mut scenarios = vec![
             ("agent ingest, pack 1".to_string(), Scenario::Ingest { pack: 1 }),
             (format!("agent ingest, {packed}"), Scenario::Ingest { pack }),
-            ("police drain, pack 1".to_string(), Scenario::Drain { pack: 1, rules: false }),
+            (
+                "police drain, pack 1".to_string(),
+                Scenario::Drain { pack: 1, rules: false },
+            ),
             (
                 "police drain, pack 1, 20 rules".to_string(),
                 Scenario::Drain { pack: 1, rules: true },
             ),
-            (format!("police drain, {packed}"), Scenario::Drain { pack, rules: false }),
+            (
+                format!("police drain, {packed}"),
+                Scenario::Drain { pack, rules: false },
+            ),
             (
                 format!("police drain, {packed}, 20 rules"),
                 Scenario::Drain { pack, rules: true },
