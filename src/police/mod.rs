@@ -109,6 +109,8 @@ impl Police {
                 (rules, Some(receiver))
             }
             None => {
+                // A SIGHUP must not kill a police that has nothing to reload.
+                ignore_hangups();
                 let mut sinks = Vec::new();
                 if console.is_some() {
                     sinks.push("console".to_string());
@@ -326,6 +328,19 @@ pub async fn load_rules(path: std::path::PathBuf) -> Result<Arc<RuleSet>, RuleFi
             source: std::io::Error::other(join_error.to_string()),
         }),
     }
+}
+
+/// Without a rule file, a SIGHUP (sent to every process of a service by some supervisors)
+/// is logged and otherwise ignored instead of ending the process.
+fn ignore_hangups() {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            info!("SIGHUP ignored: no rule file to reload (--rules)");
+        }
+    });
 }
 
 /// On every SIGHUP, reloads the rule file and hands the new set to the police; a file that
