@@ -149,16 +149,18 @@ local function read_rules(at, count)
   end
   return rules, at
 end
-local function expect_rule_keys(rules)
+local function expect_rule_keys(rules, used)
   expect_type(rules_prefix .. 'active', 'hash')
   expect_type(rules_prefix .. 'resolved', 'hash')
   expect_type(rules_prefix .. 'episodes', 'hash')
   expect_type(rules_prefix .. 'resolved_at', 'zset')
-  for _, rule in ipairs(rules) do
-    expect_type(rules_prefix .. 'newest:' .. rule.name, 'string')
-    expect_type(rules_prefix .. 'clock:' .. rule.name, 'string')
-    expect_type(rules_prefix .. 'groups:' .. rule.name, 'zset')
-    expect_type(rules_prefix .. 'groupvals:' .. rule.name, 'hash')
+  for r, rule in ipairs(rules) do
+    if used == nil or used[r] then
+      expect_type(rules_prefix .. 'newest:' .. rule.name, 'string')
+      expect_type(rules_prefix .. 'clock:' .. rule.name, 'string')
+      expect_type(rules_prefix .. 'groups:' .. rule.name, 'zset')
+      expect_type(rules_prefix .. 'groupvals:' .. rule.name, 'hash')
+    end
   end
   local any_key, probe = rules_prefix .. '*', rules_prefix .. 'x'
   expect_permission(any_key, 'GET', probe)
@@ -433,15 +435,22 @@ end
 
 -- the streams written to must have ids left; the rule keys must have their types
 local alerts_total, dead_total, updates_total = 0, 0, 0
+local used_rules = {}
+local noisy = {}
 while i <= #ARGV do
   local alert_count, dead_count, update_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   alerts_total, dead_total = alerts_total + alert_count, dead_total + dead_count
   updates_total = updates_total + update_count
-  i = i + 5 + 3 * alert_count + 2 * dead_count + 6 * update_count
+  local updates_at = i + 5 + 3 * alert_count + 2 * dead_count
+  for u = 0, update_count - 1 do used_rules[tonumber(ARGV[updates_at + 6 * u])] = true end
+  noisy[#noisy + 1] = {at = i, alert_count = alert_count, dead_count = dead_count, updates_at = updates_at,
+    update_count = update_count, raised = {}}
+  i = updates_at + 6 * update_count
 end
 if alerts_total > 0 or updates_total > 0 then expect_room(alerts) end
 if dead_total > 0 then expect_room(dead) end
-if updates_total > 0 then expect_rule_keys(rules) end
+-- only the keys of the rules this call updates: checking all of them costs every call
+if updates_total > 0 then expect_rule_keys(rules, used_rules) end
 
 -- 3. the fence: which items with outputs this consumer holds
 local owned_entries = {}
@@ -462,13 +471,24 @@ end
 -- 4. rule updates of owned items, in item order, computed on the cached state
 local late = 0
 local newest = {}
+-- per draft (one rule, group key and window): what its updates share, looked up once
+local slots = {}
 local function apply(at, out)
-  local rule = rules[tonumber(ARGV[at])]
-  local draft_at = drafts_at + 5 * (tonumber(ARGV[at + 1]) - 1)
-  local window_start, matches = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
-  local first_ms, last_ms = tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5])
-  local gk, body = ARGV[draft_at], ARGV[draft_at + 2]
-  local ep = episode(rule, gk)
+  local draft_number = tonumber(ARGV[at + 1])
+  local slot = slots[draft_number]
+  if slot == nil then
+    local rule = rules[tonumber(ARGV[at])]
+    local draft_at = drafts_at + 5 * (draft_number - 1)
+    -- a draft's updates share its window: parsed once (tonumber is most of a call's cost)
+    slot = {rule = rule, gk = ARGV[draft_at], values = ARGV[draft_at + 1], body = ARGV[draft_at + 2],
+      window_start = tonumber(ARGV[at + 2])}
+    slot.ep = episode(rule, slot.gk)
+    slots[draft_number] = slot
+  end
+  local rule, gk, body, ep = slot.rule, slot.gk, slot.body, slot.ep
+  local window_start, matches, last_ms = slot.window_start, tonumber(ARGV[at + 3]), tonumber(ARGV[at + 5])
+  -- only a firing update needs its first event time
+  local function first_text() return rfc3339(tonumber(ARGV[at + 4])) end
   if rule.kind == 'any' then
     -- window_start is the event time; no windows, no lateness; the mark is the wall
     -- clock of the last match
@@ -481,7 +501,7 @@ local function apply(at, out)
         set_mark(ep, now_ms)
       end
     elseif fire(ep, rule.name .. '/' .. gk .. '/' .. fmt(window_start), now_ms, matches, 0, body,
-        rfc3339(first_ms), rfc3339(last_ms), out) then
+        first_text(), rfc3339(last_ms), out) then
       ep.cooldown, ep.cooldown_dirty = window_start + rule.cooldown, true
     end
     return
@@ -495,7 +515,8 @@ local function apply(at, out)
     return
   end
   if last_ms > seen_newest.value then seen_newest.value, seen_newest.dirty = last_ms, true end
-  local entry = count_entry(rule, gk, window_start)
+  if slot.entry == nil then slot.entry = count_entry(rule, gk, window_start) end
+  local entry = slot.entry
   local before = entry.value
   local after = before + matches
   entry.value, entry.dirty = after, true
@@ -504,21 +525,22 @@ local function apply(at, out)
     local first = first_seen_of(ep)
     seen_before = first and first < window_start
     if not first or window_start < first then
-      if not first then ep.values = ARGV[draft_at + 1] end
+      if not first then ep.values = slot.values end
       ep.first, ep.first_dirty = window_start, true
     end
   end
   if rule.kind == 'frequency' then
     if before < rule.threshold and after >= rule.threshold then
-      crossing(ep, window_start, after, 0, body, rfc3339(first_ms), rfc3339(last_ms), out)
+      crossing(ep, window_start, after, 0, body, first_text(), rfc3339(last_ms), out)
     else
       follow(ep, window_start, after, last_ms)
     end
   elseif rule.kind == 'spike' then
-    local previous = count_entry(rule, gk, window_start - rule.window).value
+    if slot.previous == nil then slot.previous = count_entry(rule, gk, window_start - rule.window) end
+    local previous = slot.previous.value
     local function holds(count) return count >= rule.min_count and count >= rule.ratio * previous end
     if rule.up and seen_before and not holds(before) and holds(after) then
-      crossing(ep, window_start, after, previous, body, rfc3339(first_ms), rfc3339(last_ms), out)
+      crossing(ep, window_start, after, previous, body, first_text(), rfc3339(last_ms), out)
     else
       follow(ep, window_start, after, last_ms)
     end
@@ -527,17 +549,11 @@ local function apply(at, out)
   end
 end
 
-local noisy = {}
-i = first_noisy
-while i <= #ARGV do
-  local alert_count, dead_count, update_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  local item = {at = i, owned = owns(ARGV[i]), raised = {}}
-  local updates_at = i + 5 + 3 * alert_count + 2 * dead_count
+for _, item in ipairs(noisy) do
+  item.owned = owns(ARGV[item.at])
   if item.owned then
-    for u = 0, update_count - 1 do apply(updates_at + 6 * u, item.raised) end
+    for u = 0, item.update_count - 1 do apply(item.updates_at + 6 * u, item.raised) end
   end
-  noisy[#noisy + 1] = item
-  i = updates_at + 6 * update_count
 end
 for rule, seen_newest in pairs(newest) do
   if seen_newest.dirty then redis.call('SET', rules_prefix .. 'newest:' .. rule.name, fmt(seen_newest.value)) end
@@ -555,13 +571,15 @@ local function acknowledge_range(first, last)
   return removed
 end
 
--- 5. items with outputs: write, then acknowledge
+-- 5. items with outputs: write, then acknowledge (stream mode: all of them at the end,
+-- with one variadic XACK per 1000, after every output is written)
 local settled, events, written, duplicates, dead_written = 0, 0, 0, rule_duplicates, 0
+local owned_ids, owned_events = {}, 0
 for _, noisy_item in ipairs(noisy) do
   local at = noisy_item.at
-  local item, event_count = ARGV[at], tonumber(ARGV[at + 1])
-  local alert_count, dead_count = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local item, alert_count, dead_count = ARGV[at], noisy_item.alert_count, noisy_item.dead_count
   if noisy_item.owned then
+    local event_count = tonumber(ARGV[at + 1])
     local k = at + 5
     for _ = 1, alert_count do
       local alert_id, guarded, alert = ARGV[k], ARGV[k + 1], ARGV[k + 2]
@@ -585,11 +603,23 @@ for _, noisy_item in ipairs(noisy) do
       dead_written = dead_written + 1
       k = k + 2
     end
-    if acknowledge_one(item) == 1 then
+    if mode == 'stream' then
+      owned_ids[#owned_ids + 1] = item
+      owned_events = owned_events + event_count
+    elseif acknowledge_one(item) == 1 then
       settled = settled + 1
       events = events + event_count
     end
   end
+end
+if #owned_ids > 0 then
+  local acked = 0
+  for first = 1, #owned_ids, 1000 do
+    acked = acked + redis.call('XACK', source, group, unpack(owned_ids, first, math.min(first + 999, #owned_ids)))
+  end
+  -- every owned entry is pending on us in this very script: each XACK counts
+  settled = settled + acked
+  events = events + owned_events
 end
 
 -- 6. items without outputs; unpack() is limited by the Lua stack: chunks of 1000
