@@ -103,7 +103,7 @@ async fn of_two_consumers_settling_one_entry_only_its_holder_writes_the_alert() 
     let rules = [Rule::min_level(Level::Critical)];
     let outcome = || {
         let decoded = event::decode_entry(&entry_id, &fields, Level::Critical);
-        Outcome::evaluate(entry_id.clone(), decoded, &rules)
+        Outcome::evaluate(entry_id.clone(), decoded, &rules, &[])
     };
     let keys = Keys::default();
     let target = |consumer| SettleTarget {

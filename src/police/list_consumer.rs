@@ -90,7 +90,7 @@ async fn process(
             // pushed twice is two messages, each alerted (the processing list already fences
             // a double settle of one item).
             let carries_own_id = decoded.events.iter().all(|event| event.id != item_id);
-            let mut outcome = Outcome::evaluate(item, decoded, &police.rules);
+            let mut outcome = Outcome::evaluate(item, decoded, &police.rules, &police.alert_sinks);
             outcome.deduplicate_alerts = carries_own_id;
             if !carries_own_id {
                 // Two pushes of one message are two alerts: they get two ids.
@@ -101,7 +101,6 @@ async fn process(
             outcome
         })
         .collect();
-    police.deliver_locally(&outcomes).await?;
     police
         .settle(connection, Source::List { processing_list }, &outcomes)
         .await

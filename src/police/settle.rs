@@ -26,7 +26,8 @@ pub struct Outcome {
 
 impl Outcome {
     /// Runs the rules over the decoded events; undecodable parts become dead letters.
-    pub fn evaluate(item: String, decoded: DecodedEntry, rules: &[Rule]) -> Outcome {
+    /// `sinks`: where the alerts are routed (the record's `sinks`).
+    pub fn evaluate(item: String, decoded: DecodedEntry, rules: &[Rule], sinks: &[String]) -> Outcome {
         let event_count = decoded.event_count;
         let mut alerts = Vec::new();
         for event in decoded.events {
@@ -34,9 +35,9 @@ impl Outcome {
             let mut matching = rules.iter().filter(|rule| rule.matches(&event)).peekable();
             while let Some(rule) = matching.next() {
                 if matching.peek().is_some() {
-                    alerts.push(Alert::for_event(rule.name(), "critical", &[], event.clone()));
+                    alerts.push(Alert::for_event(rule.name(), "critical", sinks, event.clone()));
                 } else {
-                    alerts.push(Alert::for_event(rule.name(), "critical", &[], event));
+                    alerts.push(Alert::for_event(rule.name(), "critical", sinks, event));
                     break;
                 }
             }

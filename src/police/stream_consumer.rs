@@ -52,7 +52,6 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
         }
         // New entries were delivered once so far: no delivery counts needed.
         let outcomes = evaluate(police, std::mem::take(&mut entries_in_hand), None);
-        police.deliver_locally(&outcomes).await?;
         if police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
             police.settle(&mut connection, Source::Stream, &outcomes).await?;
             continue;
@@ -159,7 +158,6 @@ async fn process(
     delivery_counts: Option<HashMap<String, u64>>,
 ) -> Result<(), SessionError> {
     let outcomes = evaluate(police, entries, delivery_counts.as_ref());
-    police.deliver_locally(&outcomes).await?;
     police.settle(connection, Source::Stream, &outcomes).await
 }
 
@@ -177,7 +175,7 @@ fn evaluate(
         let Some(fields) = entry.fields else {
             // Deleted from the stream while pending: nothing left to process; ack it.
             warn!(entry_id = %entry.id, "pending entry no longer exists in the stream");
-            outcomes.push(Outcome::evaluate(entry.id, Default::default(), &[]));
+            outcomes.push(Outcome::evaluate(entry.id, Default::default(), &[], &[]));
             continue;
         };
         if deliveries > max_deliveries {
@@ -186,7 +184,7 @@ fn evaluate(
             continue;
         }
         let decoded = event::decode_entry_within(&entry.id, &fields, police.interest, police.config.max_entry_bytes);
-        outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules));
+        outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules, &police.alert_sinks));
     }
     outcomes
 }
