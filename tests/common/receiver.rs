@@ -14,7 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Answer {
     Status(u16),
     /// 429 with `Retry-After: <seconds>`.
-    TooManyRequests { retry_after_s: u64 },
+    TooManyRequests {
+        retry_after_s: u64,
+    },
     /// Close the connection without answering.
     HangUp,
 }
@@ -194,7 +196,10 @@ async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Pa
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
         .collect();
-    let length: usize = headers.get("content-length").and_then(|value| value.parse().ok()).unwrap_or(0);
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
     let body_start = header_end + 4;
     while buffer.len() < body_start + length {
         let mut chunk = [0u8; 65536];
