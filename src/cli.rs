@@ -300,9 +300,13 @@ pub struct PoliceArgs {
     /// Deliveries after which an entry goes to the dead-letter stream
     #[arg(long, env = "LOGSENTINEL_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
-    /// Lowest level that raises an alert
+    /// Lowest level that raises an alert (the built-in rule, used without --rules)
     #[arg(long, env = "LOGSENTINEL_ALERT_LEVEL", default_value = "CRITICAL")]
     pub alert_level: String,
+    /// Rule file (TOML, see "Alert rules"); SIGHUP reloads it. Without one, the built-in
+    /// rule `critical` raises an alert per event at --alert-level or above
+    #[arg(long, env = "LOGSENTINEL_RULES")]
+    pub rules: Option<PathBuf>,
     /// Also append alerts to this JSONL file (fsynced before acknowledging)
     #[arg(long, env = "LOGSENTINEL_ALERTS_FILE")]
     pub alerts_file: Option<PathBuf>,

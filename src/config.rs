@@ -533,6 +533,8 @@ pub struct PoliceConfig {
     pub claim_idle: Duration,
     pub max_deliveries: u64,
     pub alert_level: Level,
+    /// The rule file; `None`: the built-in rule at `alert_level`.
+    pub rules_file: Option<PathBuf>,
     pub alerts_file: Option<PathBuf>,
     pub quiet: bool,
     pub alert_dedup_ttl_s: u64,
@@ -577,6 +579,7 @@ pub fn police_config(args: &PoliceArgs, matches: &ArgMatches, file: &FileConfig)
         claim_idle: in_range("claim_idle", args.claim_idle.0, one_ms, THIRTY_DAYS)?,
         max_deliveries,
         alert_level,
+        rules_file: args.rules.clone(),
         alerts_file: args.alerts_file.clone(),
         quiet: args.quiet,
         alert_dedup_ttl_s: alert_dedup_ttl.as_secs(),

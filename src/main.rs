@@ -72,7 +72,16 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
         }
         Command::Police(args) => {
             let police_config = config::police_config(&args, sub_matches, &file)?;
-            let police = police::Police::new(broker_config, police_config, shutdown).await?;
+            let police = match police::Police::new(broker_config, police_config, shutdown).await {
+                Ok(police) => police,
+                Err(police::PoliceError::Rules(error)) => {
+                    for line in error.lines() {
+                        eprintln!("logsentinel: {line}");
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+                Err(other) => return Err(other.into()),
+            };
             police.run().await?;
             Ok(ExitCode::SUCCESS)
         }

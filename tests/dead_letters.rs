@@ -203,7 +203,7 @@ fn entries_that_cannot_be_read_whole_are_dead_lettered_whole() {
     // Only the good entry raised an alert: nothing of the rejected entries was half-read.
     let alerts = read_stream(&mut connection, "logsentinel:alerts");
     let alert_ids: Vec<&str> = alerts.iter().map(|(_, fields)| fields["id"].as_str()).collect();
-    assert_eq!(alert_ids, vec!["good:1:0/level>=CRITICAL"]);
+    assert_eq!(alert_ids, vec!["good:1:0/critical"]);
     let stats = counters(&mut connection, "logsentinel:logs:stats");
     assert_eq!(stats.get("dead"), Some(&3));
     assert_eq!(stats.get("events"), Some(&1));

@@ -13,12 +13,9 @@ use std::time::Duration;
 use base64::Engine;
 use hmac::Mac;
 use logsentinel::broker::keys::Keys;
-use logsentinel::config::{BrokerConfig, PoliceConfig};
-use logsentinel::delivery::config::{RateLimit, Secret, SinkConfig};
+use logsentinel::delivery::config::{Secret, SinkConfig};
 use logsentinel::delivery::{SinkWorker, WorkerSettings, spawn_workers};
-use logsentinel::event::Level;
-use logsentinel::options::{DurationMs, Transport};
-use logsentinel::police::Police;
+use logsentinel::options::DurationMs;
 use logsentinel::police::alert::{Alert, AlertStatus};
 use tokio_util::sync::CancellationToken;
 
@@ -113,66 +110,23 @@ fn webhook(url: &str, secret: Option<&str>, max_attempts: u32) -> SinkConfig {
     }
 }
 
-fn police_config(consumer: &str) -> PoliceConfig {
-    PoliceConfig {
-        source: Transport::Stream,
-        consumer: consumer.to_string(),
-        read_count: 256,
-        block: Duration::from_millis(200),
-        claim_idle: Duration::from_secs(30),
-        max_deliveries: 5,
-        alert_level: Level::Critical,
-        alerts_file: None,
-        quiet: true,
-        alert_dedup_ttl_s: 86_400,
-        consumer_idle_remove: Duration::from_secs(300),
-        trim: true,
-        maintenance_interval: Duration::from_millis(200),
-        health_file: None,
-        max_entry_bytes: 16 << 20,
-    }
+/// A rule file with `sinks_toml` (its `[sinks.NAME]` tables) and the rule `critical`: an
+/// alert for every CRITICAL event (cooldown 0), routed to `rule_sinks`.
+fn rule_file(dir: &std::path::Path, sinks_toml: &str, rule_sinks: &[&str]) -> PathBuf {
+    let path = dir.join("rules.toml");
+    let sinks: Vec<String> = rule_sinks.iter().map(|sink| format!("{sink:?}")).collect();
+    let text = format!(
+        "{sinks_toml}\n[[rules]]\nname = \"critical\"\ntype = \"any\"\nfilter = {{ level = \"CRITICAL\" }}\n\
+         cooldown = \"0s\"\nseverity = \"critical\"\nsinks = [{}]\n",
+        sinks.join(", ")
+    );
+    std::fs::write(&path, text).expect("write the rule file");
+    path
 }
 
-/// A police in this process (on a thread of its own, a single-threaded runtime as in the
-/// binary) whose alerts go to `sinks`: what a rule file's `sinks` does.
-struct InProcessPolice {
-    shutdown: CancellationToken,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl InProcessPolice {
-    fn stop(self) {
-        self.shutdown.cancel();
-        self.thread.join().expect("police thread");
-    }
-}
-
-fn start_police(url: &str, consumer: &str, sinks: Vec<(&str, SinkConfig)>) -> InProcessPolice {
-    let shutdown = CancellationToken::new();
-    let broker = BrokerConfig {
-        redis_url: url.to_string(),
-        keys: Keys::default(),
-    };
-    let config = police_config(consumer);
-    let sinks: Vec<(String, SinkConfig)> = sinks.into_iter().map(|(name, sink)| (name.to_string(), sink)).collect();
-    let stop = shutdown.clone();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("police runtime");
-        runtime.block_on(async move {
-            let mut police = Police::new(broker, config, stop).await.expect("police");
-            for (name, sink) in sinks {
-                police
-                    .sink_workers
-                    .push(SinkWorker::from_config(&name, &sink).await.expect("sink"));
-                police.alert_sinks.push(name);
-            }
-            police.run().await.expect("police run");
-        });
-    });
-    InProcessPolice { shutdown, thread }
+/// `police --rules FILE` as a child process.
+fn spawn_police_with_rules(url: &str, consumer: &str, rules: &std::path::Path) -> std::process::Child {
+    spawn_police(url, consumer, &["--rules", rules.to_str().unwrap(), "--block", "200ms"])
 }
 
 async fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
@@ -381,26 +335,26 @@ async fn retries_stop_at_max_attempts_and_honour_retry_after() {
     assert_eq!(sink_group_pending(&mut connection, "hook"), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_down_for_the_whole_run_holds_back_nothing_but_its_own_backlog() {
+#[test]
+fn a_receiver_down_for_the_whole_run_holds_back_nothing_but_its_own_backlog() {
     let redis = TestRedis::start(&[]);
     let mut connection = redis.connection();
     create_group(&mut connection, "police");
+    let dir = tempfile::tempdir().unwrap();
     let address = free_address();
     // Many attempts: the receiver stays down longer than the default 8 attempts may last.
-    let sink = webhook(&format!("http://{address}/"), None, 1000);
-    let police = start_police(&redis.url(), "p1", vec![("hook", sink)]);
+    let sinks = format!("[sinks.hook]\ntype = \"webhook\"\nurl = \"http://{address}/\"\nmax_attempts = 1000\n");
+    let rules = rule_file(dir.path(), &sinks, &["hook"]);
+    let police = spawn_police_with_rules(&redis.url(), "p1", &rules);
     write_critical_events(&mut connection, "down", 300);
-    wait_for("every event settled", Duration::from_secs(60), || {
+    wait_until("every event settled", Duration::from_secs(60), || {
         counters(&mut connection, "logsentinel:logs:stats").get("events") == Some(&300)
-    })
-    .await;
+    });
     assert_alerts_exactly_once(&mut connection, 300);
     assert_eq!(pending_total(&mut connection), 0, "ingestion is done");
-    wait_for("a delivery attempt", Duration::from_secs(30), || {
+    wait_until("a delivery attempt", Duration::from_secs(30), || {
         sink_group_pending(&mut connection, "hook") > 0
-    })
-    .await;
+    });
     assert_eq!(
         sink_backlog(&mut connection, "hook"),
         300,
@@ -408,14 +362,10 @@ async fn a_receiver_down_for_the_whole_run_holds_back_nothing_but_its_own_backlo
     );
 
     let hook = Receiver::start_on(&address);
-    let expected: BTreeSet<String> = read_stream(&mut connection, "logsentinel:alerts")
-        .into_iter()
-        .map(|(_, fields)| fields["id"].clone())
-        .collect();
-    wait_for("the backlog drained", Duration::from_secs(120), || {
+    let expected = alert_ids_in_stream(&mut connection);
+    wait_until("the backlog drained", Duration::from_secs(120), || {
         sink_backlog(&mut connection, "hook") == 0
-    })
-    .await;
+    });
     let delivered: BTreeSet<String> = hook
         .requests()
         .iter()
@@ -423,7 +373,7 @@ async fn a_receiver_down_for_the_whole_run_holds_back_nothing_but_its_own_backlo
         .map(|request| request.header("idempotency-key").unwrap().to_string())
         .collect();
     assert_eq!(delivered, expected);
-    police.stop();
+    stop_gracefully(police);
     assert!(read_stream(&mut connection, "logsentinel:dead:sink:hook").is_empty());
 }
 
@@ -451,43 +401,43 @@ fn slack_alert_ids(request: &receiver::Request) -> Vec<String> {
     ids
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_of_5000_critical_events_reaches_slack_in_digests() {
+#[test]
+fn a_storm_of_5000_critical_events_reaches_slack_in_digests() {
     let redis = TestRedis::start(&[]);
     let mut connection = redis.connection();
     create_group(&mut connection, "police");
+    let dir = tempfile::tempdir().unwrap();
     let slack = Receiver::start();
-    let sink = SinkConfig::Slack {
-        url: Secret::Value(slack.url("/services/T000/B000/XXXX")),
-        max_attempts: None,
-        timeout: None,
-        rate_limit: Some(RateLimit {
-            messages: 1,
-            per: DurationMs(Duration::from_secs(1)),
-        }),
-    };
-    let police = start_police(&redis.url(), "p1", vec![("slack", sink)]);
+    let sinks = "[sinks.slack]\ntype = \"slack\"\nurl = { env = \"TEST_SLACK_HOOK\" }\n\
+                 rate_limit = { messages = 1, per = \"1s\" }\n";
+    let rules = rule_file(dir.path(), sinks, &["slack"]);
+    let police = logsentinel(&redis.url())
+        .args([
+            "police",
+            "--consumer",
+            "p1",
+            "--quiet",
+            "--rules",
+            rules.to_str().unwrap(),
+        ])
+        .env("TEST_SLACK_HOOK", slack.url("/services/T000/B000/XXXX"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn police");
     write_critical_events(&mut connection, "storm", 5000);
-    wait_for("every event settled", Duration::from_secs(120), || {
-        counters(&mut connection, "logsentinel:logs:stats").get("events") == Some(&5000)
-    })
-    .await;
-    let expected: BTreeSet<String> = read_stream(&mut connection, "logsentinel:alerts")
-        .into_iter()
-        .map(|(_, fields)| fields["id"].clone())
-        .collect();
-    assert_eq!(expected.len(), 5000);
-    wait_for("the slack backlog drained", Duration::from_secs(180), || {
+    let expected = alert_ids_in_stream_when_settled(&mut connection, 5000);
+    wait_until("the slack backlog drained", Duration::from_secs(180), || {
         sink_backlog(&mut connection, "slack") == 0
-    })
-    .await;
-    police.stop();
+    });
+    stop_gracefully(police);
 
     let requests = slack.requests();
     let mut received: Vec<String> = Vec::new();
     let mut digests = 0;
     for request in &requests {
         assert!(request.delivered());
+        assert_eq!(request.path, "/services/T000/B000/XXXX");
         let body = request.json();
         assert!(body["text"].is_string() && body["blocks"].is_array(), "{body}");
         for block in body["blocks"].as_array().unwrap() {

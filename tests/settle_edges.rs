@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use logsentinel::broker::keys::Keys;
 use logsentinel::event::{self, Level};
-use logsentinel::police::rules::Rule;
+use logsentinel::police::rules::RuleSet;
 use logsentinel::police::settle::{self, Outcome, SettleTarget, Source};
 
 fn event_json(id: &str, level: &str, message: &str) -> String {
@@ -100,10 +100,10 @@ async fn of_two_consumers_settling_one_entry_only_its_holder_writes_the_alert() 
         ("v".to_string(), "1".to_string()),
         ("event".to_string(), event_json("a:1:0", "CRITICAL", "disk full")),
     ];
-    let rules = [Rule::min_level(Level::Critical)];
+    let rules = RuleSet::builtin(Level::Critical, Vec::new());
     let outcome = || {
         let decoded = event::decode_entry(&entry_id, &fields, Level::Critical);
-        Outcome::evaluate(entry_id.clone(), decoded, &rules, &[])
+        Outcome::evaluate(entry_id.clone(), decoded, &rules, 0)
     };
     let keys = Keys::default();
     let target = |consumer| SettleTarget {

@@ -453,12 +453,10 @@ impl Shipper {
                         );
                         warned_full = true;
                     }
-                    if self.stop_deadline_passed() || self.report.refused.is_some() {
-                        self.report.unsent_events += batch.event_count;
-                        self.settle(&mut batch, Settled::Unsent);
+                    let Some(replay) = self.replay_ahead_of(&mut batch).await else {
                         return;
-                    }
-                    match self.replay_one().await {
+                    };
+                    match replay {
                         Replay::Shipped => {}
                         Replay::Empty => {
                             // Nothing spooled to keep ahead of it (the disk is full of
@@ -486,12 +484,10 @@ impl Shipper {
     /// Ships a batch the spool cannot hold, after everything spooled before it.
     async fn ship_behind_backlog(&mut self, mut batch: Batch) {
         while self.has_backlog() {
-            if self.stop_deadline_passed() || self.report.refused.is_some() {
-                self.report.unsent_events += batch.event_count;
-                self.settle(&mut batch, Settled::Unsent);
+            let Some(replay) = self.replay_ahead_of(&mut batch).await else {
                 return;
-            }
-            match self.replay_one().await {
+            };
+            match replay {
                 Replay::Shipped => {}
                 Replay::Empty => break,
                 Replay::NotBefore(at) => self.pause_until(at).await,
@@ -504,6 +500,17 @@ impl Shipper {
             self.report.unsent_events += batch.event_count;
             self.settle(&mut batch, Settled::Unsent);
         }
+    }
+
+    /// One step of waiting behind the spooled backlog: gives `batch` up (unsent) once the
+    /// stop deadline passed or Redis refused us (`None`), else replays one spooled record.
+    async fn replay_ahead_of(&mut self, batch: &mut Batch) -> Option<Replay> {
+        if self.stop_deadline_passed() || self.report.refused.is_some() {
+            self.report.unsent_events += batch.event_count;
+            self.settle(batch, Settled::Unsent);
+            return None;
+        }
+        Some(self.replay_one().await)
     }
 
     /// Ships the oldest spooled record (or what is left of it), if Redis and the consumers

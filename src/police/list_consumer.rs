@@ -80,6 +80,8 @@ async fn process(
     processing_list: &str,
     items: Vec<String>,
 ) -> Result<(), SessionError> {
+    police.refresh_rules();
+    let now_ms = super::rules::window::now_ms();
     let outcomes: Vec<Outcome> = items
         .into_iter()
         .map(|item| {
@@ -90,7 +92,7 @@ async fn process(
             // pushed twice is two messages, each alerted (the processing list already fences
             // a double settle of one item).
             let carries_own_id = decoded.events.iter().all(|event| event.id != item_id);
-            let mut outcome = Outcome::evaluate(item, decoded, &police.rules, &police.alert_sinks);
+            let mut outcome = Outcome::evaluate(item, decoded, &police.rules, now_ms);
             outcome.deduplicate_alerts = carries_own_id;
             if !carries_own_id {
                 // Two pushes of one message are two alerts: they get two ids.

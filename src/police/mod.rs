@@ -18,7 +18,10 @@ pub mod rules;
 pub mod settle;
 pub mod stream_consumer;
 
+use std::sync::Arc;
+
 use redis::RedisError;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -28,7 +31,7 @@ use crate::config::{BrokerConfig, PoliceConfig};
 use crate::delivery::config::{SetupError, SinkConfig};
 use crate::delivery::{SinkWorker, WorkerSettings, worker::WorkerError};
 use crate::options::Transport;
-use rules::Rule;
+use rules::{RuleFileError, RuleSet};
 use settle::{Outcome, Settled};
 
 /// Shortest life of a group heartbeat key: removal of a dead consumer is tidying up, never
@@ -46,12 +49,13 @@ pub enum SessionEnd {
 pub struct Police {
     pub broker: BrokerConfig,
     pub config: PoliceConfig,
-    pub rules: Vec<Rule>,
-    /// Lowest level any rule fires at; events below it are only validated and counted.
+    /// The rules in force; replaced whole when a reload succeeds (see [`Self::refresh_rules`]).
+    pub rules: Arc<RuleSet>,
+    /// Lowest level any rule matches; events below it are only validated and counted.
     pub interest: crate::event::Level,
-    /// Sinks the alerts are routed to (the record's `sinks`).
-    pub alert_sinks: Vec<String>,
-    /// One delivery worker per sink, started by [`Self::run`].
+    /// Rule sets reloaded on SIGHUP; `None` without a rule file.
+    pub reloaded_rules: Option<watch::Receiver<Arc<RuleSet>>>,
+    /// One delivery worker per sink of the rules, started by [`Self::run`].
     pub sink_workers: Vec<SinkWorker>,
     /// What this police settled; shared cells so that a settle can run beside a read.
     pub totals: settle::Totals,
@@ -66,6 +70,9 @@ pub enum PoliceError {
         #[source]
         source: RedisError,
     },
+    /// Every error of the rule file, one `FILE:LINE:COL: message` per line.
+    #[error("{0}")]
+    Rules(#[source] RuleFileError),
     /// A sink cannot start (a file that cannot be opened, a missing secret): exit 2.
     #[error(transparent)]
     Sink(#[from] SetupError),
@@ -100,28 +107,60 @@ impl Police {
         config: PoliceConfig,
         shutdown: CancellationToken,
     ) -> Result<Police, PoliceError> {
+        // Sinks are read once, at start: a reload that changes them is logged and takes
+        // effect at the next start (see `refresh_rules`).
+        let (rules, reloaded_rules, sinks) = match &config.rules_file {
+            Some(path) => {
+                let rules = load_rules(path.clone()).await.map_err(PoliceError::Rules)?;
+                let sinks: Vec<(String, SinkConfig)> = rules
+                    .sinks()
+                    .iter()
+                    .map(|(name, sink)| (name.clone(), sink.clone()))
+                    .collect();
+                let (sender, receiver) = watch::channel(rules.clone());
+                reload_on_hangup(path.clone(), sender);
+                (rules, Some(receiver), sinks)
+            }
+            None => {
+                let sinks = builtin_sinks(&config);
+                let names = sinks.iter().map(|(name, _)| name.clone()).collect();
+                (Arc::new(RuleSet::builtin(config.alert_level, names)), None, sinks)
+            }
+        };
         let mut sink_workers = Vec::new();
-        let mut alert_sinks = Vec::new();
-        for (name, sink_config) in builtin_sinks(&config) {
-            sink_workers.push(SinkWorker::from_config(&name, &sink_config).await?);
-            alert_sinks.push(name);
+        for (name, sink_config) in &sinks {
+            sink_workers.push(SinkWorker::from_config(name, sink_config).await?);
         }
-        let rules = vec![Rule::min_level(config.alert_level)];
-        let interest = rules
-            .iter()
-            .map(Rule::lowest_level)
-            .min()
-            .unwrap_or(crate::event::Level::Emergency);
+        let interest = rules.lowest_level();
         Ok(Police {
             rules,
             interest,
+            reloaded_rules,
             broker,
             config,
-            alert_sinks,
             sink_workers,
             totals: settle::Totals::default(),
             shutdown,
         })
+    }
+
+    /// Takes the newest rule set reloaded on SIGHUP, if any: called between batches, so
+    /// that a batch is evaluated under one rule set.
+    fn refresh_rules(&mut self) {
+        let Some(receiver) = &mut self.reloaded_rules else {
+            return;
+        };
+        if !receiver.has_changed().unwrap_or(false) {
+            return;
+        }
+        let reloaded = receiver.borrow_and_update().clone();
+        if !reloaded.sinks().keys().eq(self.rules.sinks().keys()) {
+            tracing::warn!(
+                "the reloaded rule file names other sinks; delivery keeps the sinks of the start until a restart"
+            );
+        }
+        self.rules = reloaded;
+        self.interest = self.rules.lowest_level();
     }
 
     /// Runs sessions until a stop is requested; a Redis outage ends a session, and a new one
@@ -258,6 +297,47 @@ impl Police {
         }
         Ok(())
     }
+}
+
+/// Reads and compiles a rule file off the runtime thread (many regexes take a while).
+pub async fn load_rules(path: std::path::PathBuf) -> Result<Arc<RuleSet>, RuleFileError> {
+    let shown = path.display().to_string();
+    match tokio::task::spawn_blocking(move || RuleSet::load(&path)).await {
+        Ok(loaded) => loaded.map(Arc::new),
+        Err(join_error) => Err(RuleFileError::Read {
+            path: shown,
+            source: std::io::Error::other(join_error.to_string()),
+        }),
+    }
+}
+
+/// On every SIGHUP, reloads the rule file and hands the new set to the police; a file that
+/// does not load keeps the rules in force, and the reason is logged.
+fn reload_on_hangup(path: std::path::PathBuf, sender: watch::Sender<Arc<RuleSet>>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot listen for SIGHUP; the rule file will not be reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match load_rules(path.clone()).await {
+                Ok(rules) => {
+                    info!(path = %path.display(), rules = rules.rules().len(), "rule file reloaded");
+                    if sender.send(rules).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    errors = %error.lines().join("; "),
+                    "rule file not reloaded, the rules in force stay"
+                ),
+            }
+        }
+    });
 }
 
 #[derive(Debug, thiserror::Error)]

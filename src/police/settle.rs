@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use redis::RedisError;
 
 use super::alert::Alert;
-use super::rules::Rule;
+use super::rules::RuleSet;
+use super::rules::plan::RuleUpdate;
 use crate::broker::{Connection, keys::Keys, scripts};
 use crate::event::{DecodedEntry, Rejected};
 
@@ -22,32 +23,24 @@ pub struct Outcome {
     /// is two messages, and the processing list already fences a double settle.
     pub deduplicate_alerts: bool,
     pub dead: Vec<Rejected>,
+    /// Matches of the stateful rules, folded per (rule, group key, window), for the settle
+    /// script to apply to the rule state.
+    pub updates: Vec<RuleUpdate>,
 }
 
 impl Outcome {
-    /// Runs the rules over the decoded events; undecodable parts become dead letters.
-    /// `sinks`: where the alerts are routed (the record's `sinks`).
-    pub fn evaluate(item: String, decoded: DecodedEntry, rules: &[Rule], sinks: &[String]) -> Outcome {
+    /// Runs the rules over the decoded events at wall clock `now_ms`; undecodable parts
+    /// become dead letters.
+    pub fn evaluate(item: String, decoded: DecodedEntry, rules: &RuleSet, now_ms: i64) -> Outcome {
         let event_count = decoded.event_count;
-        let mut alerts = Vec::new();
-        for event in decoded.events {
-            // An event raises at most one alert per rule; cloning only for the second rule on.
-            let mut matching = rules.iter().filter(|rule| rule.matches(&event)).peekable();
-            while let Some(rule) = matching.next() {
-                if matching.peek().is_some() {
-                    alerts.push(Alert::for_event(rule.name(), "critical", sinks, event.clone()));
-                } else {
-                    alerts.push(Alert::for_event(rule.name(), "critical", sinks, event));
-                    break;
-                }
-            }
-        }
+        let plan = rules.evaluate(decoded.events, now_ms);
         Outcome {
             item,
             event_count,
-            alerts,
+            alerts: plan.alerts,
             deduplicate_alerts: true,
             dead: decoded.rejected,
+            updates: plan.updates,
         }
     }
 
@@ -59,6 +52,7 @@ impl Outcome {
             alerts: Vec::new(),
             deduplicate_alerts: true,
             dead: vec![Rejected { reason, raw }],
+            updates: Vec::new(),
         }
     }
 }

@@ -50,6 +50,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
             entries_in_hand = read_new(police, &mut connection, next_maintenance).await?;
             continue;
         }
+        police.refresh_rules();
         // New entries were delivered once so far: no delivery counts needed.
         let outcomes = evaluate(police, std::mem::take(&mut entries_in_hand), None);
         if police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
@@ -157,6 +158,7 @@ async fn process(
     entries: Vec<StreamEntry>,
     delivery_counts: Option<HashMap<String, u64>>,
 ) -> Result<(), SessionError> {
+    police.refresh_rules();
     let outcomes = evaluate(police, entries, delivery_counts.as_ref());
     police.settle(connection, Source::Stream, &outcomes).await
 }
@@ -167,6 +169,7 @@ fn evaluate(
     delivery_counts: Option<&HashMap<String, u64>>,
 ) -> Vec<Outcome> {
     let max_deliveries = police.config.max_deliveries;
+    let now_ms = super::rules::window::now_ms();
     let mut outcomes = Vec::with_capacity(entries.len());
     for entry in entries {
         let deliveries = delivery_counts
@@ -175,7 +178,7 @@ fn evaluate(
         let Some(fields) = entry.fields else {
             // Deleted from the stream while pending: nothing left to process; ack it.
             warn!(entry_id = %entry.id, "pending entry no longer exists in the stream");
-            outcomes.push(Outcome::evaluate(entry.id, Default::default(), &[], &[]));
+            outcomes.push(Outcome::evaluate(entry.id, Default::default(), &police.rules, now_ms));
             continue;
         };
         if deliveries > max_deliveries {
@@ -184,7 +187,7 @@ fn evaluate(
             continue;
         }
         let decoded = event::decode_entry_within(&entry.id, &fields, police.interest, police.config.max_entry_bytes);
-        outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules, &police.alert_sinks));
+        outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules, now_ms));
     }
     outcomes
 }

@@ -1,0 +1,299 @@
+//! Evaluation of one input item (stream entry or list item): its events against every rule,
+//! folded into what the settle script needs ([`ItemPlan`]).
+//!
+//! Invariants:
+//! - `any` rules without cooldown give one complete alert per matching event, id
+//!   `<event id>/<rule>`, in event order then rule order
+//! - stateful rules give one [`RuleUpdate`] per (rule, group key, window) of the item, its
+//!   `matches` the number of matching events, its first and last event times the earliest
+//!   and latest of them, its draft rendered from the first of them; `any` with a cooldown
+//!   gives one update per matching event (window start = the event's time)
+//! - work per event that matches nothing is the filters alone: no allocation; the group
+//!   key of a match is hashed without allocating, strings are made once per new update
+
+use std::collections::HashMap;
+
+use super::plan::{ItemPlan, RuleUpdate};
+use super::template::{Context, Counts};
+use super::{RuleKind, RuleSet, group, window};
+use crate::event::LogEvent;
+use crate::police::alert::Alert;
+
+/// A stateful match being folded, before its draft is rendered.
+struct Pending {
+    /// Position of the rule in [`RuleSet::rules`].
+    rule_position: usize,
+    rule_index: usize,
+    window_start_ms: i64,
+    matches: u64,
+    first_event_ms: i64,
+    last_event_ms: i64,
+    /// The first matching event: the draft's event and template source.
+    event_index: usize,
+}
+
+impl RuleSet {
+    /// Evaluates the events of one input item at wall clock `now_ms` (used for events
+    /// whose timestamp is not RFC 3339, and as `raised_at`).
+    pub fn evaluate(&self, events: Vec<LogEvent>, now_ms: i64) -> ItemPlan {
+        if events.is_empty() {
+            return ItemPlan::default();
+        }
+        let mut any_hits: Vec<(usize, usize)> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        // (rule index, group hash, window start) → position in `pending`.
+        let mut pending_by_key: HashMap<(usize, u64, i64), usize> = HashMap::new();
+        for (event_index, event) in events.iter().enumerate() {
+            let mut event_time_ms: Option<i64> = None;
+            for (rule_position, rule) in self.rules.iter().enumerate() {
+                if !rule.filter.matches(event) {
+                    continue;
+                }
+                let Some(rule_index) = rule.stateful_index else {
+                    any_hits.push((rule_position, event_index));
+                    continue;
+                };
+                let ts_ms = *event_time_ms.get_or_insert_with(|| window::event_ms(&event.timestamp, now_ms));
+                let window_start_ms = match rule.kind.window_ms() {
+                    Some(window_ms) => window::window_start(ts_ms, window_ms),
+                    // `any` with a cooldown: every match is its own update.
+                    None => ts_ms,
+                };
+                let new_pending = Pending {
+                    rule_position,
+                    rule_index,
+                    window_start_ms,
+                    matches: 1,
+                    first_event_ms: ts_ms,
+                    last_event_ms: ts_ms,
+                    event_index,
+                };
+                if matches!(rule.kind, RuleKind::Any) {
+                    pending.push(new_pending);
+                    continue;
+                }
+                let group_hash = group::hash_of(rule.group_by.iter().map(|(_, field)| group::value_of(field, event)));
+                let key = (rule_index, group_hash, window_start_ms);
+                match pending_by_key.get(&key) {
+                    Some(position) => {
+                        let folded = &mut pending[*position];
+                        folded.matches += 1;
+                        folded.first_event_ms = folded.first_event_ms.min(ts_ms);
+                        folded.last_event_ms = folded.last_event_ms.max(ts_ms);
+                    }
+                    None => {
+                        pending_by_key.insert(key, pending.len());
+                        pending.push(new_pending);
+                    }
+                }
+            }
+        }
+        let updates = pending
+            .into_iter()
+            .map(|folded| self.update_of(folded, &events, now_ms))
+            .collect();
+        let alerts = self.any_alerts(&any_hits, events, now_ms);
+        ItemPlan { alerts, updates }
+    }
+
+    fn update_of(&self, folded: Pending, events: &[LogEvent], now_ms: i64) -> RuleUpdate {
+        let rule = &self.rules[folded.rule_position];
+        let event = &events[folded.event_index];
+        let group_values: Vec<String> = rule
+            .group_by
+            .iter()
+            .map(|(_, field)| group::value_of(field, event).to_string())
+            .collect();
+        let group = group::key_of(group_values.iter().map(String::as_str));
+        let first_event_time = window::rfc3339(folded.first_event_ms);
+        let last_event_time = window::rfc3339(folded.last_event_ms);
+        let context = Context {
+            event: Some(event),
+            group_values: &group_values,
+            counts: Counts::Marked,
+            first_event_time: &first_event_time,
+            last_event_time: &last_event_time,
+        };
+        let mut draft = rule.alert(&context, &group_values, folded.matches, &now_ms);
+        draft.event = Some(event.clone());
+        RuleUpdate {
+            rule_index: folded.rule_index,
+            group,
+            window_start_ms: folded.window_start_ms,
+            matches: folded.matches,
+            first_event_ms: folded.first_event_ms,
+            last_event_ms: folded.last_event_ms,
+            draft,
+        }
+    }
+
+    /// The alerts of `any` rules without cooldown; each event is moved into its last alert
+    /// and cloned only for the others.
+    fn any_alerts(&self, any_hits: &[(usize, usize)], events: Vec<LogEvent>, now_ms: i64) -> Vec<Alert> {
+        if any_hits.is_empty() {
+            return Vec::new();
+        }
+        let mut alerts: Vec<Alert> = any_hits
+            .iter()
+            .map(|(rule_position, event_index)| {
+                let rule = &self.rules[*rule_position];
+                let event = &events[*event_index];
+                let group_values: Vec<String> = rule
+                    .group_by
+                    .iter()
+                    .map(|(_, field)| group::value_of(field, event).to_string())
+                    .collect();
+                let context = Context {
+                    event: Some(event),
+                    group_values: &group_values,
+                    counts: Counts::Known { count: 1 },
+                    first_event_time: &event.timestamp,
+                    last_event_time: &event.timestamp,
+                };
+                let mut alert = rule.alert(&context, &group_values, 1, &now_ms);
+                alert.alert_id = format!("{}/{}", event.id, rule.name);
+                alert
+            })
+            .collect();
+        let mut remaining_uses = vec![0usize; events.len()];
+        for (_, event_index) in any_hits {
+            remaining_uses[*event_index] += 1;
+        }
+        let mut owned: Vec<Option<LogEvent>> = events.into_iter().map(Some).collect();
+        for (alert, (_, event_index)) in alerts.iter_mut().zip(any_hits) {
+            remaining_uses[*event_index] -= 1;
+            alert.event = if remaining_uses[*event_index] == 0 {
+                owned[*event_index].take()
+            } else {
+                owned[*event_index].clone()
+            };
+        }
+        alerts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Level;
+    use crate::police::rules::plan::FIGURE_MARK;
+
+    fn event(id: &str, timestamp: &str, level: Level, service: &str) -> LogEvent {
+        LogEvent {
+            id: id.into(),
+            timestamp: timestamp.into(),
+            level,
+            service: service.into(),
+            host: "web-1".into(),
+            message: "boom".into(),
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn builtin_rule_alerts_per_event_at_and_above_its_level() {
+        let rules = RuleSet::builtin(Level::Critical, vec!["console".into()]);
+        let plan = rules.evaluate(
+            vec![
+                event("a:1:0", "2026-12-01T12:00:00Z", Level::Error, "api"),
+                event("a:1:1", "2026-12-01T12:00:01Z", Level::Critical, "api"),
+                event("a:1:2", "2026-12-01T12:00:02Z", Level::Emergency, "db"),
+            ],
+            0,
+        );
+        assert!(plan.updates.is_empty());
+        let ids: Vec<&str> = plan.alerts.iter().map(|alert| alert.alert_id.as_str()).collect();
+        assert_eq!(ids, ["a:1:1/critical", "a:1:2/critical"]);
+        assert_eq!(plan.alerts[0].severity, "critical");
+        assert_eq!(plan.alerts[0].sinks, ["console"]);
+        assert_eq!(plan.alerts[1].event.as_ref().unwrap().service, "db");
+        assert_eq!(rules.lowest_level(), Level::Critical);
+        assert!(rules.stateful_rules().is_empty());
+    }
+
+    #[test]
+    fn frequency_matches_fold_per_group_and_window() {
+        let rules = RuleSet::parse(
+            "rules.toml",
+            r#"
+            [[rules]]
+            name = "errors"
+            type = "frequency"
+            filter = { level = "ERROR" }
+            group_by = ["service"]
+            threshold = 3
+            window = "1m"
+            annotations = { summary = "{count} errors in {service} within {window}" }
+
+            [[rules]]
+            name = "all"
+            type = "any"
+            cooldown = "0s"
+            filter = { level = "CRITICAL" }
+            "#,
+        )
+        .unwrap();
+        let plan = rules.evaluate(
+            vec![
+                event("e0", "2026-12-01T12:00:10Z", Level::Error, "api"),
+                event("e1", "2026-12-01T12:00:50Z", Level::Critical, "api"),
+                event("e2", "2026-12-01T12:00:20Z", Level::Error, "db"),
+                event("e3", "2026-12-01T12:01:05Z", Level::Error, "api"),
+                event("e4", "2026-12-01T12:00:05Z", Level::Info, "api"),
+            ],
+            0,
+        );
+        assert_eq!(plan.alerts.len(), 1, "only e1 is CRITICAL");
+        assert_eq!(plan.alerts[0].alert_id, "e1/all");
+        let summary: Vec<(String, i64, u64)> = plan
+            .updates
+            .iter()
+            .map(|update| {
+                (
+                    update.group.values_json.clone(),
+                    update.window_start_ms % 3_600_000,
+                    update.matches,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (r#"["api"]"#.to_string(), 0, 2),
+                (r#"["db"]"#.to_string(), 0, 1),
+                (r#"["api"]"#.to_string(), 60_000, 1),
+            ]
+        );
+        let api = &plan.updates[0];
+        assert_eq!(api.last_event_ms - api.first_event_ms, 40_000);
+        assert_eq!(api.draft.event.as_ref().unwrap().id, "e0");
+        assert_eq!(api.draft.group["service"], "api");
+        assert_eq!(
+            api.draft.annotations["summary"],
+            format!("{FIGURE_MARK}count{FIGURE_MARK} errors in api within 1m")
+        );
+        assert_eq!(api.draft.rule_type, "frequency");
+        assert_eq!(rules.lowest_level(), Level::Error);
+    }
+
+    #[test]
+    fn any_with_cooldown_gives_one_update_per_event_and_unparsable_times_use_now() {
+        let rules = RuleSet::parse(
+            "rules.toml",
+            "[[rules]]\nname = \"leak\"\ntype = \"any\"\nfilter = { message = \"boo\" }\n",
+        )
+        .unwrap();
+        let plan = rules.evaluate(
+            vec![
+                event("e0", "not a time", Level::Info, "api"),
+                event("e1", "1970-01-01T00:00:01Z", Level::Info, "api"),
+            ],
+            42,
+        );
+        assert!(plan.alerts.is_empty());
+        let starts: Vec<i64> = plan.updates.iter().map(|update| update.window_start_ms).collect();
+        assert_eq!(starts, [42, 1000]);
+        assert_eq!(rules.stateful_rules()[0].cooldown_ms, 60_000);
+        assert_eq!(rules.lowest_level(), Level::Unknown);
+    }
+}

@@ -1,0 +1,817 @@
+//! The rule file (TOML, `docs/ALERTING.md`): parsing and checking into a [`RuleSet`].
+//!
+//! Invariants:
+//! - every error names its place as `FILE:LINE:COL: message` (line and column from 1, the
+//!   column in characters); a file whose TOML parses reports all its errors, not the first
+//! - unknown keys are errors at every level (`deny_unknown_fields`), so a typo never
+//!   silently disables a rule
+//! - checking reads no secret: sink tables are parsed, never resolved
+//! - regexes are compiled with a size limit: a hostile file cannot make one take more than
+//!   [`REGEX_SIZE_LIMIT`] bytes compiled, nor its lazy DFA more than [`REGEX_DFA_SIZE_LIMIT`]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeValue, ValueDeserializer};
+
+use super::field::Field;
+use super::filter::Filter;
+use super::group;
+use super::plan::GroupKey;
+use super::template::{Names, Template};
+use super::{DEFAULT_COOLDOWN_MS, DEFAULT_MAX_LATENESS_MS, DEFAULT_SEVERITY, Direction, Rule, RuleKind, RuleSet};
+use crate::delivery::config::SinkConfig;
+use crate::event::Level;
+
+/// Largest rule file read: a rule file is written by hand; anything bigger is a mistake.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// Compiled size of one regex: far above what a hand-written filter needs (a few KiB),
+/// and small enough that hundreds of them stay within a few hundred MiB at worst.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Lazy DFA cache of one regex (per thread): the regex crate's default is 2 MiB; 1 MiB
+/// keeps a file of many regexes bounded and costs little speed on short log lines.
+pub const REGEX_DFA_SIZE_LIMIT: usize = 1 << 20;
+/// Longest window, cooldown or lateness: a year. Longer ones are mistakes, and window
+/// arithmetic stays far from overflow.
+const MAX_DURATION_MS: u64 = 366 * 86_400_000;
+
+/// One problem, at a place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleFileError {
+    #[error("{path}: cannot read the rule file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render_errors(.origin, .errors))]
+    Invalid { origin: String, errors: Vec<Located> },
+}
+
+impl RuleFileError {
+    /// Every error as `FILE:LINE:COL: message`, one per entry.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            RuleFileError::Read { .. } => vec![self.to_string()],
+            RuleFileError::Invalid { origin, errors } => errors
+                .iter()
+                .map(|error| format!("{origin}:{}:{}: {}", error.line, error.column, error.message))
+                .collect(),
+        }
+    }
+}
+
+fn render_errors(origin: &str, errors: &[Located]) -> String {
+    errors
+        .iter()
+        .map(|error| format!("{origin}:{}:{}: {}", error.line, error.column, error.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and compiles the file at `path` (blocking).
+pub fn load(path: &std::path::Path) -> Result<RuleSet, RuleFileError> {
+    let origin = path.display().to_string();
+    let read_error = |source| RuleFileError::Read {
+        path: origin.clone(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_error)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(RuleFileError::Invalid {
+            origin: origin.clone(),
+            errors: vec![Located {
+                line: 1,
+                column: 1,
+                message: format!("rule file is {size} bytes, more than the {MAX_FILE_BYTES} allowed"),
+            }],
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    compile(&origin, &text)
+}
+
+/// The errors found so far, placed by byte offset in `text`.
+struct Errors<'text> {
+    text: &'text str,
+    list: Vec<(usize, String)>,
+}
+
+impl Errors<'_> {
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.list.push((span.start, message.into()));
+    }
+
+    fn toml(&mut self, error: &toml::de::Error) {
+        let message = error.message().trim_end().replace('\n', "; ");
+        self.at(error.span().unwrap_or(0..0), message);
+    }
+
+    fn into_located(mut self) -> Vec<Located> {
+        // Errors in file order; one place may hold several.
+        self.list.sort_by_key(|(offset, _)| *offset);
+        self.list
+            .into_iter()
+            .map(|(offset, message)| {
+                let (line, column) = line_and_column(self.text, offset);
+                Located { line, column, message }
+            })
+            .collect()
+    }
+}
+
+/// Line and column (from 1; the column in characters) of byte `offset` of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawKind {
+    Any,
+    Frequency,
+    Spike,
+    Flatline,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawDirection {
+    Up,
+    Down,
+    Both,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawExpected {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: Spanned<RawKind>,
+    filter: Option<Spanned<RawFilter>>,
+    #[serde(default)]
+    group_by: Vec<Spanned<String>>,
+    severity: Option<Spanned<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    annotations: BTreeMap<String, Spanned<String>>,
+    cooldown: Option<Spanned<String>>,
+    sinks: Option<Vec<Spanned<String>>>,
+    threshold: Option<Spanned<u64>>,
+    window: Option<Spanned<String>>,
+    ratio: Option<Spanned<f64>>,
+    direction: Option<Spanned<RawDirection>>,
+    min_count: Option<Spanned<u64>>,
+    expect: Option<Vec<Spanned<RawExpected>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    level: Option<Spanned<String>>,
+    field: Option<Spanned<String>>,
+    equals: Option<Spanned<String>>,
+    #[serde(rename = "in")]
+    in_list: Option<Spanned<Vec<String>>>,
+    regex: Option<Spanned<String>>,
+    message: Option<Spanned<String>>,
+    all: Option<Vec<Spanned<RawFilter>>>,
+    any: Option<Vec<Spanned<RawFilter>>>,
+    not: Option<Box<Spanned<RawFilter>>>,
+}
+
+/// Parses and compiles `text`; `origin` names the file in the errors.
+pub fn compile(origin: &str, text: &str) -> Result<RuleSet, RuleFileError> {
+    let mut errors = Errors { text, list: Vec::new() };
+    let compiled = compile_document(text, &mut errors);
+    match compiled {
+        Some(rule_set) if errors.list.is_empty() => Ok(rule_set),
+        _ => Err(RuleFileError::Invalid {
+            origin: origin.to_string(),
+            errors: errors.into_located(),
+        }),
+    }
+}
+
+fn compile_document(text: &str, errors: &mut Errors<'_>) -> Option<RuleSet> {
+    let root = match toml::de::DeTable::parse(text) {
+        Ok(root) => root.into_inner(),
+        Err(error) => {
+            errors.toml(&error);
+            return None;
+        }
+    };
+    let mut max_lateness_ms = DEFAULT_MAX_LATENESS_MS;
+    let mut sinks = BTreeMap::new();
+    let mut raw_rules = Vec::new();
+    for (key, value) in root {
+        match key.get_ref().as_ref() {
+            "max_lateness" => {
+                if let Some(ms) = duration_value(&value, "max_lateness", errors) {
+                    max_lateness_ms = ms;
+                }
+            }
+            "sinks" => sinks = compile_sinks(value, errors),
+            "rules" => {
+                let span = value.span();
+                match value.into_inner() {
+                    DeValue::Array(elements) => raw_rules = elements.iter().cloned().collect(),
+                    _ => errors.at(span, "rules must be an array of tables ([[rules]])"),
+                }
+            }
+            other => errors.at(
+                key.span(),
+                format!("unknown key {other:?} (expected max_lateness, sinks, rules)"),
+            ),
+        }
+    }
+    let sink_names: Vec<String> = sinks.keys().cloned().collect();
+    let mut rules = Vec::new();
+    let mut names_seen = BTreeSet::new();
+    for element in raw_rules {
+        let raw = match RawRule::deserialize(ValueDeserializer::from(element)) {
+            Ok(raw) => raw,
+            Err(error) => {
+                errors.toml(&error);
+                continue;
+            }
+        };
+        if !names_seen.insert(raw.name.get_ref().clone()) {
+            errors.at(raw.name.span(), format!("duplicate rule name {:?}", raw.name.get_ref()));
+        }
+        if let Some(rule) = compile_rule(raw, &sink_names, errors) {
+            rules.push(rule);
+        }
+    }
+    Some(RuleSet::assemble(rules, sinks, max_lateness_ms))
+}
+
+fn compile_sinks(value: Spanned<DeValue<'_>>, errors: &mut Errors<'_>) -> BTreeMap<String, SinkConfig> {
+    let mut sinks = BTreeMap::new();
+    let span = value.span();
+    let DeValue::Table(table) = value.into_inner() else {
+        errors.at(span, "sinks must be a table of sinks ([sinks.NAME])");
+        return sinks;
+    };
+    for (name, sink_value) in table {
+        let name_text = name.get_ref().to_string();
+        if !is_name(&name_text, false) {
+            errors.at(
+                name.span(),
+                format!("bad sink name {name_text:?}: use letters, digits, '_' and '-'"),
+            );
+        }
+        match SinkConfig::deserialize(ValueDeserializer::from(sink_value)) {
+            Ok(sink) => {
+                sinks.insert(name_text, sink);
+            }
+            Err(error) => {
+                // Still known by name, so that rules naming it do not add a second error.
+                errors.toml(&error);
+                sinks.insert(
+                    name_text,
+                    SinkConfig::Console {
+                        max_attempts: None,
+                        rate_limit: None,
+                    },
+                );
+            }
+        }
+    }
+    sinks
+}
+
+/// `[A-Za-z0-9_-]+`, and `.` too for rule names.
+fn is_name(name: &str, dots: bool) -> bool {
+    !name.is_empty()
+        && name.chars().all(|character| {
+            character.is_ascii_alphanumeric() || character == '_' || character == '-' || (dots && character == '.')
+        })
+}
+
+fn duration_value(value: &Spanned<DeValue<'_>>, key: &str, errors: &mut Errors<'_>) -> Option<u64> {
+    let Some(text) = value.get_ref().as_str() else {
+        errors.at(
+            value.span(),
+            format!("{key} must be a duration like \"30s\", \"5m\" or \"1h\""),
+        );
+        return None;
+    };
+    parse_duration(text, value.span(), key, errors)
+}
+
+fn duration(text: &Spanned<String>, key: &str, errors: &mut Errors<'_>) -> Option<u64> {
+    parse_duration(text.get_ref(), text.span(), key, errors)
+}
+
+/// Milliseconds of a duration written `30s`, `5m`, `1h 30m` (humantime).
+fn parse_duration(text: &str, span: Range<usize>, key: &str, errors: &mut Errors<'_>) -> Option<u64> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(parsed) => {
+            let ms = u64::try_from(parsed.as_millis()).unwrap_or(u64::MAX);
+            if ms > MAX_DURATION_MS {
+                errors.at(span, format!("{key} {text:?} is longer than a year"));
+                return None;
+            }
+            Some(ms)
+        }
+        Err(error) => {
+            errors.at(
+                span,
+                format!("bad duration {text:?} for {key}: {error} (write e.g. \"30s\", \"5m\", \"1h\")"),
+            );
+            None
+        }
+    }
+}
+
+/// Per-type keys: which ones a type takes.
+const TYPE_KEYS: [(&str, &[&str]); 4] = [
+    ("any", &[]),
+    ("frequency", &["threshold", "window"]),
+    ("spike", &["window", "ratio", "direction", "min_count"]),
+    ("flatline", &["threshold", "window", "expect"]),
+];
+
+fn compile_rule(raw: RawRule, sink_names: &[String], errors: &mut Errors<'_>) -> Option<Rule> {
+    let error_count = errors.list.len();
+    let name = raw.name.get_ref().clone();
+    if !is_name(&name, true) {
+        errors.at(
+            raw.name.span(),
+            format!("bad rule name {name:?}: use letters, digits, '_', '-' and '.'"),
+        );
+    }
+    let type_name = match raw.kind.get_ref() {
+        RawKind::Any => "any",
+        RawKind::Frequency => "frequency",
+        RawKind::Spike => "spike",
+        RawKind::Flatline => "flatline",
+    };
+    let allowed = TYPE_KEYS
+        .iter()
+        .find(|(kind, _)| *kind == type_name)
+        .map(|(_, keys)| *keys)
+        .unwrap_or(&[]);
+    let given: [(&str, Option<Range<usize>>); 6] = [
+        ("threshold", raw.threshold.as_ref().map(Spanned::span)),
+        ("window", raw.window.as_ref().map(Spanned::span)),
+        ("ratio", raw.ratio.as_ref().map(Spanned::span)),
+        ("direction", raw.direction.as_ref().map(Spanned::span)),
+        ("min_count", raw.min_count.as_ref().map(Spanned::span)),
+        (
+            "expect",
+            raw.expect.as_ref().and_then(|list| list.first()).map(Spanned::span),
+        ),
+    ];
+    for (key, span) in &given {
+        if let Some(span) = span
+            && !allowed.contains(key)
+        {
+            errors.at(span.clone(), format!("{key} is not a key of {type_name} rules"));
+        }
+    }
+    let rule_span = raw.name.span();
+    let require = |key: &str, present: bool, errors: &mut Errors<'_>| {
+        if !present {
+            errors.at(rule_span.clone(), format!("{type_name} rule {name:?} needs {key}"));
+        }
+    };
+    let window_ms = match &raw.window {
+        Some(window) => match duration(window, "window", errors) {
+            Some(0) => {
+                errors.at(window.span(), "window must be longer than 0s");
+                None
+            }
+            other => other,
+        },
+        None => None,
+    };
+    let group_by: Vec<(String, Field)> = raw
+        .group_by
+        .iter()
+        .map(|name| (name.get_ref().clone(), Field::named(name.get_ref())))
+        .collect();
+    let group_names: Vec<String> = group_by.iter().map(|(name, _)| name.clone()).collect();
+    let threshold = raw.threshold.as_ref().map(|threshold| {
+        if *threshold.get_ref() == 0 {
+            errors.at(threshold.span(), "threshold must be at least 1");
+        }
+        *threshold.get_ref()
+    });
+    let kind = match raw.kind.get_ref() {
+        RawKind::Any => Some(RuleKind::Any),
+        RawKind::Frequency => {
+            require("threshold", threshold.is_some(), errors);
+            require("window", raw.window.is_some(), errors);
+            Some(RuleKind::Frequency {
+                threshold: threshold.unwrap_or(1),
+                window_ms: window_ms.unwrap_or(1),
+            })
+        }
+        RawKind::Spike => {
+            require("window", raw.window.is_some(), errors);
+            require("ratio", raw.ratio.is_some(), errors);
+            let ratio = raw.ratio.as_ref().map(|ratio| *ratio.get_ref()).unwrap_or(2.0);
+            if let Some(spanned) = &raw.ratio
+                && !(ratio > 1.0 && ratio.is_finite())
+            {
+                errors.at(spanned.span(), format!("ratio must be above 1, not {ratio}"));
+            }
+            let direction = match raw.direction.as_ref().map(Spanned::get_ref) {
+                None | Some(RawDirection::Up) => Direction::Up,
+                Some(RawDirection::Down) => Direction::Down,
+                Some(RawDirection::Both) => Direction::Both,
+            };
+            Some(RuleKind::Spike {
+                window_ms: window_ms.unwrap_or(1),
+                ratio,
+                direction,
+                min_count: raw.min_count.as_ref().map_or(1, |count| *count.get_ref()),
+            })
+        }
+        RawKind::Flatline => {
+            require("threshold", threshold.is_some(), errors);
+            require("window", raw.window.is_some(), errors);
+            let expect = expected_groups(raw.expect.as_deref().unwrap_or(&[]), &group_names, errors);
+            Some(RuleKind::Flatline {
+                threshold: threshold.unwrap_or(1),
+                window_ms: window_ms.unwrap_or(1),
+                expect,
+            })
+        }
+    }?;
+    let cooldown_ms = match &raw.cooldown {
+        Some(cooldown) => duration(cooldown, "cooldown", errors).unwrap_or(DEFAULT_COOLDOWN_MS),
+        None => DEFAULT_COOLDOWN_MS,
+    };
+    let severity = match &raw.severity {
+        Some(severity) if severity.get_ref().trim().is_empty() => {
+            errors.at(severity.span(), "severity must not be empty");
+            DEFAULT_SEVERITY.to_string()
+        }
+        Some(severity) => severity.get_ref().clone(),
+        None => DEFAULT_SEVERITY.to_string(),
+    };
+    let sinks = match &raw.sinks {
+        Some(listed) => {
+            for sink in listed {
+                if !sink_names.contains(sink.get_ref()) {
+                    errors.at(
+                        sink.span(),
+                        format!("unknown sink {:?} (not a [sinks.NAME] of this file)", sink.get_ref()),
+                    );
+                }
+            }
+            listed.iter().map(|sink| sink.get_ref().clone()).collect()
+        }
+        None => sink_names.to_vec(),
+    };
+    let filter = match &raw.filter {
+        Some(filter) => compile_filter(filter, errors),
+        None => Filter::All(Vec::new()),
+    };
+    let window_text = raw.window.as_ref().map(|window| window.get_ref().trim().to_string());
+    let names = Names {
+        group_by: &group_names,
+        rule: &name,
+        severity: &severity,
+        window: window_text.as_deref(),
+        threshold: match kind {
+            RuleKind::Frequency { threshold, .. } | RuleKind::Flatline { threshold, .. } => Some(threshold),
+            RuleKind::Any | RuleKind::Spike { .. } => None,
+        },
+        has_previous_count: matches!(kind, RuleKind::Spike { .. }),
+    };
+    let labels = compile_templates(&raw.labels, "label", &names, errors);
+    let annotations = compile_templates(&raw.annotations, "annotation", &names, errors);
+    if errors.list.len() > error_count {
+        return None;
+    }
+    Some(Rule {
+        name,
+        kind,
+        filter,
+        group_by,
+        severity,
+        labels,
+        annotations,
+        cooldown_ms,
+        sinks,
+        stateful_index: None,
+    })
+}
+
+fn compile_templates(
+    raw: &BTreeMap<String, Spanned<String>>,
+    what: &str,
+    names: &Names<'_>,
+    errors: &mut Errors<'_>,
+) -> Vec<(String, Template)> {
+    let mut compiled = Vec::new();
+    for (key, text) in raw {
+        match Template::compile(text.get_ref(), names) {
+            Ok(template) => compiled.push((key.clone(), template)),
+            Err(problem) => errors.at(text.span(), format!("{what} {key}: {problem}")),
+        }
+    }
+    compiled
+}
+
+fn expected_groups(raw: &[Spanned<RawExpected>], group_names: &[String], errors: &mut Errors<'_>) -> Vec<GroupKey> {
+    let mut groups = Vec::new();
+    for expected in raw {
+        let values: Vec<&str> = match expected.get_ref() {
+            RawExpected::One(value) => vec![value.as_str()],
+            RawExpected::Many(values) => values.iter().map(String::as_str).collect(),
+        };
+        if group_names.is_empty() {
+            errors.at(expected.span(), "expect needs group_by");
+            return groups;
+        }
+        if values.len() != group_names.len() {
+            errors.at(
+                expected.span(),
+                format!(
+                    "expected group has {} values, group_by has {} fields ({})",
+                    values.len(),
+                    group_names.len(),
+                    group_names.join(", ")
+                ),
+            );
+            continue;
+        }
+        groups.push(group::key_of(values.into_iter().map(group::cut)));
+    }
+    groups
+}
+
+fn compile_filter(raw: &Spanned<RawFilter>, errors: &mut Errors<'_>) -> Filter {
+    let filter = raw.get_ref();
+    let mut parts = Vec::new();
+    if let Some(level) = &filter.level {
+        match level.get_ref().parse::<Level>() {
+            Ok(parsed) => parts.push(Filter::MinLevel(parsed)),
+            Err(error) => errors.at(level.span(), format!("{error}")),
+        }
+    }
+    let conditions = [
+        filter.equals.as_ref().map(|value| ("equals", value.span())),
+        filter.in_list.as_ref().map(|value| ("in", value.span())),
+        filter.regex.as_ref().map(|value| ("regex", value.span())),
+    ];
+    let given: Vec<(&str, Range<usize>)> = conditions.into_iter().flatten().collect();
+    match (&filter.field, given.as_slice()) {
+        (None, []) => {}
+        (None, [(key, span), ..]) => errors.at(span.clone(), format!("{key} needs field")),
+        (Some(field), []) => errors.at(field.span(), "field needs one of equals, in, regex"),
+        (Some(_), [_, (key, span), ..]) => errors.at(
+            span.clone(),
+            format!("{key}: one filter takes one of equals, in, regex"),
+        ),
+        (Some(field), [_]) => {
+            let field_name = Field::named(field.get_ref());
+            if let Some(equals) = &filter.equals {
+                parts.push(Filter::Equals(field_name, equals.get_ref().clone()));
+            } else if let Some(in_list) = &filter.in_list {
+                let mut sorted = in_list.get_ref().clone();
+                sorted.sort();
+                sorted.dedup();
+                parts.push(Filter::In(field_name, sorted));
+            } else if let Some(pattern) = &filter.regex
+                && let Some(regex) = compile_regex(pattern, errors)
+            {
+                parts.push(Filter::Regex(field_name, regex));
+            }
+        }
+    }
+    if let Some(pattern) = &filter.message
+        && let Some(regex) = compile_regex(pattern, errors)
+    {
+        parts.push(Filter::Regex(Field::Message, regex));
+    }
+    if let Some(all) = &filter.all {
+        parts.push(Filter::All(
+            all.iter().map(|part| compile_filter(part, errors)).collect(),
+        ));
+    }
+    if let Some(any) = &filter.any {
+        parts.push(Filter::Any(
+            any.iter().map(|part| compile_filter(part, errors)).collect(),
+        ));
+    }
+    if let Some(not) = &filter.not {
+        parts.push(Filter::Not(Box::new(compile_filter(not, errors))));
+    }
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    Filter::All(parts)
+}
+
+fn compile_regex(pattern: &Spanned<String>, errors: &mut Errors<'_>) -> Option<regex::Regex> {
+    let built = regex::RegexBuilder::new(pattern.get_ref())
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
+        .build();
+    match built {
+        Ok(regex) => Some(regex),
+        Err(error) => {
+            // The syntax error is several lines (the pattern, a caret); its last says why.
+            let text = error.to_string();
+            let reason = text
+                .lines()
+                .rev()
+                .find_map(|line| line.strip_prefix("error: "))
+                .unwrap_or(text.lines().last().unwrap_or("invalid"));
+            errors.at(pattern.span(), format!("bad regex {:?}: {reason}", pattern.get_ref()));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match compile("r.toml", text) {
+            Ok(_) => Vec::new(),
+            Err(error) => error.lines(),
+        }
+    }
+
+    #[test]
+    fn the_documented_example_compiles() {
+        let text = r#"
+max_lateness = "60s"
+
+[sinks.ops]
+type = "webhook"
+url = "https://hooks.example.com/logsentinel"
+secret = { env = "OPS_WEBHOOK_SECRET" }
+max_attempts = 8
+rate_limit = { messages = 1, per = "1s" }
+timeout = "10s"
+
+[[rules]]
+name = "errors-per-service"
+type = "frequency"
+filter = { level = "ERROR" }
+group_by = ["service"]
+threshold = 50
+window = "1m"
+cooldown = "5m"
+severity = "warning"
+labels = { team = "core" }
+annotations = { summary = "{count} errors in {service} within {window}" }
+sinks = ["ops"]
+"#;
+        let rules = compile("r.toml", text).unwrap();
+        assert_eq!(rules.rules().len(), 1);
+        assert_eq!(rules.sinks().len(), 1);
+        let stateful = rules.stateful_rules();
+        assert_eq!(stateful[0].window_ms, 60_000);
+        assert_eq!(stateful[0].threshold, 50);
+        assert_eq!(stateful[0].cooldown_ms, 300_000);
+        assert_eq!(stateful[0].max_lateness_ms, 60_000);
+    }
+
+    #[test]
+    fn every_error_is_placed() {
+        let text = "\
+[[rules]]
+name = \"a\"
+type = \"frequency\"
+window = \"5 parsecs\"
+threshold = 3
+colour = \"red\"
+
+[[rules]]
+name = \"b\"
+type = \"any\"
+filter = { message = \"(unclosed\" }
+sinks = [\"nowhere\"]
+
+[[rules]]
+name = \"b\"
+type = \"spike\"
+window = \"1m\"
+ratio = 1
+annotations = { summary = \"{nope}\" }
+";
+        let errors = errors_of(text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("r.toml:6:1: unknown field `colour`")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("r.toml:11:22: bad regex")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("r.toml:12:10: unknown sink")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("r.toml:15:8: duplicate rule name")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("r.toml:18:9: ratio must be above 1")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("r.toml:19:27: annotation summary")),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn missing_keys_and_misplaced_ones() {
+        let errors = errors_of("[[rules]]\nname = \"f\"\ntype = \"frequency\"\nratio = 2.0\n");
+        assert_eq!(
+            errors,
+            [
+                "r.toml:2:8: frequency rule \"f\" needs threshold",
+                "r.toml:2:8: frequency rule \"f\" needs window",
+                "r.toml:4:9: ratio is not a key of frequency rules",
+            ]
+        );
+        let errors = errors_of("[[rules]]\nname = \"x y\"\ntype = \"any\"\nfilter = { equals = \"a\" }\n");
+        assert_eq!(
+            errors,
+            [
+                "r.toml:2:8: bad rule name \"x y\": use letters, digits, '_', '-' and '.'",
+                "r.toml:4:21: equals needs field",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_top_level_keys() {
+        let errors = errors_of("max_lateness = \"1m\"\nrulez = []\n");
+        assert_eq!(
+            errors,
+            ["r.toml:2:1: unknown key \"rulez\" (expected max_lateness, sinks, rules)"]
+        );
+        let errors = errors_of("[[rules]\n");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("r.toml:1:"), "{errors:?}");
+        let errors = errors_of("max_lateness = 60\n");
+        assert!(
+            errors[0].starts_with("r.toml:1:16: max_lateness must be a duration"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn flatline_expect_and_defaults() {
+        let rules = compile(
+            "r.toml",
+            "[[rules]]\nname = \"quiet\"\ntype = \"flatline\"\ngroup_by = [\"host\"]\nthreshold = 1\nwindow = \"5m\"\nexpect = [\"web-1\", \"web-2\"]\n",
+        )
+        .unwrap();
+        let groups = rules.expected_groups(0);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].values_json, "[\"web-1\"]");
+        let rule = &rules.rules()[0];
+        assert_eq!(rule.severity, "warning");
+        assert_eq!(rule.cooldown_ms, 60_000);
+        let errors = errors_of(
+            "[[rules]]\nname = \"quiet\"\ntype = \"flatline\"\ngroup_by = [\"host\", \"dc\"]\nthreshold = 1\nwindow = \"5m\"\nexpect = [\"web-1\"]\n",
+        );
+        assert_eq!(
+            errors,
+            ["r.toml:7:11: expected group has 1 values, group_by has 2 fields (host, dc)"]
+        );
+    }
+}
