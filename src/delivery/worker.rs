@@ -108,6 +108,8 @@ pub enum WorkerError {
 /// The running workers of one police.
 pub struct Workers {
     tasks: JoinSet<Result<(), WorkerError>>,
+    /// Sink of each task, to name a worker that panicked.
+    sinks: std::collections::HashMap<tokio::task::Id, String>,
     stop: CancellationToken,
 }
 
@@ -117,12 +119,13 @@ impl Workers {
     pub async fn stop_and_wait(mut self) -> Result<(), WorkerError> {
         self.stop.cancel();
         let mut first_failure = None;
-        while let Some(joined) = self.tasks.join_next().await {
-            let outcome = joined.unwrap_or_else(|_| {
-                Err(WorkerError::Panicked {
-                    sink: "(unknown)".into(),
-                })
-            });
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            let outcome = match joined {
+                Ok((_, outcome)) => outcome,
+                Err(join_error) => Err(WorkerError::Panicked {
+                    sink: self.sinks.get(&join_error.id()).cloned().unwrap_or_default(),
+                }),
+            };
             if let Err(failure) = outcome {
                 first_failure.get_or_insert(failure);
             }
@@ -145,19 +148,22 @@ pub fn spawn_workers(
     on_refusal: CancellationToken,
 ) -> Workers {
     let mut tasks = JoinSet::new();
+    let mut sinks = std::collections::HashMap::new();
     for worker in workers {
         let settings = settings.clone();
         let stop = stop.clone();
         let on_refusal = on_refusal.clone();
-        tasks.spawn(async move {
+        let sink = worker.name.clone();
+        let task = tasks.spawn(async move {
             let outcome = run(&worker, &settings, &stop).await;
             if outcome.is_err() {
                 on_refusal.cancel();
             }
             outcome
         });
+        sinks.insert(task.id(), sink);
     }
-    Workers { tasks, stop }
+    Workers { tasks, sinks, stop }
 }
 
 /// Sessions until stopped; an outage ends a session and a new one starts after a backoff.

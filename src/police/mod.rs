@@ -112,6 +112,11 @@ impl Police {
         let (rules, reloaded_rules, sinks) = match &config.rules_file {
             Some(path) => {
                 let rules = load_rules(path.clone()).await.map_err(PoliceError::Rules)?;
+                if config.alerts_file.is_some() {
+                    tracing::warn!(
+                        "--alerts-file is for the built-in rule; with --rules, add a jsonl sink to the file"
+                    );
+                }
                 let sinks: Vec<(String, SinkConfig)> = rules
                     .sinks()
                     .iter()
