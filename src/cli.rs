@@ -34,6 +34,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Exit 0 if Redis answers PING (and, with a health file, the police loop is alive)
     Healthcheck(HealthcheckArgs),
+    /// Check a rule file, or replay sample events through it offline (no Redis)
+    Rules(RulesArgs),
 }
 
 /// Lets the variables of the options' older spellings (`LOGSENTINEL_CLAIM_IDLE_MS` for
@@ -395,6 +397,31 @@ pub struct BenchArgs {
     /// Where to write the JSON results
     #[arg(long, default_value = "bench-results.json")]
     pub json_out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    pub action: RulesAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesAction {
+    /// Check a rule file: exit 0 with a one-line summary, or 2 with every error as
+    /// FILE:LINE:COL: message
+    Check {
+        /// The rule file (TOML)
+        file: PathBuf,
+    },
+    /// Replay sample events through the rules (no Redis) and print the alerts that would
+    /// fire, one JSON record per line; the clock work runs at the end of the input
+    Test {
+        /// The rule file (TOML)
+        file: PathBuf,
+        /// Sample events, one JSON event per line (the stream's v1 event shape)
+        #[arg(long)]
+        events: PathBuf,
+    },
 }
 
 #[derive(Debug, Args, Default)]

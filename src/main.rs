@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use logsentinel::cli::{Cli, Command};
+use logsentinel::cli::{Cli, Command, RulesAction};
 use logsentinel::config::{self, ConfigError, FileConfig};
 use logsentinel::{agent, bench, broker, demo, police, shutdown, status, telemetry};
 
@@ -48,6 +48,10 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
 }
 
 async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    // Offline: needs neither the config file nor Redis.
+    if let Command::Rules(args) = cli.command {
+        return rules_command(args.action).await;
+    }
     let file = FileConfig::load(cli.common.config.as_deref())?;
     let broker_config = config::broker_config(&cli.common, &matches, &file)?;
     let sub_matches = matches
@@ -104,6 +108,7 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
             bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rules(_) => unreachable!("handled before the config is read"),
         Command::Healthcheck(args) => {
             let mut connection = connect_or_explain(&broker_config.redis_url).await?;
             redis::cmd("PING").query_async::<String>(&mut connection).await?;
@@ -132,6 +137,46 @@ fn is_invalid_configuration(error: &anyhow::Error) -> bool {
             error.downcast_ref::<police::PoliceError>(),
             Some(police::PoliceError::Sink(_))
         )
+}
+
+/// `rules check` and `rules test`: exit 0, or 2 with every problem on stderr, one per line.
+async fn rules_command(action: RulesAction) -> anyhow::Result<ExitCode> {
+    use logsentinel::police::rules::replay;
+    let outcome = tokio::task::spawn_blocking(move || match action {
+        RulesAction::Check { file } => replay::check(&file)
+            .map(|summary| vec![summary])
+            .map_err(|error| error.lines()),
+        RulesAction::Test { file, events } => match replay::test(&file, &events) {
+            Ok(replayed) => {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                for alert in &replayed.alerts {
+                    // A closed stdout (`| head`) ends the listing, not the summary.
+                    if writeln!(stdout, "{}", alert.to_json()).is_err() {
+                        break;
+                    }
+                }
+                eprintln!("{}", replayed.summary());
+                Ok(Vec::new())
+            }
+            Err(error) => Err(error.lines()),
+        },
+    })
+    .await?;
+    match outcome {
+        Ok(summary_lines) => {
+            for line in summary_lines {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error_lines) => {
+            for line in error_lines {
+                eprintln!("{line}");
+            }
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 /// One connection, or an error naming the URL (without its password).

@@ -18,6 +18,10 @@ use crate::local_redis::LocalRedis;
 use processes::{Fleet, wait_processed};
 use report::{Latency, Report, SpoolWrite, Throughput};
 
+/// A rule file of 20 rules (regex filters, group_by, frequency, spike and flatline
+/// windows) for the police drain against the built-in rule.
+const BENCH_RULES: &str = include_str!("rules-20.toml");
+
 /// Settings of one benchmark run, derived from the arguments.
 struct Plan {
     repeat: usize,
@@ -50,8 +54,9 @@ impl Plan {
 enum Scenario {
     /// One agent writing `events` as fast as it can.
     Ingest { pack: usize },
-    /// One police draining a stream pre-filled with `events`.
-    Drain { pack: usize },
+    /// One police draining a stream pre-filled with `events`, with the built-in rule or
+    /// with [`BENCH_RULES`].
+    Drain { pack: usize, rules: bool },
     /// One agent tailing a file of `events` plain-text lines (written before the clock starts).
     FileTail { pack: usize },
     /// One agent taking `events` RFC 5424 messages over one TCP connection.
@@ -119,8 +124,22 @@ impl Bench {
         let mut scenarios = vec![
             ("agent ingest, pack 1".to_string(), Scenario::Ingest { pack: 1 }),
             (format!("agent ingest, {packed}"), Scenario::Ingest { pack }),
-            ("police drain, pack 1".to_string(), Scenario::Drain { pack: 1 }),
-            (format!("police drain, {packed}"), Scenario::Drain { pack }),
+            (
+                "police drain, pack 1".to_string(),
+                Scenario::Drain { pack: 1, rules: false },
+            ),
+            (
+                "police drain, pack 1, 20 rules".to_string(),
+                Scenario::Drain { pack: 1, rules: true },
+            ),
+            (
+                format!("police drain, {packed}"),
+                Scenario::Drain { pack, rules: false },
+            ),
+            (
+                format!("police drain, {packed}, 20 rules"),
+                Scenario::Drain { pack, rules: true },
+            ),
         ];
         for source_pack in [1, pack] {
             scenarios.push((
@@ -159,6 +178,15 @@ impl Bench {
         for (name, scenario) in &scenarios {
             throughput.push(self.repeat(name, scenario).await?);
         }
+        for pair in throughput.windows(2) {
+            if pair[1].scenario == format!("{}, 20 rules", pair[0].scenario) && pair[0].median > 0.0 {
+                eprintln!(
+                    "[bench] {}: 20 rules drain at {:.2}x the built-in rule's rate",
+                    pair[0].scenario,
+                    pair[1].median / pair[0].median
+                );
+            }
+        }
         let mut latency = Vec::new();
         for rate in self.plan.latency_rates.clone() {
             latency.push(self.latency(rate).await?);
@@ -173,7 +201,7 @@ impl Bench {
             self.flush().await?;
             let run = match *scenario {
                 Scenario::Ingest { pack } => self.ingest(pack).await,
-                Scenario::Drain { pack } => self.drain(pack).await,
+                Scenario::Drain { pack, rules } => self.drain(pack, rules).await,
                 Scenario::FileTail { pack } => self.file_tail(pack).await,
                 Scenario::SyslogTcp { pack } => self.syslog_tcp(pack).await,
                 Scenario::EndToEnd {
@@ -375,13 +403,20 @@ impl Bench {
         Ok(spool)
     }
 
-    async fn drain(&mut self, pack: usize) -> anyhow::Result<RunFigures> {
+    async fn drain(&mut self, pack: usize, rules: bool) -> anyhow::Result<RunFigures> {
         let mut prefill = Fleet::new(&self.url)?;
         prefill.spawn_agent(&self.agent_args(self.plan.events, pack, false, &[]))?;
         prefill.wait_agents().await?;
+        let mut police_args = Vec::new();
+        if rules {
+            let dir = tempfile_dir("rules")?;
+            let path = dir.join("rules.toml");
+            std::fs::write(&path, BENCH_RULES)?;
+            police_args = vec!["--rules".to_string(), path.display().to_string()];
+        }
         let mut fleet = Fleet::new(&self.url)?;
         let started = Instant::now();
-        fleet.spawn_police(&[])?;
+        fleet.spawn_police(&police_args)?;
         let stats_key = self.keys.stats(&self.keys.stream);
         let done = wait_processed(&mut self.connection, &stats_key, self.plan.events, &mut fleet).await?;
         fleet.stop_police().await?;

@@ -1,0 +1,398 @@
+//! `logsentinel rules check` and `rules test`, run as the user runs them: every error of a
+//! broken file at its line and column with exit 2; the alerts a sample would raise.
+
+use std::path::Path;
+use std::process::Command;
+
+fn logsentinel() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_logsentinel"));
+    command.env("LOGSENTINEL_LOG", "warn");
+    command
+}
+
+/// Exit code, stdout and stderr lines of `rules check FILE`.
+fn check(path: &Path) -> (i32, String, Vec<String>) {
+    let output = logsentinel()
+        .args(["rules", "check"])
+        .arg(path)
+        .output()
+        .expect("run rules check");
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr,
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn every_error_of_a_broken_file_is_placed_and_the_exit_is_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "broken.toml",
+        r#"max_lateness = "a minute"
+
+[sinks.ops]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+
+[[rules]]
+name = "errors"
+type = "frequency"
+filter = { level = "ERROR", message = "(unclosed" }
+window = "1m"
+threshold = "ten"
+
+[[rules]]
+name = "errors"
+type = "spike"
+window = "1m"
+ratio = 1
+sinks = ["ops", "pager"]
+annotations = { summary = "{count} in {servce}" }
+
+[[rules]]
+name = "no threshold"
+type = "flatline"
+window = "1m"
+colour = "red"
+filter = { in = ["a"], not = { field = "host" } }
+"#,
+    );
+    let (code, stdout, errors) = check(&path);
+    assert_eq!(code, 2, "{errors:#?}");
+    assert_eq!(stdout, "");
+    let file = path.display();
+    let expected = [
+        format!(
+            "{file}:1:16: bad duration \"a minute\" for max_lateness: expected number at 0 (write e.g. \"30s\", \"5m\", \"1h\")"
+        ),
+        format!("{file}:10:39: bad regex \"(unclosed\": unclosed group"),
+        format!("{file}:12:13: invalid type: string \"ten\", expected u64"),
+        format!("{file}:15:8: duplicate rule name \"errors\""),
+        format!("{file}:18:9: ratio must be above 1, not 1"),
+        format!("{file}:19:17: unknown sink \"pager\" (not a [sinks.NAME] of this file)"),
+        format!(
+            "{file}:20:27: annotation summary: template names an unknown field {{servce}} (event fields, extra.NAME, \
+             the group_by fields and the figures rule, severity, count, window, threshold, previous_count, \
+             first_event_time, last_event_time)"
+        ),
+        format!("{file}:23:8: bad rule name \"no threshold\": use letters, digits, '_', '-' and '.'"),
+        format!("{file}:23:8: flatline rule \"no threshold\" needs threshold"),
+        format!(
+            "{file}:26:1: unknown key \"colour\" in a rule (expected one of name, type, filter, group_by, severity, \
+             labels, annotations, cooldown, sinks, threshold, window, ratio, direction, min_count, expect)"
+        ),
+        format!("{file}:27:17: in needs field"),
+        format!("{file}:27:40: field needs one of equals, in, regex"),
+    ];
+    assert_eq!(errors, expected);
+}
+
+#[test]
+fn levels_regex_limits_durations_and_syntax_are_placed() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = write(
+        dir.path(),
+        "limits.toml",
+        "[[rules]]\nname = \"x\"\ntype = \"frequency\"\nthreshold = 2\nwindow = \"1m\"\n\
+         filter = { level = \"LOUD\", field = \"service\", regex = \"a{99999}\" }\ncooldown = \"-5s\"\n",
+    );
+    let (code, _, errors) = check(&limits);
+    assert_eq!(code, 2);
+    let file = limits.display();
+    assert_eq!(
+        errors,
+        [
+            format!("{file}:6:20: unknown level \"LOUD\""),
+            format!("{file}:6:55: bad regex \"a{{99999}}\": compiled regex exceeds size limit of 1048576 bytes"),
+            format!(
+                "{file}:7:12: bad duration \"-5s\" for cooldown: expected number at 0 (write e.g. \"30s\", \"5m\", \"1h\")"
+            ),
+        ]
+    );
+
+    let syntax = write(dir.path(), "syntax.toml", "[[rules]]\nname = \"x\"\ntype = \n");
+    let (code, _, errors) = check(&syntax);
+    assert_eq!(code, 2);
+    assert_eq!(
+        errors,
+        [format!(
+            "{}:3:8: string values must be quoted, expected literal string",
+            syntax.display()
+        )]
+    );
+
+    let kinds = write(
+        dir.path(),
+        "kinds.toml",
+        "[[rules]]\nname = \"s\"\ntype = \"spike\"\nwindow = \"0s\"\nthreshold = 3\n\n\
+         [[rules]]\nname = \"t\"\ntype = \"sometimes\"\n\n[[sinks]]\ntype = \"console\"\n",
+    );
+    let (code, _, errors) = check(&kinds);
+    assert_eq!(code, 2);
+    let file = kinds.display();
+    assert_eq!(
+        errors,
+        [
+            format!("{file}:2:8: spike rule \"s\" needs ratio"),
+            format!("{file}:4:10: window must be longer than 0s"),
+            format!("{file}:5:13: threshold is not a key of spike rules"),
+            format!("{file}:9:8: unknown variant `sometimes`, expected one of `any`, `frequency`, `spike`, `flatline`"),
+            format!("{file}:11:1: sinks must be a table of sinks ([sinks.NAME])"),
+        ]
+    );
+}
+
+#[test]
+fn the_example_file_checks_without_its_secrets() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rules.toml");
+    let output = logsentinel()
+        .args(["rules", "check"])
+        .arg(&example)
+        .env_remove("OPS_WEBHOOK_URL")
+        .env_remove("OPS_WEBHOOK_SECRET")
+        .env_remove("SLACK_WEBHOOK_URL")
+        .env_remove("SMTP_USER")
+        .output()
+        .expect("run rules check");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!(
+            "{}: ok, 5 rules (2 any, 1 frequency, 1 spike, 1 flatline), 6 sinks\n",
+            example.display()
+        )
+    );
+}
+
+const SAMPLE_RULES: &str = r#"
+max_lateness = "0s"
+
+[[rules]]
+name = "errors"
+type = "frequency"
+filter = { level = "ERROR" }
+group_by = ["service"]
+threshold = 3
+window = "1m"
+cooldown = "0s"
+annotations = { summary = "{count} errors in {service} within {window}" }
+
+[[rules]]
+name = "checkout-spike"
+type = "spike"
+filter = { field = "service", equals = "checkout" }
+group_by = ["service"]
+window = "1m"
+ratio = 3
+min_count = 3
+cooldown = "0s"
+annotations = { summary = "{count} after {previous_count}" }
+
+[[rules]]
+name = "host-silent"
+type = "flatline"
+group_by = ["host"]
+threshold = 1
+window = "1m"
+expect = ["web-1"]
+annotations = { summary = "{host} sent {count}" }
+"#;
+
+/// One sample event at 12:MM:SS on 2026-12-01.
+fn sample_event(index: usize, seconds: u32, host: &str, service: &str, level: &str) -> String {
+    serde_json::json!({
+        "id": format!("a:1:{index}"),
+        "timestamp": format!("2026-12-01T12:{:02}:{:02}Z", seconds / 60, seconds % 60),
+        "level": level,
+        "service": service,
+        "host": host,
+        "message": "something happened",
+    })
+    .to_string()
+}
+
+/// FNV-1a 64 of the JSON array of `values`, as the group key id is defined.
+fn group_id(values: &[&str]) -> String {
+    let json = serde_json::to_string(values).unwrap();
+    let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+#[test]
+fn rules_test_prints_the_alerts_a_sample_raises() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.toml", SAMPLE_RULES);
+    // Minute 0: api sends 3 errors (frequency), checkout 1 event; both hosts send.
+    // Minute 1: checkout sends 3 (spike: 3 >= 3 x 1), web-2 sends nothing (flatline).
+    // Minute 2: web-2 is back (flatline resolved); the errors episode resolves as minute 1
+    // closed without firing; the spike resolves at the end of input, once minute 2 closed.
+    let events = [
+        (1, "web-1", "api", "ERROR"),
+        (2, "web-2", "api", "ERROR"),
+        (3, "web-1", "db", "ERROR"),
+        (4, "web-1", "api", "ERROR"),
+        (5, "web-2", "checkout", "INFO"),
+        (61, "web-1", "checkout", "INFO"),
+        (62, "web-1", "checkout", "INFO"),
+        (63, "web-1", "checkout", "INFO"),
+        (64, "web-1", "api", "ERROR"),
+        (121, "web-2", "api", "INFO"),
+        (122, "web-1", "api", "INFO"),
+    ];
+    let sample: Vec<String> = events
+        .iter()
+        .enumerate()
+        .map(|(index, (seconds, host, service, level))| sample_event(index, *seconds, host, service, level))
+        .collect();
+    let sample_path = write(dir.path(), "sample.ndjson", &(sample.join("\n") + "\n"));
+    let output = logsentinel()
+        .args(["rules", "test"])
+        .arg(&rules)
+        .arg("--events")
+        .arg(&sample_path)
+        .output()
+        .expect("run rules test");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr,
+        "replayed 11 events: 3 alerts fired, 3 resolved, 0 late matches\n"
+    );
+    let alerts: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON alert per line"))
+        .collect();
+    let minute = |m: i64| 1_796_126_400_000 + m * 60_000;
+    let api = group_id(&["api"]);
+    let checkout = group_id(&["checkout"]);
+    let web_2 = group_id(&["web-2"]);
+    let summary: Vec<(String, String, u64, String, String)> = alerts
+        .iter()
+        .map(|alert| {
+            (
+                alert["alert_id"].as_str().unwrap().to_string(),
+                alert["status"].as_str().unwrap().to_string(),
+                alert["count"].as_u64().unwrap(),
+                alert["annotations"]["summary"].as_str().unwrap().to_string(),
+                alert["raised_at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let row = |id: String, status: &str, count: u64, summary: &str, raised_at: &str| {
+        (
+            id,
+            status.to_string(),
+            count,
+            summary.to_string(),
+            raised_at.to_string(),
+        )
+    };
+    assert_eq!(
+        summary,
+        [
+            row(
+                format!("errors/{api}/{}", minute(0)),
+                "firing",
+                3,
+                "3 errors in api within 1m",
+                "2026-12-01T12:00:04.000Z"
+            ),
+            row(
+                format!("checkout-spike/{checkout}/{}", minute(1)),
+                "firing",
+                3,
+                "3 after 1",
+                "2026-12-01T12:01:03.000Z"
+            ),
+            row(
+                format!("host-silent/{web_2}/{}", minute(1)),
+                "firing",
+                0,
+                "web-2 sent 0",
+                "2026-12-01T12:02:01.000Z"
+            ),
+            row(
+                format!("errors/{api}/{}", minute(0)),
+                "resolved",
+                3,
+                "3 errors in api within 1m",
+                "2026-12-01T12:02:01.000Z"
+            ),
+            row(
+                format!("host-silent/{web_2}/{}", minute(1)),
+                "resolved",
+                0,
+                "web-2 sent 0",
+                "2026-12-01T12:02:01.000Z"
+            ),
+            row(
+                format!("checkout-spike/{checkout}/{}", minute(1)),
+                "resolved",
+                3,
+                "3 after 1",
+                "2026-12-01T12:03:02.000Z"
+            ),
+        ]
+    );
+    assert_eq!(alerts[0]["group"], serde_json::json!({"service": "api"}));
+    assert_eq!(
+        alerts[0]["event"]["id"], "a:1:3",
+        "the event that crossed the threshold"
+    );
+    assert_eq!(alerts[0]["type"], "frequency");
+    assert!(alerts[2].get("event").is_none(), "flatline is raised by the clock");
+    assert_eq!(alerts[2]["group"], serde_json::json!({"host": "web-2"}));
+}
+
+#[test]
+fn rules_test_names_every_bad_sample_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.toml", SAMPLE_RULES);
+    let sample = write(
+        dir.path(),
+        "sample.ndjson",
+        &format!(
+            "{}\nnot json\n{{\"id\":\"x\"}}\n",
+            sample_event(0, 1, "web-1", "api", "INFO")
+        ),
+    );
+    let output = logsentinel()
+        .args(["rules", "test"])
+        .arg(&rules)
+        .arg("--events")
+        .arg(&sample)
+        .output()
+        .expect("run rules test");
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("{}:2: not an event: ", sample.display())),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{}:3: not an event: missing field", sample.display())),
+        "{stderr}"
+    );
+}
