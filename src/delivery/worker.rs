@@ -186,6 +186,15 @@ async fn run(worker: &SinkWorker, settings: &WorkerSettings, stop: &Cancellation
         };
         match session.run(&mut backoff).await {
             Ok(()) => break Ok(()),
+            // The group was destroyed under us (an operator resetting the sink): the next
+            // session creates it again at id 0.
+            Err(error) if error.code() == Some("NOGROUP") => {
+                warn!(sink = %worker.name, "the sink's consumer group disappeared; creating it again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => break Ok(()),
+                }
+            }
             Err(error) if classify(&error) == Failure::Refused => {
                 error!(sink = %worker.name, error = %error, "redis refused a delivery command; stopping");
                 break Err(WorkerError::Refused {
