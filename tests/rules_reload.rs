@@ -158,3 +158,25 @@ fn a_broken_rule_file_stops_the_start_with_every_error() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cannot read the rule file"), "{stderr}");
 }
+
+#[test]
+fn without_a_rule_file_sighup_is_ignored() {
+    let redis = TestRedis::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("police.log");
+    let police = logsentinel(&redis.url())
+        .args(["police", "--consumer", "p1", "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("spawn police");
+    wait_until("the police started", Duration::from_secs(30), || {
+        log_lines_with(&log_path, "police started") == 1
+    });
+    sighup(&police);
+    wait_until("the ignored SIGHUP", Duration::from_secs(30), || {
+        log_lines_with(&log_path, "SIGHUP ignored") == 1
+    });
+    // Still running: a graceful stop exits 0.
+    stop_gracefully(police);
+}

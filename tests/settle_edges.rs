@@ -111,6 +111,7 @@ async fn of_two_consumers_settling_one_entry_only_its_holder_writes_the_alert() 
         source: Source::Stream,
         consumer,
         alert_dedup_ttl_s: 60,
+        rules: &[],
     };
     let mut connection = logsentinel::broker::connect(&redis.url()).await.unwrap();
     let by_a = settle::settle(&mut connection, &target("a"), &[outcome()])

@@ -4,56 +4,90 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Settles processed input: writes its alerts and dead letters and acknowledges it, in one
-/// atomic step.
+/// Settles processed input: writes its alerts, its rule state and its dead letters and
+/// acknowledges it, in one atomic step.
 ///
 /// Why atomic: if the alerts were written and the process died before the XACK, the entry
 /// would be redelivered and its alerts written twice; if the XACK came first, a crash in
-/// between would lose them. Inside one script no other client runs in between.
+/// between would lose them. Inside one script no other client runs in between. The same
+/// holds for rule state: a window count is incremented in the script that acknowledges the
+/// entry it counts, and only if this consumer owns the entry (the fences below), so a
+/// redelivered or claimed entry is counted exactly once, whichever police settles it.
 ///
-/// Why this order — validate, check ownership, write, acknowledge last: Redis does not roll
-/// a script back when a command in it fails; what ran before the failure stays done. So
-/// every condition that could make a later command fail is checked before the first write
-/// (key types, the dedup ttl, ACL permissions via `redis.acl_check_cmd`, counters that
-/// `HINCRBY` can add to, streams with ids left), and an item is
-/// acknowledged only after all its outputs are written. Should a write still fail, the
-/// script stops with its error: items settled before it are complete, the failing item and
-/// those after it stay pending and are retried; none is acknowledged without its alerts.
+/// Why this order — validate, check ownership, compute, write, acknowledge last: Redis does
+/// not roll a script back when a command in it fails; what ran before the failure stays
+/// done. So every condition that could make a later command fail is checked before the
+/// first write (key types, the dedup ttl, ACL permissions via `redis.acl_check_cmd`,
+/// counters that `HINCRBY` can add to, streams with ids left, rule counters holding
+/// integers), and an item is acknowledged only after all its outputs are written. The rule
+/// state of the whole call is computed in Lua tables first (reads only), then written once
+/// per key (one `SET … PXAT` per window counter, however many items touched it), then the
+/// items' records and acknowledgements follow. Should a write still fail, the script stops
+/// with its error: items settled before it are complete, the failing item and those after
+/// it stay pending and are retried; none is acknowledged without its alerts.
 /// Out of memory: the script is flagged `allow-oom`, because the police is what frees
-/// memory (acknowledged entries get trimmed); its writes are the few alerts of what it
-/// acknowledges. Writers (agents) are refused and hold back instead.
+/// memory (acknowledged entries get trimmed); its writes are the few alerts and the rule
+/// counters of what it acknowledges. Writers (agents) are refused and hold back instead.
 ///
 /// Fences, per item with outputs (checked before anything of it is written):
-/// - stream mode: the entry must be pending on *this* consumer (`XPENDING … consumer`), so
-///   when a slow consumer and the one that claimed its entry both finish, only the one that
-///   holds it writes the outputs;
+/// - stream mode: the entry must be pending on *this* consumer, so when a slow consumer
+///   and the one that claimed its entry both finish, only the one that holds it writes the
+///   outputs and counts the matches. One `XPENDING <first> <last> … consumer` over the id
+///   range of the call's items (paged by 1000) gives the owned set in one command;
 /// - list mode: the item must still be in our processing list (`LPOS`).
 ///
-/// Items without outputs (most of them) are acknowledged last with one variadic `XACK` per
-/// group of equal event counts: no fence needed, there is nothing to write twice.
+/// Items without outputs or rule updates (most of them) are acknowledged last with one
+/// variadic `XACK` per group of equal event counts: no fence needed, there is nothing to
+/// write twice.
 ///
-/// Idempotency guard: an alert with `guarded = 1` is written only if its key
-/// `<seen-prefix><alert-id>` does not exist, and the key is set (`EX ttl`) after the alert
-/// is written, so an event shipped twice (an agent resending a batch whose reply was lost)
-/// still raises one alert, and a failed write never leaves a key behind that would hide the
-/// alert on retry.
+/// Idempotency guard: an alert with `guarded = 1`, and every record raised by rule state
+/// (firing and resolved), is written only if its key `<seen-prefix><id>` does not exist,
+/// and the key is set (`EX ttl`) after the record is written, so an event shipped twice
+/// (an agent resending a batch whose reply was lost) still raises one alert, and a failed
+/// write never leaves a key behind that would hide the alert on retry.
+///
+/// Rule state (keys under the rules prefix, semantics in `docs/ALERTING.md`): updates are
+/// applied in item order, one after the other, exactly as the reference model applies them;
+/// each key is read once per call (`GET`, `HGET`, `ZSCORE`) and written once. Records raised
+/// here are built from a draft body (the alert record's JSON without `alert_id`, `status`,
+/// `count`, `raised_at`, `first_event_time` and `last_event_time`, see
+/// [`crate::police::settle::draft_body`]) as `{"alert_id":…,"status":…,"count":…,
+/// "raised_at":…,"first_event_time":…,"last_event_time":…,<body>`, so that the scripts can
+/// read and rewrite those six fields of a stored record with one anchored pattern; the
+/// figure marks in the body are replaced by the figures. A batch sends one draft per (rule,
+/// group key, window); the event times of a record are those of the update that fired it.
 ///
 /// KEYS: source (stream or processing list), alerts stream, dead stream, stats hash.
 /// ARGV: mode (`stream`|`list`), group, consumer, seen prefix, seen ttl (s), source label,
-/// number of quiet groups, then per quiet group: events per item, item count, items; then per
-/// item with outputs: item, event count, alert count, dead count, alert count × (alert id,
-/// guarded `1`|`0`, alert json), dead count × (reason, raw).
-/// Called with no items, it only validates: the police's start-up check.
-/// Returns: {items settled, alerts written, duplicate alerts skipped, dead letters written}.
-const SETTLE_LUA: &str = r#"#!lua flags=allow-oom
+/// rules prefix, first and last id of the items with outputs (stream mode, else empty),
+/// number of stateful rules, per rule 9 fields (name, kind `any`|`frequency`|`spike`|
+/// `flatline`, window ms, threshold, cooldown ms, max lateness ms, ratio, min count,
+/// spike directions `u`|`d`|`b`|`-`), number of drafts, per draft (group key id, group
+/// values JSON, draft body, first and last event time), number of quiet groups, then per quiet group: events per item,
+/// item count, items; then per item with outputs: item, event count, alert count, dead
+/// count, update count, alert count × (alert id, guarded `1`|`0`, alert json), dead count ×
+/// (reason, raw), update count × (rule number from 1, draft number from 1, window start ms,
+/// matches, first event ms, last event ms).
+/// Called with no items, it only validates: the police's start-up check (then also the
+/// commands of the read loop and of the clock scripts).
+/// Returns: {items settled, alerts written, duplicate alerts skipped, dead letters written,
+/// late matches}.
+const SETTLE_LUA: &str = r#"
 local source, alerts, dead, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, group, consumer, seen_prefix, seen_ttl, label = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local rules_prefix, first_id, last_id = ARGV[7], ARGV[8], ARGV[9]
 
 -- 1. validate everything a later command could fail on
 local ttl = tonumber(seen_ttl)
 if not ttl or ttl < 1 or ttl > 315360000 or ttl ~= math.floor(ttl) then
   return redis.error_reply('ERR logsentinel settle: alert dedup ttl ' .. seen_ttl .. ' s is not between 1 and 315360000')
 end
+"#;
+
+/// Helpers shared by SETTLE and the clock scripts: validation, the rule table, the cached
+/// rule state of one call (read once, written once by `flush_state`), records and their
+/// guard. Expects the locals `alerts`, `rules_prefix`, `seen_prefix` and `ttl`.
+const RULE_STATE_LUA: &str = r#"
 local function expect_type(key, wanted)
   local found = redis.call('TYPE', key)['ok']
   if found ~= 'none' and found ~= wanted then
@@ -66,9 +100,274 @@ local function expect_permission(key, ...)
     error({err = 'NOPERM logsentinel settle: this Redis user may not run ' .. args[1] .. ' on ' .. key})
   end
 end
+-- an XADD with '*' fails once a stream's last id is the largest possible one
+local function expect_room(key)
+  if redis.call('EXISTS', key) == 0 then return end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for k = 1, #info, 2 do
+    if info[k] == 'last-generated-id' and info[k + 1] == '18446744073709551615-18446744073709551615' then
+      error({err = 'ERR logsentinel settle: stream ' .. key .. ' has used up its ids (last id ' .. info[k + 1] .. ')'})
+    end
+  end
+end
+local function fmt(number) return string.format('%d', number) end
+
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+-- RFC 3339 UTC with milliseconds, as the rules write event times and `raised_at`
+local function rfc3339(ms)
+  local seconds = math.floor(ms / 1000)
+  local days = math.floor(seconds / 86400)
+  local rest = seconds - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day,
+    math.floor(rest / 3600), math.floor(rest % 3600 / 60), rest % 60, ms - seconds * 1000)
+end
+local now_text = rfc3339(now_ms)
+
+-- the rule table: 9 fields per rule from ARGV[at]
+local function read_rules(at, count)
+  local rules = {}
+  for r = 1, count do
+    local directions = ARGV[at + 8]
+    rules[r] = {
+      name = ARGV[at], kind = ARGV[at + 1], window = tonumber(ARGV[at + 2]),
+      threshold = tonumber(ARGV[at + 3]), cooldown = tonumber(ARGV[at + 4]),
+      lateness = tonumber(ARGV[at + 5]), ratio = tonumber(ARGV[at + 6]),
+      min_count = tonumber(ARGV[at + 7]),
+      up = directions == 'u' or directions == 'b', down = directions == 'd' or directions == 'b',
+    }
+    at = at + 9
+  end
+  return rules, at
+end
+local function expect_rule_keys(rules)
+  expect_type(rules_prefix .. 'active', 'hash')
+  expect_type(rules_prefix .. 'resolved', 'hash')
+  expect_type(rules_prefix .. 'episodes', 'hash')
+  expect_type(rules_prefix .. 'resolved_at', 'zset')
+  for _, rule in ipairs(rules) do
+    expect_type(rules_prefix .. 'newest:' .. rule.name, 'string')
+    expect_type(rules_prefix .. 'clock:' .. rule.name, 'string')
+    expect_type(rules_prefix .. 'groups:' .. rule.name, 'zset')
+    expect_type(rules_prefix .. 'groupvals:' .. rule.name, 'hash')
+  end
+  local any_key, probe = rules_prefix .. '*', rules_prefix .. 'x'
+  expect_permission(any_key, 'GET', probe)
+  expect_permission(any_key, 'SET', probe, '1', 'PXAT', '1')
+  expect_permission(any_key, 'HGET', probe, 'f')
+  expect_permission(any_key, 'HSET', probe, 'f', 'v')
+  expect_permission(any_key, 'HDEL', probe, 'f')
+  expect_permission(any_key, 'HGETALL', probe)
+  expect_permission(any_key, 'HMGET', probe, 'f')
+  expect_permission(any_key, 'ZADD', probe, 'LT', '1', 'm')
+  expect_permission(any_key, 'ZSCORE', probe, 'm')
+  expect_permission(any_key, 'ZREM', probe, 'm')
+  expect_permission(any_key, 'ZRANGEBYSCORE', probe, '-inf', '+inf')
+  expect_permission(alerts, 'XADD', alerts, '*', 'id', 'x')
+  expect_permission(seen_prefix .. '*', 'SET', seen_prefix .. 'x', '1', 'EX', '1')
+  expect_permission(seen_prefix .. '*', 'EXISTS', seen_prefix .. 'x')
+end
+
+-- a counter of the rule state must hold an integer: it is added to
+local function read_integer(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' then
+    error({err = 'WRONGTYPE logsentinel settle: key ' .. key .. ' holds a ' .. redis.call('TYPE', key)['ok'] .. ', expected a string'})
+  end
+  if value == false then return nil end
+  local number = tonumber(value)
+  if not number or number ~= math.floor(number) or math.abs(number) > 4503599627370496 then
+    error({err = 'ERR logsentinel settle: key ' .. key .. ' holds ' .. value .. ', not an integer it can count on'})
+  end
+  return number
+end
+
+-- records: {"alert_id":…,"status":…,"count":…,"raised_at":…,"first_event_time":…,
+-- "last_event_time":…,<body>; the times are RFC 3339 (no quotes to escape)
+local function record_json(record)
+  return '{"alert_id":"' .. record.id .. '","status":"' .. record.status .. '","count":' .. fmt(record.count)
+    .. ',"raised_at":"' .. record.raised .. '","first_event_time":"' .. record.first
+    .. '","last_event_time":"' .. record.last .. '",' .. record.body
+end
+local function parse_record(json)
+  local id, status, count, raised, first, last, body = string.match(json,
+    '^{"alert_id":"([^"]*)","status":"(%a+)","count":(%d+),"raised_at":"([^"]*)","first_event_time":"([^"]*)","last_event_time":"([^"]*)",(.*)$')
+  if not id then return nil end
+  return {id = id, status = status, count = tonumber(count), raised = raised, first = first, last = last, body = body}
+end
+-- clock-raised and resolved records carry no event; `event` is the body's last field
+local function without_event(body)
+  local at = string.find(body, ',"event":{', 1, true)
+  if at then return string.sub(body, 1, at - 1) .. '}' end
+  return body
+end
+
+-- rule state of this call, read once and written once by flush_state
+local counts, episodes, resolved_now = {}, {}, {}
+local fired, rule_duplicates = {}, 0
+local function count_entry(rule, gk, window_start)
+  local key = rules_prefix .. 'count:' .. rule.name .. ':' .. gk .. ':' .. fmt(window_start)
+  local entry = counts[key]
+  if entry == nil then
+    entry = {value = read_integer(key) or 0, window = window_start, rule = rule, dirty = false}
+    counts[key] = entry
+  end
+  return entry
+end
+local function episode(rule, gk)
+  local rk = rule.name .. '/' .. gk
+  local ep = episodes[rk]
+  if ep == nil then
+    ep = {rk = rk, rule = rule, gk = gk}
+    episodes[rk] = ep
+  end
+  return ep
+end
+local function active_of(ep)
+  if ep.active == nil then
+    local json = redis.call('HGET', rules_prefix .. 'active', ep.rk)
+    ep.active = json and (parse_record(json) or {raw = json}) or false
+  end
+  return ep.active
+end
+local function cooldown_of(ep)
+  if ep.cooldown == nil then
+    ep.cooldown = read_integer(rules_prefix .. 'cooldown:' .. ep.rule.name .. ':' .. ep.gk) or false
+  end
+  return ep.cooldown
+end
+local function mark_of(ep)
+  if ep.mark == nil then
+    ep.mark = tonumber(redis.call('HGET', rules_prefix .. 'episodes', ep.rk)) or false
+  end
+  return ep.mark
+end
+local function first_seen_of(ep)
+  if ep.first == nil then
+    ep.first = tonumber(redis.call('ZSCORE', rules_prefix .. 'groups:' .. ep.rule.name, ep.gk)) or false
+  end
+  return ep.first
+end
+local function set_mark(ep, value)
+  ep.mark, ep.mark_dirty = value, true
+end
+
+-- raises a record of ep's rule and group (behind the guard) and makes it the episode,
+-- fired by window (or event time) `fired_at`
+local function fire(ep, id, fired_at, count, previous, body, first, last, out)
+  if fired[id] or redis.call('EXISTS', seen_prefix .. id) == 1 then
+    rule_duplicates = rule_duplicates + 1
+    return false
+  end
+  fired[id] = true
+  body = string.gsub(body, '\\u0001count\\u0001', fmt(count))
+  body = string.gsub(body, '\\u0001previous_count\\u0001', fmt(previous))
+  local record = {id = id, status = 'firing', count = count, raised = now_text, first = first, last = last, body = body}
+  out[#out + 1] = {id, record_json(record)}
+  ep.active, ep.active_dirty = record, true
+  set_mark(ep, fired_at)
+  return true
+end
+-- frequency, spike: a later match in the window that fired its episode sets the episode's
+-- count to the window's count
+local function follow(ep, window_start, count, last_ms)
+  local record = active_of(ep)
+  if not record or not record.id or mark_of(ep) ~= window_start then return end
+  record.count, record.last = count, rfc3339(last_ms)
+  ep.active_dirty = true
+end
+-- a window meeting a frequency or spike condition fires unless in cooldown
+local function crossing(ep, window_start, count, previous, body, first, last, out)
+  local rule = ep.rule
+  local until_ms = cooldown_of(ep)
+  if until_ms and window_start < until_ms then return end
+  if fire(ep, rule.name .. '/' .. ep.gk .. '/' .. fmt(window_start), window_start, count, previous, body, first, last, out) then
+    ep.cooldown, ep.cooldown_dirty = window_start + rule.cooldown, true
+  end
+end
+-- ends ep's firing episode with a resolved record (guard `<id>#resolved`)
+local function resolve(ep, out)
+  local record = active_of(ep)
+  if not record then return false end
+  if record.id then
+    local resolved_id = record.id .. '#resolved'
+    local resolved = record_json({id = record.id, status = 'resolved', count = record.count, raised = now_text,
+      first = record.first, last = record.last, body = without_event(record.body)})
+    if fired[resolved_id] or redis.call('EXISTS', seen_prefix .. resolved_id) == 1 then
+      rule_duplicates = rule_duplicates + 1
+    else
+      fired[resolved_id] = true
+      out[#out + 1] = {resolved_id, resolved}
+    end
+    resolved_now[ep.rk] = resolved
+  end
+  ep.active, ep.active_dirty = false, true
+  set_mark(ep, false)
+  return true
+end
+local function flush_state()
+  for key, entry in pairs(counts) do
+    if entry.dirty then
+      local rule = entry.rule
+      -- alive until the window's end + 2 windows + lateness, on event time or, if events
+      -- lag the wall clock, on wall time: an expiry in the past would delete the count
+      local base = math.max(entry.window, math.floor(now_ms / rule.window) * rule.window)
+      redis.call('SET', key, fmt(entry.value), 'PXAT', fmt(base + 3 * rule.window + rule.lateness))
+    end
+  end
+  for rk, ep in pairs(episodes) do
+    local rule = ep.rule
+    if ep.active_dirty then
+      if ep.active then
+        redis.call('HSET', rules_prefix .. 'active', rk, record_json(ep.active))
+      else
+        redis.call('HDEL', rules_prefix .. 'active', rk)
+      end
+    end
+    if ep.cooldown_dirty then
+      redis.call('SET', rules_prefix .. 'cooldown:' .. rule.name .. ':' .. ep.gk, fmt(ep.cooldown),
+        'PXAT', fmt(math.max(ep.cooldown, now_ms) + 86400000))
+    end
+    if ep.mark_dirty then
+      if ep.mark then
+        redis.call('HSET', rules_prefix .. 'episodes', rk, fmt(ep.mark))
+      else
+        redis.call('HDEL', rules_prefix .. 'episodes', rk)
+      end
+    end
+    if ep.first_dirty then
+      redis.call('ZADD', rules_prefix .. 'groups:' .. rule.name, 'LT', fmt(ep.first), ep.gk)
+      if ep.values then redis.call('HSET', rules_prefix .. 'groupvals:' .. rule.name, ep.gk, ep.values) end
+    end
+  end
+  for rk, resolved in pairs(resolved_now) do
+    redis.call('HSET', rules_prefix .. 'resolved', rk, resolved)
+    redis.call('ZADD', rules_prefix .. 'resolved_at', fmt(now_ms), rk)
+  end
+end
+local function write_records(out)
+  for _, record in ipairs(out) do
+    redis.call('XADD', alerts, '*', 'id', record[1], 'alert', record[2])
+    redis.call('SET', seen_prefix .. record[1], '1', 'EX', ttl)
+  end
+  return #out
+end
+"#;
+
+/// The rest of SETTLE, after [`RULE_STATE_LUA`].
+const SETTLE_BODY_LUA: &str = r#"
 -- counters are incremented last: they must be integers HINCRBY can add to
 local function expect_counters(key)
-  local fields = {'events', 'alerts', 'dead', 'duplicate_alerts'}
+  local fields = {'events', 'alerts', 'dead', 'duplicate_alerts', 'late'}
   local values = redis.call('HMGET', key, unpack(fields))
   for k = 1, #fields do
     local value = values[k]
@@ -77,16 +376,6 @@ local function expect_counters(key)
       if not number or number ~= math.floor(number) or math.abs(number) > 4503599627370496 then
         error({err = 'ERR logsentinel settle: counter ' .. fields[k] .. ' of ' .. key .. ' holds ' .. value .. ', not an integer it can count on'})
       end
-    end
-  end
-end
--- an XADD with '*' fails once a stream's last id is the largest possible one
-local function expect_room(key)
-  if redis.call('EXISTS', key) == 0 then return end
-  local info = redis.call('XINFO', 'STREAM', key)
-  for k = 1, #info, 2 do
-    if info[k] == 'last-generated-id' and info[k + 1] == '18446744073709551615-18446744073709551615' then
-      error({err = 'ERR logsentinel settle: stream ' .. key .. ' has used up its ids (last id ' .. info[k + 1] .. ')'})
     end
   end
 end
@@ -108,8 +397,24 @@ expect_permission(dead, 'XADD', dead, '*', 'reason', 'x')
 expect_permission(stats, 'HINCRBY', stats, 'events', '1')
 expect_permission(seen_prefix .. '*', 'SET', seen_prefix .. 'x', '1', 'EX', '1')
 expect_permission(seen_prefix .. '*', 'EXISTS', seen_prefix .. 'x')
-if #ARGV == 7 then
+
+local rules, i = read_rules(11, tonumber(ARGV[10]))
+local drafts_at = i + 1
+i = drafts_at + 5 * tonumber(ARGV[i])
+local quiet_count = tonumber(ARGV[i])
+i = i + 1
+-- 2. skip the quiet groups, acknowledged at the end
+local quiet = {}
+for _ = 1, quiet_count do
+  local events_per_item, item_count = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  quiet[#quiet + 1] = {events_per_item, i + 2, i + 1 + item_count}
+  i = i + 2 + item_count
+end
+local first_noisy = i
+
+if quiet_count == 0 and first_noisy > #ARGV then
   -- called with no items: the start-up check also covers the commands of the read loop
+  -- and of the rule state, SETTLE's and the clock's
   if mode == 'stream' then
     expect_permission(source, 'XREADGROUP', 'GROUP', group, consumer, 'STREAMS', source, '>')
     expect_permission(source, 'XAUTOCLAIM', source, group, consumer, '1', '0-0')
@@ -122,14 +427,123 @@ if #ARGV == 7 then
     expect_permission(label, 'BLMOVE', label, source, 'RIGHT', 'LEFT', '1')
     expect_permission(source, 'LRANGE', source, '0', '-1')
   end
+  if #rules > 0 then expect_rule_keys(rules) end
+  return {0, 0, 0, 0, 0}
 end
 
-local function owns(item)
-  if mode == 'stream' then
-    return #redis.call('XPENDING', source, group, item, item, 1, consumer) == 1
+-- the streams written to must have ids left; the rule keys must have their types
+local alerts_total, dead_total, updates_total = 0, 0, 0
+while i <= #ARGV do
+  local alert_count, dead_count, update_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  alerts_total, dead_total = alerts_total + alert_count, dead_total + dead_count
+  updates_total = updates_total + update_count
+  i = i + 5 + 3 * alert_count + 2 * dead_count + 6 * update_count
+end
+if alerts_total > 0 or updates_total > 0 then expect_room(alerts) end
+if dead_total > 0 then expect_room(dead) end
+if updates_total > 0 then expect_rule_keys(rules) end
+
+-- 3. the fence: which items with outputs this consumer holds
+local owned_entries = {}
+if mode == 'stream' and first_noisy <= #ARGV then
+  local start = first_id
+  while true do
+    local page = redis.call('XPENDING', source, group, start, last_id, 1000, consumer)
+    for _, pending in ipairs(page) do owned_entries[pending[1]] = true end
+    if #page < 1000 then break end
+    start = '(' .. page[#page][1]
   end
+end
+local function owns(item)
+  if mode == 'stream' then return owned_entries[item] == true end
   return redis.call('LPOS', source, item) ~= false
 end
+
+-- 4. rule updates of owned items, in item order, computed on the cached state
+local late = 0
+local newest = {}
+local function apply(at, out)
+  local rule = rules[tonumber(ARGV[at])]
+  local draft_at = drafts_at + 5 * (tonumber(ARGV[at + 1]) - 1)
+  local window_start, matches = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local first_ms, last_ms = tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5])
+  local gk, body = ARGV[draft_at], ARGV[draft_at + 2]
+  local ep = episode(rule, gk)
+  if rule.kind == 'any' then
+    -- window_start is the event time; no windows, no lateness; the mark is the wall
+    -- clock of the last match
+    local until_ms = cooldown_of(ep)
+    if until_ms and window_start < until_ms then
+      local record = active_of(ep)
+      if record and record.id then
+        record.count, record.last = record.count + matches, rfc3339(last_ms)
+        ep.active_dirty = true
+        set_mark(ep, now_ms)
+      end
+    elseif fire(ep, rule.name .. '/' .. gk .. '/' .. fmt(window_start), now_ms, matches, 0, body,
+        rfc3339(first_ms), rfc3339(last_ms), out) then
+      ep.cooldown, ep.cooldown_dirty = window_start + rule.cooldown, true
+    end
+    return
+  end
+  if newest[rule] == nil then
+    newest[rule] = {value = read_integer(rules_prefix .. 'newest:' .. rule.name) or -math.huge, dirty = false}
+  end
+  local seen_newest = newest[rule]
+  if window_start + rule.window <= seen_newest.value - rule.lateness then
+    late = late + matches
+    return
+  end
+  if last_ms > seen_newest.value then seen_newest.value, seen_newest.dirty = last_ms, true end
+  local entry = count_entry(rule, gk, window_start)
+  local before = entry.value
+  local after = before + matches
+  entry.value, entry.dirty = after, true
+  local seen_before = false
+  if rule.kind == 'spike' or rule.kind == 'flatline' then
+    local first = first_seen_of(ep)
+    seen_before = first and first < window_start
+    if not first or window_start < first then
+      if not first then ep.values = ARGV[draft_at + 1] end
+      ep.first, ep.first_dirty = window_start, true
+    end
+  end
+  if rule.kind == 'frequency' then
+    if before < rule.threshold and after >= rule.threshold then
+      crossing(ep, window_start, after, 0, body, rfc3339(first_ms), rfc3339(last_ms), out)
+    else
+      follow(ep, window_start, after, last_ms)
+    end
+  elseif rule.kind == 'spike' then
+    local previous = count_entry(rule, gk, window_start - rule.window).value
+    local function holds(count) return count >= rule.min_count and count >= rule.ratio * previous end
+    if rule.up and seen_before and not holds(before) and holds(after) then
+      crossing(ep, window_start, after, previous, body, rfc3339(first_ms), rfc3339(last_ms), out)
+    else
+      follow(ep, window_start, after, last_ms)
+    end
+  elseif rule.kind == 'flatline' then
+    if before < rule.threshold and after >= rule.threshold then resolve(ep, out) end
+  end
+end
+
+local noisy = {}
+i = first_noisy
+while i <= #ARGV do
+  local alert_count, dead_count, update_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local item = {at = i, owned = owns(ARGV[i]), raised = {}}
+  local updates_at = i + 5 + 3 * alert_count + 2 * dead_count
+  if item.owned then
+    for u = 0, update_count - 1 do apply(updates_at + 6 * u, item.raised) end
+  end
+  noisy[#noisy + 1] = item
+  i = updates_at + 6 * update_count
+end
+for rule, seen_newest in pairs(newest) do
+  if seen_newest.dirty then redis.call('SET', rules_prefix .. 'newest:' .. rule.name, fmt(seen_newest.value)) end
+end
+flush_state()
+
 local function acknowledge_one(item)
   if mode == 'stream' then return redis.call('XACK', source, group, item) end
   return redis.call('LREM', source, -1, item)
@@ -141,36 +555,16 @@ local function acknowledge_range(first, last)
   return removed
 end
 
--- 2. skip the quiet groups, acknowledged at the end
-local settled, events, written, duplicates, dead_written = 0, 0, 0, 0, 0
-local quiet = {}
-local i = 8
-for _ = 1, tonumber(ARGV[7]) do
-  local events_per_item, item_count = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  quiet[#quiet + 1] = {events_per_item, i + 2, i + 1 + item_count}
-  i = i + 2 + item_count
-end
-
--- the streams written to must have ids left
-local first_noisy, alerts_total, dead_total = i, 0, 0
-while i <= #ARGV do
-  local alert_count, dead_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  alerts_total, dead_total = alerts_total + alert_count, dead_total + dead_count
-  i = i + 4 + 3 * alert_count + 2 * dead_count
-end
-if alerts_total > 0 then expect_room(alerts) end
-if dead_total > 0 then expect_room(dead) end
-i = first_noisy
-
--- 3. items with outputs: fence, write, then acknowledge
-while i <= #ARGV do
-  local item = ARGV[i]
-  local event_count, alert_count, dead_count = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  i = i + 4
-  local owned = owns(item)
-  for _ = 1, alert_count do
-    if owned then
-      local alert_id, guarded, alert = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+-- 5. items with outputs: write, then acknowledge
+local settled, events, written, duplicates, dead_written = 0, 0, 0, rule_duplicates, 0
+for _, noisy_item in ipairs(noisy) do
+  local at = noisy_item.at
+  local item, event_count = ARGV[at], tonumber(ARGV[at + 1])
+  local alert_count, dead_count = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  if noisy_item.owned then
+    local k = at + 5
+    for _ = 1, alert_count do
+      local alert_id, guarded, alert = ARGV[k], ARGV[k + 1], ARGV[k + 2]
       local seen_key = seen_prefix .. alert_id
       if guarded == '1' and redis.call('EXISTS', seen_key) == 1 then
         duplicates = duplicates + 1
@@ -179,27 +573,26 @@ while i <= #ARGV do
         if guarded == '1' then redis.call('SET', seen_key, '1', 'EX', ttl) end
         written = written + 1
       end
+      k = k + 3
     end
-    i = i + 3
-  end
-  for _ = 1, dead_count do
-    if owned then
+    written = written + write_records(noisy_item.raised)
+    for _ = 1, dead_count do
       if mode == 'stream' then
-        redis.call('XADD', dead, '*', 'reason', ARGV[i], 'source', label, 'entry', item, 'raw', ARGV[i + 1])
+        redis.call('XADD', dead, '*', 'reason', ARGV[k], 'source', label, 'entry', item, 'raw', ARGV[k + 1])
       else
-        redis.call('XADD', dead, '*', 'reason', ARGV[i], 'source', label, 'raw', ARGV[i + 1])
+        redis.call('XADD', dead, '*', 'reason', ARGV[k], 'source', label, 'raw', ARGV[k + 1])
       end
       dead_written = dead_written + 1
+      k = k + 2
     end
-    i = i + 2
-  end
-  if owned and acknowledge_one(item) == 1 then
-    settled = settled + 1
-    events = events + event_count
+    if acknowledge_one(item) == 1 then
+      settled = settled + 1
+      events = events + event_count
+    end
   end
 end
 
--- 4. items without outputs; unpack() is limited by the Lua stack: chunks of 1000
+-- 6. items without outputs; unpack() is limited by the Lua stack: chunks of 1000
 for _, group_of_items in ipairs(quiet) do
   local events_per_item, group_start, group_end = group_of_items[1], group_of_items[2], group_of_items[3]
   for first = group_start, group_end, 1000 do
@@ -214,10 +607,126 @@ if settled > 0 then
   redis.call('HINCRBY', stats, 'dead', dead_written)
   if duplicates > 0 then redis.call('HINCRBY', stats, 'duplicate_alerts', duplicates) end
 end
-return {settled, written, duplicates, dead_written}
+if late > 0 then redis.call('HINCRBY', stats, 'late', late) end
+return {settled, written, duplicates, dead_written, late}
 "#;
 
-pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "#!lua flags=allow-oom\n{SETTLE_LUA}{RULE_STATE_LUA}{SETTLE_BODY_LUA}"
+    ))
+});
+
+/// Clock work at the close of one window of one rule (`now >= W + window + max_lateness`),
+/// run by the lease holder: `flatline` fires for every candidate group whose count of the
+/// window is below the threshold and that is not firing already (id `<rule>/<gk>/<W>`);
+/// a downward `spike` fires for every candidate group where `prev >= min_count` and
+/// `cur * ratio <= prev`, unless in cooldown. Each window is handled once: the script
+/// records it in `clock:<rule>` and does nothing for a window at or before it.
+///
+/// Why atomic: the checks, the records, the episode registry and the window mark must go
+/// together, or a lease taken over between them would raise or skip a record. Every record
+/// is behind the idempotency guard besides, so a holder paused past its lease cannot double
+/// one either.
+/// KEYS: alerts stream. ARGV: rules prefix, seen prefix, seen ttl (s), the rule (9 fields as
+/// in SETTLE), window start W, then per candidate group: group key id, group values JSON,
+/// draft body (clock-raised: without `event`), first and last event time. Returns {records
+/// written, duplicates}.
+const CLOCK_HEAD_LUA: &str = r#"
+local alerts = KEYS[1]
+local rules_prefix, seen_prefix, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+"#;
+
+const CLOCK_CLOSE_BODY_LUA: &str = r#"
+local rules = read_rules(4, 1)
+local rule = rules[1]
+local window_start = tonumber(ARGV[13])
+local clock_key = rules_prefix .. 'clock:' .. rule.name
+expect_room(alerts)
+expect_rule_keys(rules)
+local done = read_integer(clock_key)
+if done and done >= window_start then return {0, 0} end
+local out = {}
+for at = 14, #ARGV, 5 do
+  local ep = episode(rule, ARGV[at])
+  local body, first, last = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  local current = count_entry(rule, ep.gk, window_start).value
+  if rule.kind == 'flatline' then
+    if current < rule.threshold and not active_of(ep) then
+      fire(ep, rule.name .. '/' .. ep.gk .. '/' .. fmt(window_start), window_start, current, 0, body, first, last, out)
+    end
+  elseif rule.kind == 'spike' and rule.down then
+    local previous = count_entry(rule, ep.gk, window_start - rule.window).value
+    if previous >= rule.min_count and current * rule.ratio <= previous then
+      crossing(ep, window_start, current, previous, body, first, last, out)
+    end
+  end
+end
+flush_state()
+redis.call('SET', clock_key, fmt(window_start))
+return {write_records(out), rule_duplicates}
+"#;
+
+pub static CLOCK_CLOSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "#!lua flags=allow-oom\n{CLOCK_HEAD_LUA}{RULE_STATE_LUA}{CLOCK_CLOSE_BODY_LUA}"
+    ))
+});
+
+/// Clock work every second, run by the lease holder: resolves the firing episodes that are
+/// due (`any`: `any_quiet_ms` of wall clock since its last match; `frequency`/`spike`: the
+/// window after the last firing one has closed, `now >= mark + 2 × window + lateness`),
+/// each with a record of status `resolved`, the same `alert_id`, guard `<id>#resolved`,
+/// moved from `active` to `resolved`; then drops `resolved` entries older than `keep_ms`.
+/// Episodes of rules not in the table are left alone (another police may run a newer file).
+///
+/// Why atomic: the due check, the record and the move between the registries go together,
+/// so a settle extending the episode in between cannot be lost under a resolve.
+/// KEYS: alerts stream. ARGV: rules prefix, seen prefix, seen ttl (s), any_quiet_ms,
+/// keep_ms, rule count, per rule 9 fields as in SETTLE. Returns {records written,
+/// duplicates, resolved entries dropped}.
+const CLOCK_RESOLVE_BODY_LUA: &str = r#"
+local any_quiet_ms, keep_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local rules = read_rules(7, tonumber(ARGV[6]))
+expect_room(alerts)
+expect_rule_keys(rules)
+local by_name = {}
+for _, rule in ipairs(rules) do by_name[rule.name] = rule end
+local out = {}
+local marks = redis.call('HGETALL', rules_prefix .. 'episodes')
+for k = 1, #marks, 2 do
+  local name, gk = string.match(marks[k], '^(.*)/([^/]*)$')
+  local rule, mark = name and by_name[name], tonumber(marks[k + 1])
+  if rule and mark then
+    local due = false
+    if rule.kind == 'any' then
+      due = now_ms - mark >= any_quiet_ms
+    elseif rule.kind == 'frequency' or rule.kind == 'spike' then
+      due = now_ms >= mark + 2 * rule.window + rule.lateness
+    end
+    if due then
+      local ep = episode(rule, gk)
+      if not resolve(ep, out) then set_mark(ep, false) end
+    end
+  end
+end
+flush_state()
+local written = write_records(out)
+local dropped = 0
+local old = redis.call('ZRANGEBYSCORE', rules_prefix .. 'resolved_at', '-inf', fmt(now_ms - keep_ms), 'LIMIT', 0, 1000)
+for _, rk in ipairs(old) do
+  redis.call('HDEL', rules_prefix .. 'resolved', rk)
+  redis.call('ZREM', rules_prefix .. 'resolved_at', rk)
+  dropped = dropped + 1
+end
+return {written, rule_duplicates, dropped}
+"#;
+
+pub static CLOCK_RESOLVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "#!lua flags=allow-oom\n{CLOCK_HEAD_LUA}{RULE_STATE_LUA}{CLOCK_RESOLVE_BODY_LUA}"
+    ))
+});
 
 /// Creates the consumer group from id 0 (and the stream, if needed) unless it exists, which
 /// is checked first (a user allowed to read but not to create groups can still run).

@@ -13,6 +13,7 @@
 //! - a stop request is honoured between batches, never in the middle of one
 
 pub mod alert;
+pub mod clock;
 pub mod list_consumer;
 pub mod rules;
 pub mod settle;
@@ -51,6 +52,8 @@ pub struct Police {
     pub config: PoliceConfig,
     /// The rules in force; replaced whole when a reload succeeds (see [`Self::refresh_rules`]).
     pub rules: Arc<RuleSet>,
+    /// The stateful rules of `rules`, in the order their updates index them.
+    pub stateful_rules: Vec<rules::plan::StatefulRule>,
     /// Lowest level any rule matches; events below it are only validated and counted.
     pub interest: crate::event::Level,
     /// Rule sets reloaded on SIGHUP; `None` without a rule file.
@@ -127,6 +130,8 @@ impl Police {
                 (rules, Some(receiver), sinks)
             }
             None => {
+                // A SIGHUP must not kill a police that has nothing to reload.
+                ignore_hangups();
                 let sinks = builtin_sinks(&config);
                 let names = sinks.iter().map(|(name, _)| name.clone()).collect();
                 (Arc::new(RuleSet::builtin(config.alert_level, names)), None, sinks)
@@ -137,8 +142,10 @@ impl Police {
             sink_workers.push(SinkWorker::from_config(name, sink_config).await?);
         }
         let interest = rules.lowest_level();
+        let stateful_rules = rules.stateful_rules();
         Ok(Police {
             rules,
+            stateful_rules,
             interest,
             reloaded_rules,
             broker,
@@ -165,6 +172,7 @@ impl Police {
             );
         }
         self.rules = reloaded;
+        self.stateful_rules = self.rules.stateful_rules();
         self.interest = self.rules.lowest_level();
     }
 
@@ -181,6 +189,9 @@ impl Police {
             self.shutdown.clone(),
         );
         let mut refused = None;
+        // Stopped after the last settle, so that the lease is released last.
+        let clock_stop = CancellationToken::new();
+        let clock = self.spawn_clock(clock_stop.clone());
         loop {
             let session = match self.config.source {
                 Transport::Stream => stream_consumer::run_session(&mut self, &mut backoff).await,
@@ -205,6 +216,12 @@ impl Police {
                     }
                 }
             }
+        }
+        clock_stop.cancel();
+        if let Some(clock) = clock
+            && let Err(error) = clock.await
+        {
+            tracing::error!(error = %error, "the rule clock task failed");
         }
         // The workers stop after their attempts in flight; undelivered records stay pending.
         let delivery = workers.stop_and_wait().await;
@@ -236,6 +253,31 @@ impl Police {
             block: self.config.block,
             read_count: self.config.read_count,
         }
+    }
+
+    /// Starts the rule clock (see [`clock`]) when rules with state can be in force: a rule
+    /// file that has some now, or one that may get some on reload.
+    fn spawn_clock(&self, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        if self.stateful_rules.is_empty() && self.reloaded_rules.is_none() {
+            return None;
+        }
+        let rules = match &self.reloaded_rules {
+            Some(receiver) => receiver.clone(),
+            None => watch::channel(self.rules.clone()).1,
+        };
+        let keys = self.broker.keys.clone();
+        let lease = crate::broker::lease::Lease {
+            key: keys.rules_lease(),
+            owner: clock::Clock::owner(&self.config.consumer),
+        };
+        let clock = clock::Clock {
+            keys,
+            redis_url: self.broker.redis_url.clone(),
+            lease,
+            rules,
+            alert_dedup_ttl_s: self.config.alert_dedup_ttl_s,
+        };
+        Some(tokio::spawn(clock.run(stop)))
     }
 
     /// How long our group heartbeat key lives: no less than the idle time after which other
@@ -270,6 +312,7 @@ impl Police {
             source,
             consumer: &self.config.consumer,
             alert_dedup_ttl_s: self.config.alert_dedup_ttl_s,
+            rules: &self.stateful_rules,
         }
     }
 
@@ -314,6 +357,19 @@ pub async fn load_rules(path: std::path::PathBuf) -> Result<Arc<RuleSet>, RuleFi
             source: std::io::Error::other(join_error.to_string()),
         }),
     }
+}
+
+/// Without a rule file, a SIGHUP (sent to every process of a service by some supervisors)
+/// is logged and otherwise ignored instead of ending the process.
+fn ignore_hangups() {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            info!("SIGHUP ignored: no rule file to reload (--rules)");
+        }
+    });
 }
 
 /// On every SIGHUP, reloads the rule file and hands the new set to the police; a file that

@@ -1,14 +1,24 @@
-//! From decoded input to one atomic settle call: alerts out, dead letters out, input acked.
+//! From decoded input to one atomic settle call: alerts out, rule state updated, dead
+//! letters out, input acked.
+//!
+//! Invariants:
+//! - the rule updates of an item are applied in the script that acknowledges the item and
+//!   only if this consumer owns it (see [`scripts::SETTLE`]): a count is never applied
+//!   twice nor for an entry another police settles
+//! - items without alerts, dead letters or updates travel as bare ids (the cheap path)
+//! - a batch sends each draft once per (rule, group key, window): the script needs a draft
+//!   only where a window fires, so later updates of the same window refer to the first one
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use redis::RedisError;
+use serde::Serialize;
 
 use super::alert::Alert;
 use super::rules::RuleSet;
-use super::rules::plan::RuleUpdate;
+use super::rules::plan::{FIGURE_MARK, RuleUpdate, StatefulKind, StatefulRule};
 use crate::broker::{Connection, keys::Keys, scripts};
-use crate::event::{DecodedEntry, Rejected};
+use crate::event::{DecodedEntry, LogEvent, Rejected};
 
 /// What one stream entry (or list item) produced, ready to be settled.
 #[derive(Debug)]
@@ -69,6 +79,7 @@ impl Totals {
         totals.alerts_written += settled.alerts_written;
         totals.duplicate_alerts += settled.duplicate_alerts;
         totals.dead_written += settled.dead_written;
+        totals.late_matches += settled.late_matches;
         self.0.set(totals);
     }
 
@@ -91,6 +102,8 @@ pub struct Settled {
     pub alerts_written: u64,
     pub duplicate_alerts: u64,
     pub dead_written: u64,
+    /// Matches of windows closed longer than the rule's `max_lateness`: not counted.
+    pub late_matches: u64,
 }
 
 /// What a settle needs besides the outcomes.
@@ -99,6 +112,8 @@ pub struct SettleTarget<'a> {
     pub source: Source<'a>,
     pub consumer: &'a str,
     pub alert_dedup_ttl_s: u64,
+    /// The stateful rules, indexed by [`RuleUpdate::rule_index`].
+    pub rules: &'a [StatefulRule],
 }
 
 /// Runs the settle script with no items: it checks the key types, the dedup ttl and the
@@ -129,6 +144,13 @@ async fn invoke(
         Source::Stream => ("stream", keys.stream.as_str(), keys.stream.as_str()),
         Source::List { processing_list } => ("list", processing_list, keys.list.as_str()),
     };
+    let (quiet, noisy): (Vec<&Outcome>, Vec<&Outcome>) = outcomes
+        .iter()
+        .partition(|outcome| outcome.alerts.is_empty() && outcome.dead.is_empty() && outcome.updates.is_empty());
+    let (first_id, last_id) = match target.source {
+        Source::Stream => id_range(noisy.iter().map(|outcome| outcome.item.as_str())),
+        Source::List { .. } => (String::new(), String::new()),
+    };
     let mut invocation = scripts::SETTLE.prepare_invoke();
     invocation
         .key(source_key)
@@ -140,10 +162,35 @@ async fn invoke(
         .arg(target.consumer)
         .arg(keys.alert_seen_prefix())
         .arg(target.alert_dedup_ttl_s)
-        .arg(label);
-    let (quiet, noisy): (Vec<&Outcome>, Vec<&Outcome>) = outcomes
-        .iter()
-        .partition(|outcome| outcome.alerts.is_empty() && outcome.dead.is_empty());
+        .arg(label)
+        .arg(keys.rules_prefix())
+        .arg(first_id)
+        .arg(last_id);
+    push_rules(&mut invocation, target.rules);
+
+    // One draft per (rule, group key, window) of the call; updates refer to it by number.
+    let mut draft_numbers: HashMap<(usize, &str, i64), usize> = HashMap::new();
+    let mut drafts: Vec<&RuleUpdate> = Vec::new();
+    let mut update_drafts: Vec<usize> = Vec::new();
+    for update in noisy.iter().flat_map(|outcome| &outcome.updates) {
+        let number = *draft_numbers
+            .entry((update.rule_index, update.group.id.as_str(), update.window_start_ms))
+            .or_insert_with(|| {
+                drafts.push(update);
+                drafts.len()
+            });
+        update_drafts.push(number);
+    }
+    invocation.arg(drafts.len());
+    for update in &drafts {
+        invocation
+            .arg(&update.group.id)
+            .arg(&update.group.values_json)
+            .arg(draft_body(&update.draft))
+            .arg(&update.draft.first_event_time)
+            .arg(&update.draft.last_event_time);
+    }
+
     let mut quiet_by_event_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
     for outcome in quiet {
         quiet_by_event_count
@@ -155,12 +202,14 @@ async fn invoke(
     for (event_count, items) in &quiet_by_event_count {
         invocation.arg(event_count).arg(items.len()).arg(items);
     }
+    let mut next_draft = update_drafts.iter();
     for outcome in noisy {
         invocation
             .arg(&outcome.item)
             .arg(outcome.event_count)
             .arg(outcome.alerts.len())
-            .arg(outcome.dead.len());
+            .arg(outcome.dead.len())
+            .arg(outcome.updates.len());
         let guarded = if outcome.deduplicate_alerts { "1" } else { "0" };
         for alert in &outcome.alerts {
             invocation.arg(&alert.alert_id).arg(guarded).arg(alert.to_json());
@@ -168,13 +217,196 @@ async fn invoke(
         for rejected in &outcome.dead {
             invocation.arg(&rejected.reason).arg(&rejected.raw);
         }
+        for update in &outcome.updates {
+            let draft_number = next_draft.next().expect("one draft number per update, counted above");
+            invocation
+                .arg(update.rule_index + 1)
+                .arg(draft_number)
+                .arg(update.window_start_ms)
+                .arg(update.matches)
+                .arg(update.first_event_ms)
+                .arg(update.last_event_ms);
+        }
     }
-    let (items, alerts_written, duplicate_alerts, dead_written): (u64, u64, u64, u64) =
+    let (items, alerts_written, duplicate_alerts, dead_written, late_matches): (u64, u64, u64, u64, u64) =
         invocation.invoke_async(connection).await?;
     Ok(Settled {
         items,
         alerts_written,
         duplicate_alerts,
         dead_written,
+        late_matches,
     })
+}
+
+/// Adds the rule table in the layout of the settle and clock scripts: the count, then 9
+/// fields per rule.
+pub(crate) fn push_rules(invocation: &mut redis::ScriptInvocation<'_>, rules: &[StatefulRule]) {
+    invocation.arg(rules.len());
+    for rule in rules {
+        push_rule(invocation, rule);
+    }
+}
+
+/// One rule's 9 fields: name, kind, window ms, threshold, cooldown ms, max lateness ms,
+/// ratio, min count, spike directions.
+pub(crate) fn push_rule(invocation: &mut redis::ScriptInvocation<'_>, rule: &StatefulRule) {
+    let kind = match rule.kind {
+        StatefulKind::AnyWithCooldown => "any",
+        StatefulKind::Frequency => "frequency",
+        StatefulKind::Spike => "spike",
+        StatefulKind::Flatline => "flatline",
+    };
+    let directions = match (rule.spike_up, rule.spike_down) {
+        (true, true) => "b",
+        (true, false) => "u",
+        (false, true) => "d",
+        (false, false) => "-",
+    };
+    invocation
+        .arg(&rule.name)
+        .arg(kind)
+        .arg(rule.window_ms.max(1))
+        .arg(rule.threshold)
+        .arg(rule.cooldown_ms)
+        .arg(rule.max_lateness_ms)
+        .arg(rule.ratio.to_string())
+        .arg(rule.min_count)
+        .arg(directions);
+}
+
+/// First and last of a batch's stream ids (`ms-seq`, compared as numbers), the range of
+/// the fence's one `XPENDING`; the whole stream if an id does not parse.
+fn id_range<'a>(ids: impl Iterator<Item = &'a str>) -> (String, String) {
+    let mut range: Option<((u64, u64), (u64, u64))> = None;
+    for id in ids {
+        let Some(parsed) = id
+            .split_once('-')
+            .and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)))
+        else {
+            return ("-".into(), "+".into());
+        };
+        range = Some(match range {
+            None => (parsed, parsed),
+            Some((low, high)) => (low.min(parsed), high.max(parsed)),
+        });
+    }
+    match range {
+        Some(((low_ms, low_seq), (high_ms, high_seq))) => {
+            (format!("{low_ms}-{low_seq}"), format!("{high_ms}-{high_seq}"))
+        }
+        None => (String::new(), String::new()),
+    }
+}
+
+/// The alert record's JSON without `alert_id`, `status`, `count`, `raised_at`,
+/// `first_event_time` and `last_event_time` and without its opening brace: the scripts
+/// prepend those six (see [`scripts::SETTLE`]). The figure
+/// marks may appear only in labels and annotations (where the script replaces them), so a
+/// mark in any other field (event text, group values) is replaced by U+FFFD here.
+pub fn draft_body(draft: &Alert) -> String {
+    if !marks_only_in_templates(draft) {
+        return draft_body(&without_stray_marks(draft));
+    }
+    let Alert {
+        alert_id: _,
+        rule,
+        rule_type,
+        status: _,
+        severity,
+        group,
+        labels,
+        annotations,
+        count: _,
+        first_event_time: _,
+        last_event_time: _,
+        raised_at: _,
+        sinks,
+        event,
+    } = draft;
+    let body = DraftBody {
+        rule,
+        rule_type,
+        severity,
+        group,
+        labels,
+        annotations,
+        sinks,
+        event: event.as_ref(),
+    };
+    let json = serde_json::to_string(&body).expect("serialising a draft into memory cannot fail");
+    debug_assert!(json.starts_with('{'));
+    json[1..].to_string()
+}
+
+/// [`Alert`] but for the six fields the scripts write; `event` last (the scripts cut it
+/// off for records without an event).
+#[derive(Serialize)]
+struct DraftBody<'a> {
+    rule: &'a str,
+    #[serde(rename = "type")]
+    rule_type: &'a str,
+    severity: &'a str,
+    group: &'a BTreeMap<String, String>,
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
+    sinks: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a LogEvent>,
+}
+
+fn marks_only_in_templates(draft: &Alert) -> bool {
+    let clean = |text: &String| !text.contains(FIGURE_MARK);
+    let event_clean = draft.event.as_ref().is_none_or(|event| {
+        [&event.id, &event.timestamp, &event.service, &event.host, &event.message]
+            .into_iter()
+            .all(clean)
+            && event.extra.iter().all(|(name, value)| clean(name) && clean(value))
+    });
+    event_clean
+        && [
+            &draft.rule,
+            &draft.rule_type,
+            &draft.severity,
+            &draft.first_event_time,
+            &draft.last_event_time,
+        ]
+        .into_iter()
+        .all(clean)
+        && draft.group.iter().all(|(name, value)| clean(name) && clean(value))
+        && draft.sinks.iter().all(clean)
+        && draft.labels.keys().chain(draft.annotations.keys()).all(clean)
+}
+
+fn without_stray_marks(draft: &Alert) -> Alert {
+    let scrub = |text: &str| text.replace(FIGURE_MARK, "\u{fffd}");
+    let scrub_map =
+        |map: &BTreeMap<String, String>| map.iter().map(|(name, value)| (scrub(name), scrub(value))).collect();
+    let mut clean = draft.clone();
+    clean.rule = scrub(&draft.rule);
+    clean.rule_type = scrub(&draft.rule_type);
+    clean.severity = scrub(&draft.severity);
+    clean.first_event_time = scrub(&draft.first_event_time);
+    clean.last_event_time = scrub(&draft.last_event_time);
+    clean.group = scrub_map(&draft.group);
+    clean.sinks = draft.sinks.iter().map(|sink| scrub(sink)).collect();
+    clean.labels = draft
+        .labels
+        .iter()
+        .map(|(name, value)| (scrub(name), value.clone()))
+        .collect();
+    clean.annotations = draft
+        .annotations
+        .iter()
+        .map(|(name, value)| (scrub(name), value.clone()))
+        .collect();
+    if let Some(event) = &mut clean.event {
+        event.id = scrub(&event.id);
+        event.timestamp = scrub(&event.timestamp);
+        event.service = scrub(&event.service);
+        event.host = scrub(&event.host);
+        event.message = scrub(&event.message);
+        event.extra = scrub_map(&event.extra);
+    }
+    clean
 }

@@ -88,15 +88,20 @@ impl RuleSet {
                 }
             }
         }
+        if pending.is_empty() && any_hits.is_empty() {
+            return ItemPlan::default();
+        }
+        // Formatted once per item: every record of it is raised at the same moment.
+        let raised_at = window::rfc3339(now_ms);
         let updates = pending
             .into_iter()
-            .map(|folded| self.update_of(folded, &events, now_ms))
+            .map(|folded| self.update_of(folded, &events, &raised_at))
             .collect();
-        let alerts = self.any_alerts(&any_hits, events, now_ms);
+        let alerts = self.any_alerts(&any_hits, events, &raised_at);
         ItemPlan { alerts, updates }
     }
 
-    fn update_of(&self, folded: Pending, events: &[LogEvent], now_ms: i64) -> RuleUpdate {
+    fn update_of(&self, folded: Pending, events: &[LogEvent], raised_at: &str) -> RuleUpdate {
         let rule = &self.rules[folded.rule_position];
         let event = &events[folded.event_index];
         let group_values: Vec<String> = rule
@@ -114,7 +119,7 @@ impl RuleSet {
             first_event_time: &first_event_time,
             last_event_time: &last_event_time,
         };
-        let mut draft = rule.alert(&context, &group_values, folded.matches, &now_ms);
+        let mut draft = rule.alert(&context, &group_values, folded.matches, raised_at);
         draft.event = Some(event.clone());
         RuleUpdate {
             rule_index: folded.rule_index,
@@ -129,7 +134,7 @@ impl RuleSet {
 
     /// The alerts of `any` rules without cooldown; each event is moved into its last alert
     /// and cloned only for the others.
-    fn any_alerts(&self, any_hits: &[(usize, usize)], events: Vec<LogEvent>, now_ms: i64) -> Vec<Alert> {
+    fn any_alerts(&self, any_hits: &[(usize, usize)], events: Vec<LogEvent>, raised_at: &str) -> Vec<Alert> {
         if any_hits.is_empty() {
             return Vec::new();
         }
@@ -150,7 +155,7 @@ impl RuleSet {
                     first_event_time: &event.timestamp,
                     last_event_time: &event.timestamp,
                 };
-                let mut alert = rule.alert(&context, &group_values, 1, &now_ms);
+                let mut alert = rule.alert(&context, &group_values, 1, raised_at);
                 alert.alert_id = format!("{}/{}", event.id, rule.name);
                 alert
             })

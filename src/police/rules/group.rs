@@ -126,6 +126,19 @@ mod tests {
         assert_eq!(values_of(&key).unwrap(), values);
     }
 
+    proptest::proptest! {
+        /// The streamed hash is the hash of serde_json's text, for any values.
+        #[test]
+        fn streamed_hash_equals_the_hash_of_the_json_text(values in proptest::collection::vec(".{0,40}", 0..4)) {
+            let json = serde_json::to_string(&values).unwrap();
+            let expected = json.bytes().fold(FNV_OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME));
+            proptest::prop_assert_eq!(hash_of(values.iter().map(String::as_str)), expected);
+            let key = key_of(values.iter().map(String::as_str));
+            proptest::prop_assert_eq!(key.values_json, json);
+            proptest::prop_assert_eq!(key.id, format!("{expected:016x}"));
+        }
+    }
+
     #[test]
     fn long_values_are_cut_on_a_character_boundary() {
         let long = "\u{e9}".repeat(200); // 400 bytes

@@ -282,13 +282,13 @@ impl RuleSet {
             first_event_time: &first,
             last_event_time: &last,
         };
-        Some(rule.alert(&context, &group_values, 0, &now_ms))
+        Some(rule.alert(&context, &group_values, 0, &window::rfc3339(now_ms)))
     }
 }
 
 impl Rule {
     /// An alert record of this rule, templates rendered in `context`, `alert_id` empty.
-    fn alert(&self, context: &template::Context<'_>, group_values: &[String], count: u64, now_ms: &i64) -> Alert {
+    fn alert(&self, context: &template::Context<'_>, group_values: &[String], count: u64, raised_at: &str) -> Alert {
         let render_all = |templates: &[(String, Template)]| {
             templates
                 .iter()
@@ -312,7 +312,7 @@ impl Rule {
             count,
             first_event_time: context.first_event_time.to_string(),
             last_event_time: context.last_event_time.to_string(),
-            raised_at: window::rfc3339(*now_ms),
+            raised_at: raised_at.to_string(),
             sinks: self.sinks.clone(),
             event: None,
         }
