@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestRedis, free_address, wait_until};
+use common::{TestRedis, free_address, spawn_police, stop_gracefully, wait_until};
 use logsentinel::broker::keys::Keys;
 use logsentinel::delivery::config::SinkConfig;
 use logsentinel::delivery::sinks::alertmanager::{AlertmanagerSink, run_resends};
@@ -286,4 +286,106 @@ async fn re_sends_bring_an_alert_back_after_a_restart_and_resolve_it() {
         .query(&mut connection)
         .expect("GET lease");
     assert_eq!(lease_holder, None, "the lease is released on a clean stop");
+}
+
+fn push_error(connection: &mut redis::Connection, id: &str, timestamp: &str) {
+    let event = serde_json::json!({
+        "id": id, "timestamp": timestamp, "level": "ERROR", "service": "api", "host": "web-1",
+        "message": "upstream timed out", "extra": {"log.level": "error"},
+    });
+    let _: String = redis::cmd("XADD")
+        .arg("logsentinel:logs")
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("event")
+        .arg(event.to_string())
+        .query(connection)
+        .expect("XADD");
+}
+
+/// `held` fires and stays firing for the whole test (a one-hour window); `brief` fires
+/// and resolves within seconds (a two-second window closes with nothing in the next).
+const BLACK_BOX_RULES: &str = r#"
+max_lateness = "1s"
+
+[sinks.am]
+type = "alertmanager"
+urls = ["URL"]
+resend_interval = "1s"
+timeout = "2s"
+
+[[rules]]
+name = "held"
+type = "frequency"
+filter = { level = "ERROR" }
+group_by = ["log.level", "service"]
+threshold = 3
+window = "1h"
+severity = "critical"
+labels = { team = "core" }
+annotations = { summary = "{count} errors in {service}" }
+sinks = ["am"]
+
+[[rules]]
+name = "brief"
+type = "frequency"
+filter = { level = "ERROR" }
+group_by = ["log.level"]
+threshold = 3
+window = "2s"
+sinks = ["am"]
+"#;
+
+#[test]
+fn police_alerts_are_active_resolve_and_come_back_after_an_alertmanager_restart() {
+    let redis = TestRedis::start(&[]);
+    let mut alertmanager = TestAlertmanager::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, BLACK_BOX_RULES.replace("URL", &alertmanager.url())).expect("write rules");
+    let police = spawn_police(
+        &redis.url(),
+        "police-1",
+        &["--rules", rules.to_str().expect("utf-8 path")],
+    );
+    let mut connection = redis.connection();
+    // one timestamp for all three: they fall into one window whatever its alignment
+    let now = logsentinel::event::now_rfc3339();
+    for sequence in 0..3 {
+        push_error(&mut connection, &format!("agent-1:{sequence}:0"), &now);
+    }
+
+    wait_until("both alerts active in alertmanager", Duration::from_secs(60), || {
+        alertmanager.alerts_named("held").len() == 1 && !alertmanager.alerts_named("brief").is_empty()
+    });
+    let held = &alertmanager.alerts_named("held")[0];
+    let expected_labels = serde_json::json!({
+        "alertname": "held", "severity": "critical", "log_level": "error", "service": "api", "team": "core",
+    });
+    assert_eq!(held["labels"], expected_labels, "log.level sanitised to log_level");
+    assert_eq!(held["status"]["state"], "active");
+    assert_eq!(held["annotations"]["summary"], "3 errors in api");
+    assert_eq!(held["annotations"]["count"], "3");
+
+    wait_until(
+        "the brief alert inactive once resolved",
+        Duration::from_secs(90),
+        || alertmanager.alerts_named("brief").is_empty(),
+    );
+
+    alertmanager.restart();
+    wait_until(
+        "the held alert active again after the restart (re-sent)",
+        Duration::from_secs(60),
+        || {
+            let shown = alertmanager.alerts_named("held");
+            shown.len() == 1 && shown[0]["status"]["state"] == "active" && shown[0]["labels"] == expected_labels
+        },
+    );
+    assert!(
+        alertmanager.alerts_named("brief").is_empty(),
+        "a resolved alert is re-sent resolved"
+    );
+    stop_gracefully(police);
 }

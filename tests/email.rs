@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -363,4 +363,154 @@ async fn implicit_tls_delivers_too() {
     assert_eq!(message["tls"], true);
     assert_eq!(message["authenticated"], true);
     assert_eq!(message["headers"]["X-LogSentinel-Alert-Id"], alert.alert_id);
+}
+
+fn push_critical(connection: &mut redis::Connection, id: &str, message: &str) {
+    let event = serde_json::json!({
+        "id": id, "timestamp": logsentinel::event::now_rfc3339(), "level": "CRITICAL",
+        "service": "api", "host": "web-1", "message": message,
+    });
+    let _: String = redis::cmd("XADD")
+        .arg("logsentinel:logs")
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("event")
+        .arg(event.to_string())
+        .query(connection)
+        .expect("XADD");
+}
+
+/// A rule file whose one rule mails every CRITICAL event through `smtp`.
+fn mail_rules(smtp: &TestSmtp, dir: &Path) -> PathBuf {
+    let password_file = dir.join("smtp-password");
+    std::fs::write(&password_file, "s3cret\n").expect("write password");
+    let rules = format!(
+        r#"
+[sinks.mail]
+type = "email"
+smtp = "{}"
+username = "alerts"
+password = {{ file = "{}" }}
+from = "logsentinel@example.com"
+to = ["oncall@example.com"]
+ca_file = "{}"
+timeout = "5s"
+max_attempts = 3
+
+[[rules]]
+name = "critical"
+type = "any"
+filter = {{ level = "CRITICAL" }}
+cooldown = "0s"
+severity = "critical"
+annotations = {{ summary = "{{service}}: {{message}}" }}
+sinks = ["mail"]
+"#,
+        smtp.address,
+        password_file.display(),
+        smtp.cert.display()
+    );
+    let path = dir.join("rules.toml");
+    std::fs::write(&path, rules).expect("write rules");
+    path
+}
+
+fn sink_dead_letters(connection: &mut redis::Connection) -> Vec<HashMap<String, String>> {
+    common::read_stream(connection, "logsentinel:dead:sink:mail")
+        .into_iter()
+        .map(|(_, fields)| fields)
+        .collect()
+}
+
+#[test]
+fn the_police_mails_one_message_per_alert() {
+    let redis = common::TestRedis::start(&[]);
+    let smtp = TestSmtp::start(&[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = mail_rules(&smtp, dir.path());
+    let police = common::spawn_police(
+        &redis.url(),
+        "police-1",
+        &["--rules", rules.to_str().expect("utf-8 path")],
+    );
+    let mut connection = redis.connection();
+    push_critical(&mut connection, "agent-1:1:0", "disk <full> & \"failing\"");
+    push_critical(&mut connection, "agent-1:2:0", "second");
+
+    let first = smtp.wait_for_message(1);
+    let second = smtp.wait_for_message(2);
+    let mut ids = vec![
+        first["headers"]["X-LogSentinel-Alert-Id"]
+            .as_str()
+            .expect("id header")
+            .to_string(),
+        second["headers"]["X-LogSentinel-Alert-Id"]
+            .as_str()
+            .expect("id header")
+            .to_string(),
+    ];
+    ids.sort();
+    assert_eq!(ids, ["agent-1:1:0/critical", "agent-1:2:0/critical"]);
+    let full = if ids[0] == first["headers"]["X-LogSentinel-Alert-Id"] {
+        &first
+    } else {
+        &second
+    };
+    assert_eq!(full["subject"], "[LogSentinel] critical critical firing");
+    assert!(
+        full["html"]
+            .as_str()
+            .expect("html")
+            .contains("api: disk &lt;full&gt; &amp; &quot;failing&quot;")
+    );
+    assert!(
+        full["text"]
+            .as_str()
+            .expect("text")
+            .contains("api: disk <full> & \"failing\"")
+    );
+    common::stop_gracefully(police);
+    assert!(sink_dead_letters(&mut connection).is_empty());
+}
+
+#[test]
+fn the_police_dead_letters_a_550_and_retries_a_451() {
+    let redis = common::TestRedis::start(&[]);
+    let refusing = TestSmtp::start(&["--fail-code", "550", "--fail-count", "1000"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = mail_rules(&refusing, dir.path());
+    let police = common::spawn_police(
+        &redis.url(),
+        "police-1",
+        &["--rules", rules.to_str().expect("utf-8 path")],
+    );
+    let mut connection = redis.connection();
+    push_critical(&mut connection, "agent-1:1:0", "refused");
+    wait_until(
+        "the refused alert in the sink's dead letters",
+        Duration::from_secs(60),
+        || !sink_dead_letters(&mut connection).is_empty(),
+    );
+    let dead = sink_dead_letters(&mut connection);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].values().any(|value| value.contains("550")), "{dead:?}");
+    assert_eq!(refusing.attempts(), 1, "a permanent refusal is not retried");
+    common::stop_gracefully(police);
+
+    let redis = common::TestRedis::start(&[]);
+    let busy = TestSmtp::start(&["--fail-code", "451", "--fail-count", "1"]);
+    let rules = mail_rules(&busy, dir.path());
+    let police = common::spawn_police(
+        &redis.url(),
+        "police-1",
+        &["--rules", rules.to_str().expect("utf-8 path")],
+    );
+    let mut connection = redis.connection();
+    push_critical(&mut connection, "agent-1:1:0", "busy");
+    let message = busy.wait_for_message(1);
+    assert_eq!(message["headers"]["X-LogSentinel-Alert-Id"], "agent-1:1:0/critical");
+    assert_eq!(busy.attempts(), 2, "refused once with 451, accepted on the retry");
+    common::stop_gracefully(police);
+    assert!(sink_dead_letters(&mut connection).is_empty());
 }

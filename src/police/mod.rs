@@ -192,6 +192,7 @@ impl Police {
         // Stopped after the last settle, so that the lease is released last.
         let clock_stop = CancellationToken::new();
         let clock = self.spawn_clock(clock_stop.clone());
+        let resends = self.spawn_resends(clock_stop.clone());
         loop {
             let session = match self.config.source {
                 Transport::Stream => stream_consumer::run_session(&mut self, &mut backoff).await,
@@ -218,6 +219,11 @@ impl Police {
             }
         }
         clock_stop.cancel();
+        for resend in resends {
+            if let Err(error) = resend.await {
+                tracing::error!(error = %error, "an alertmanager re-send task failed");
+            }
+        }
         if let Some(clock) = clock
             && let Err(error) = clock.await
         {
@@ -257,6 +263,31 @@ impl Police {
 
     /// Starts the rule clock (see [`clock`]) when rules with state can be in force: a rule
     /// file that has some now, or one that may get some on reload.
+    /// Starts the re-sends of every Alertmanager sink of the rule file (see
+    /// [`crate::delivery::sinks::alertmanager::run_resends`]): sinks are those of the start,
+    /// as for delivery.
+    fn spawn_resends(&self, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        use crate::delivery::sinks::alertmanager::{AlertmanagerSink, run_resends};
+        let mut tasks = Vec::new();
+        for (name, sink_config) in self.rules.sinks() {
+            if !matches!(sink_config, SinkConfig::Alertmanager { .. }) {
+                continue;
+            }
+            // Checked when the delivery worker built the same sink at start.
+            let Ok(sink) = AlertmanagerSink::from_config(name, sink_config) else {
+                continue;
+            };
+            tasks.push(tokio::spawn(run_resends(
+                Arc::new(sink),
+                self.broker.redis_url.clone(),
+                self.broker.keys.clone(),
+                clock::Clock::owner(&self.config.consumer),
+                stop.clone(),
+            )));
+        }
+        tasks
+    }
+
     fn spawn_clock(&self, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
         if self.stateful_rules.is_empty() && self.reloaded_rules.is_none() {
             return None;

@@ -38,9 +38,22 @@ pub async fn build(name: &str, config: &SinkConfig) -> Result<Box<dyn AlertSink>
             let url = url.resolve(name, "url").await?;
             Ok(Box::new(slack::SlackSink::new(name, &url, timeout)?))
         }
-        SinkConfig::Alertmanager { .. } | SinkConfig::Email { .. } => Err(SetupError::Invalid {
-            sink: name.to_string(),
-            problem: format!("sink type {} is not available in this build", config.kind()),
-        }),
+        SinkConfig::Alertmanager { .. } => {
+            let sink =
+                alertmanager::AlertmanagerSink::from_config(name, config).map_err(|error| SetupError::Invalid {
+                    sink: name.to_string(),
+                    problem: error.to_string(),
+                })?;
+            Ok(Box::new(sink))
+        }
+        SinkConfig::Email { .. } => {
+            let sink = email::EmailSink::from_config(name, config)
+                .await
+                .map_err(|error| SetupError::Invalid {
+                    sink: name.to_string(),
+                    problem: error.to_string(),
+                })?;
+            Ok(Box::new(sink))
+        }
     }
 }
