@@ -36,8 +36,8 @@ use tracing::{debug, info, warn};
 use crate::broker::keys::Keys;
 use crate::broker::lease::{Lease, RENEW_INTERVAL};
 use crate::broker::{self, Backoff, registry};
-use crate::delivery::config::{DEFAULT_TIMEOUT, SinkConfig};
-use crate::delivery::{AlertSink, Message, SinkError};
+use crate::delivery::config::{DEFAULT_TIMEOUT, SetupError, SinkConfig};
+use crate::delivery::{AlertSink, Message, SinkError, http};
 use crate::police::alert::{Alert, AlertStatus};
 
 /// Alerts per `POST /api/v2/alerts`: keeps each request small (a digest of thousands of
@@ -53,24 +53,6 @@ const ENDS_AT_INTERVALS: u32 = 4;
 pub const RESOLVED_RESEND_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Default `summary` when the rule has none.
 const DEFAULT_SUMMARY_PREFIX: &str = "LogSentinel rule";
-
-#[derive(Debug, thiserror::Error)]
-pub enum AlertmanagerSetupError {
-    #[error("sink {sink} is not an alertmanager sink")]
-    WrongType { sink: String },
-    #[error("alertmanager sink {sink} lists no urls")]
-    NoUrls { sink: String },
-    #[error("alertmanager sink {sink}: {url:?} is not an http(s) url")]
-    BadUrl { sink: String, url: String },
-    #[error("alertmanager sink {sink}: resend_interval must be above zero")]
-    ZeroResendInterval { sink: String },
-    #[error("alertmanager sink {sink}: cannot build the HTTP client")]
-    Client {
-        sink: String,
-        #[source]
-        source: reqwest::Error,
-    },
-}
 
 /// One instance: where to post, and how to name it in messages (without credentials).
 #[derive(Debug, Clone)]
@@ -88,7 +70,11 @@ pub struct AlertmanagerSink {
 
 impl AlertmanagerSink {
     /// Builds the sink from its `[sinks.NAME]` table (`type = "alertmanager"`).
-    pub fn from_config(name: &str, config: &SinkConfig) -> Result<AlertmanagerSink, AlertmanagerSetupError> {
+    pub fn from_config(name: &str, config: &SinkConfig) -> Result<AlertmanagerSink, SetupError> {
+        let invalid = |problem: &str| SetupError::Invalid {
+            sink: name.into(),
+            problem: problem.into(),
+        };
         let SinkConfig::Alertmanager {
             urls,
             resend_interval,
@@ -96,10 +82,10 @@ impl AlertmanagerSink {
             ..
         } = config
         else {
-            return Err(AlertmanagerSetupError::WrongType { sink: name.into() });
+            return Err(invalid("not an alertmanager sink"));
         };
         if urls.is_empty() {
-            return Err(AlertmanagerSetupError::NoUrls { sink: name.into() });
+            return Err(invalid("urls lists no instance"));
         }
         let instances = urls
             .iter()
@@ -107,16 +93,9 @@ impl AlertmanagerSink {
             .collect::<Result<Vec<_>, _>>()?;
         let resend_interval = resend_interval.map_or(DEFAULT_RESEND_INTERVAL, |interval| interval.0);
         if resend_interval.is_zero() {
-            return Err(AlertmanagerSetupError::ZeroResendInterval { sink: name.into() });
+            return Err(invalid("resend_interval must be above zero"));
         }
-        let client = reqwest::Client::builder()
-            .timeout(timeout.map_or(DEFAULT_TIMEOUT, |timeout| timeout.0))
-            .user_agent(concat!("LogSentinel/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| AlertmanagerSetupError::Client {
-                sink: name.into(),
-                source,
-            })?;
+        let client = http::client(name, timeout.map_or(DEFAULT_TIMEOUT, |timeout| timeout.0))?;
         Ok(AlertmanagerSink {
             name: name.into(),
             instances,
@@ -152,22 +131,29 @@ impl AlertmanagerSink {
     async fn post_to_every_instance(&self, body: Vec<u8>) -> Result<(), SinkError> {
         let mut requests = tokio::task::JoinSet::new();
         for instance in &self.instances {
-            let request = self
-                .client
-                .post(instance.alerts_url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
+            let (client, sink_name, url, body) = (
+                self.client.clone(),
+                self.name.clone(),
+                instance.alerts_url.clone(),
                 // a copy per instance: at most 64 alerts, a few tens of KiB
-                .body(body.clone());
+                body.clone(),
+            );
             let instance_name = instance.display.clone();
-            requests.spawn(async move { (instance_name, classify(request.send().await)) });
+            requests.spawn(async move {
+                let headers = [("content-type", "application/json".to_string())];
+                (
+                    instance_name,
+                    http::post(&client, &sink_name, &url, body, &headers).await,
+                )
+            });
         }
         let mut any_taken = false;
         let mut failures = Vec::new();
         while let Some(joined) = requests.join_next().await {
             let (instance_name, outcome) = joined.expect("an alertmanager request task does not panic");
             match outcome {
-                Outcome::Taken => any_taken = true,
-                Outcome::Failed(failure) => failures.push((instance_name, failure)),
+                Ok(()) => any_taken = true,
+                Err(failure) => failures.push((instance_name, Failure::from(failure))),
             }
         }
         for (instance_name, failure) in &failures {
@@ -200,10 +186,10 @@ impl AlertmanagerSink {
     }
 }
 
-fn instance(sink: &str, url: &str) -> Result<Instance, AlertmanagerSetupError> {
-    let bad_url = || AlertmanagerSetupError::BadUrl {
+fn instance(sink: &str, url: &str) -> Result<Instance, SetupError> {
+    let bad_url = || SetupError::Invalid {
         sink: sink.into(),
-        url: broker::errors::redact_url(url),
+        problem: format!("{:?} is not an http(s) url", broker::errors::redact_url(url)),
     };
     let base = reqwest::Url::parse(url).map_err(|_| bad_url())?;
     if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
@@ -245,58 +231,23 @@ struct Failure {
     retry_after: Option<Duration>,
 }
 
-#[derive(Debug)]
-enum Outcome {
-    Taken,
-    Failed(Failure),
-}
-
-/// 2xx taken; 408, 429, 5xx, connect errors and timeouts retryable; other statuses
-/// (400: Alertmanager refused the alerts as invalid) permanent.
-fn classify(response: Result<reqwest::Response, reqwest::Error>) -> Outcome {
-    let response = match response {
-        Ok(response) => response,
-        Err(error) => {
-            let status = if error.is_timeout() {
-                "timeout".to_string()
-            } else if error.is_connect() {
-                "connect error".to_string()
-            } else {
-                format!("request error: {}", error.without_url())
-            };
-            return Outcome::Failed(Failure {
+impl From<SinkError> for Failure {
+    fn from(error: SinkError) -> Failure {
+        match error {
+            SinkError::Retryable {
+                status, retry_after, ..
+            } => Failure {
                 status,
                 retryable: true,
+                retry_after,
+            },
+            SinkError::Permanent { status, .. } => Failure {
+                status,
+                retryable: false,
                 retry_after: None,
-            });
+            },
         }
-    };
-    let code = response.status();
-    if code.is_success() {
-        return Outcome::Taken;
     }
-    let retryable = code.as_u16() == 408 || code.as_u16() == 429 || code.is_server_error();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_retry_after);
-    Outcome::Failed(Failure {
-        status: format!("http {}", code.as_u16()),
-        retryable,
-        retry_after,
-    })
-}
-
-/// `Retry-After`: seconds, or an HTTP date (a date in the past means now).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = date.with_timezone(&Utc) - Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
 /// One alert of the Alertmanager v2 API (`postableAlert`).
@@ -688,13 +639,6 @@ mod tests {
             .collect();
         let kept = resendable("am", &records, now);
         assert_eq!(kept, vec![firing, recent]);
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("later"), None);
     }
 
     #[test]

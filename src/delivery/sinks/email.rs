@@ -23,7 +23,7 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use crate::delivery::config::{DEFAULT_TIMEOUT, Secret, SinkConfig};
+use crate::delivery::config::{DEFAULT_TIMEOUT, SetupError, SinkConfig};
 use crate::delivery::{AlertSink, Message, SinkError};
 use crate::police::alert::{Alert, AlertStatus};
 
@@ -54,33 +54,6 @@ impl Security {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum EmailSetupError {
-    #[error("sink {sink} is not an email sink")]
-    WrongType { sink: String },
-    #[error("email sink {sink}: {problem}")]
-    Invalid { sink: String, problem: String },
-    #[error("email sink {sink}: secret {what}: {problem}")]
-    Secret {
-        sink: String,
-        what: &'static str,
-        problem: String,
-    },
-    #[error("email sink {sink}: cannot read ca_file {path}")]
-    CaFile {
-        sink: String,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("email sink {sink}: TLS setup failed")]
-    Tls {
-        sink: String,
-        #[source]
-        source: lettre::transport::smtp::Error,
-    },
-}
-
 pub struct EmailSink {
     name: String,
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -95,7 +68,7 @@ pub struct EmailSink {
 impl EmailSink {
     /// Builds the sink from its `[sinks.NAME]` table (`type = "email"`): addresses
     /// parsed, secrets read, the CA file loaded. Connects only when sending.
-    pub async fn from_config(name: &str, config: &SinkConfig) -> Result<EmailSink, EmailSetupError> {
+    pub async fn from_config(name: &str, config: &SinkConfig) -> Result<EmailSink, SetupError> {
         let SinkConfig::Email {
             smtp,
             security,
@@ -108,9 +81,12 @@ impl EmailSink {
             ..
         } = config
         else {
-            return Err(EmailSetupError::WrongType { sink: name.into() });
+            return Err(SetupError::Invalid {
+                sink: name.into(),
+                problem: "not an email sink".into(),
+            });
         };
-        let invalid = |problem: String| EmailSetupError::Invalid {
+        let invalid = |problem: String| SetupError::Invalid {
             sink: name.into(),
             problem,
         };
@@ -154,10 +130,13 @@ impl EmailSink {
             .timeout(Some(timeout));
         match (username, password) {
             (Some(username), Some(password)) => {
-                let username = read_secret(name, "username", username).await?;
-                let password = read_secret(name, "password", password).await?;
+                let username = username.resolve(name, "username").await?;
+                let password = password.resolve(name, "password").await?;
                 builder = builder
-                    .credentials(Credentials::new(username, password))
+                    .credentials(Credentials::new(
+                        username.expose().to_string(),
+                        password.expose().to_string(),
+                    ))
                     .authentication(vec![Mechanism::Plain, Mechanism::Login]);
             }
             (None, None) => {}
@@ -262,51 +241,21 @@ fn classify(sink: &str, error: &lettre::transport::smtp::Error) -> SinkError {
     }
 }
 
-async fn tls_parameters(sink: &str, host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, EmailSetupError> {
+async fn tls_parameters(sink: &str, host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, SetupError> {
+    let tls_problem = |error: lettre::transport::smtp::Error| SetupError::Invalid {
+        sink: sink.into(),
+        problem: format!("TLS setup failed: {error}"),
+    };
     let mut builder = TlsParameters::builder(host.to_string());
     if let Some(path) = ca_file {
-        let pem = tokio::fs::read(path).await.map_err(|source| EmailSetupError::CaFile {
+        let pem = tokio::fs::read(path).await.map_err(|source| SetupError::File {
             sink: sink.into(),
-            path: path.display().to_string(),
+            path: path.to_path_buf(),
             source,
         })?;
-        let certificate = Certificate::from_pem(&pem).map_err(|source| EmailSetupError::Tls {
-            sink: sink.into(),
-            source,
-        })?;
-        builder = builder.add_root_certificate(certificate);
+        builder = builder.add_root_certificate(Certificate::from_pem(&pem).map_err(tls_problem)?);
     }
-    builder.build_rustls().map_err(|source| EmailSetupError::Tls {
-        sink: sink.into(),
-        source,
-    })
-}
-
-/// Reads a secret: the value itself, an environment variable, or a file (trailing
-/// newline dropped). Errors name the variable or file, never the value.
-async fn read_secret(sink: &str, what: &'static str, secret: &Secret) -> Result<String, EmailSetupError> {
-    let problem = |problem: String| EmailSetupError::Secret {
-        sink: sink.into(),
-        what,
-        problem,
-    };
-    match secret {
-        Secret::Value(value) => Ok(value.clone()),
-        Secret::Source(source) => match (&source.env, &source.file) {
-            (Some(variable), None) => std::env::var(variable)
-                .ok()
-                .filter(|value| !value.is_empty())
-                .ok_or_else(|| problem(format!("environment variable {variable} is not set"))),
-            (None, Some(path)) => {
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|error| problem(format!("cannot read {}: {error}", path.display())))?;
-                let value = text.strip_suffix('\n').unwrap_or(&text);
-                Ok(value.strip_suffix('\r').unwrap_or(value).to_string())
-            }
-            _ => Err(problem("give exactly one of env and file".into())),
-        },
-    }
+    builder.build_rustls().map_err(tls_problem)
 }
 
 /// `host:port`, `host`, `[v6]:port` or `[v6]`.

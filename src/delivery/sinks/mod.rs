@@ -46,14 +46,6 @@ pub async fn build(name: &str, config: &SinkConfig) -> Result<Box<dyn AlertSink>
                 })?;
             Ok(Box::new(sink))
         }
-        SinkConfig::Email { .. } => {
-            let sink = email::EmailSink::from_config(name, config)
-                .await
-                .map_err(|error| SetupError::Invalid {
-                    sink: name.to_string(),
-                    problem: error.to_string(),
-                })?;
-            Ok(Box::new(sink))
-        }
+        SinkConfig::Email { .. } => Ok(Box::new(email::EmailSink::from_config(name, config).await?)),
     }
 }
