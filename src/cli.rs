@@ -309,10 +309,10 @@ pub struct PoliceArgs {
     /// rule `critical` raises an alert per event at --alert-level or above
     #[arg(long, env = "LOGSENTINEL_RULES")]
     pub rules: Option<PathBuf>,
-    /// Also append alerts to this JSONL file (fsynced before acknowledging)
+    /// Built-in rule: also deliver alerts to this JSONL file (the `jsonl` sink, fsynced)
     #[arg(long, env = "LOGSENTINEL_ALERTS_FILE")]
     pub alerts_file: Option<PathBuf>,
-    /// Do not print alerts on stdout (`--quiet` or `--quiet true|false`)
+    /// Built-in rule: do not print alerts on stdout (`--quiet` or `--quiet true|false`)
     #[arg(long, env = "LOGSENTINEL_QUIET", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     pub quiet: bool,
     /// How long an alert id is remembered to drop duplicates (1s to 10 years)

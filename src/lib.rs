@@ -10,7 +10,8 @@
 //! - [`agent`]: sources (synthetic generator, files, HTTP, stdin, syslog; TLS for the
 //!   listeners) → batcher → shipper (what to send when) → target (the Redis wire side),
 //!   with backpressure and the disk spool
-//! - [`police`]: consumer group loop, list-mode loop, rules, alerts, local alert sinks
+//! - [`police`]: consumer group loop, list-mode loop, rules, alerts, settle (the alerts
+//!   stream it writes is the outbox)
 //! - [`delivery`]: outbox readers per sink (retries, rate limit and digests, sink dead
 //!   letters) and the sinks: console, jsonl, webhook, slack, alertmanager, email
 //! - [`status`]: stream, group, consumer, lag and dead-letter figures

@@ -30,7 +30,7 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
     // Every message is redacted once more: an error from a library may quote a Redis URL.
     match run_command(cli, matches).await {
         Ok(code) => code,
-        Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
+        Err(error) if is_invalid_configuration(&error) => {
             eprintln!(
                 "logsentinel: {}",
                 broker::errors::redact_credentials(&error.to_string())
@@ -128,6 +128,15 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Errors that mean "fix the configuration": exit 2.
+fn is_invalid_configuration(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<ConfigError>().is_some()
+        || matches!(
+            error.downcast_ref::<police::PoliceError>(),
+            Some(police::PoliceError::Sink(_))
+        )
 }
 
 /// `rules check` and `rules test`: exit 0, or 2 with every problem on stderr, one per line.

@@ -32,12 +32,31 @@ fn a_message_cannot_print_a_fake_alert_line() {
         .spawn()
         .expect("spawn police");
     let mut stdout = police.stdout.take().expect("police stdout is piped");
+    // The console sink reads the alerts stream after the settle: collect what it prints.
+    let (printed_sender, printed_receiver) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(read) = stdout.read(&mut chunk) {
+            if read == 0
+                || printed_sender
+                    .send(String::from_utf8_lossy(&chunk[..read]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
     wait_until("the alert is written", Duration::from_secs(30), || {
         read_stream(&mut connection, "logsentinel:alerts").len() == 1
     });
-    stop_gracefully(police);
     let mut printed = String::new();
-    stdout.read_to_string(&mut printed).unwrap();
+    wait_until("the console sink prints the alert", Duration::from_secs(30), || {
+        printed.extend(printed_receiver.try_iter());
+        printed.ends_with('\n')
+    });
+    stop_gracefully(police);
+    reader.join().expect("stdout reader");
+    printed.extend(printed_receiver.try_iter());
 
     let lines: Vec<&str> = printed.lines().collect();
     assert_eq!(lines.len(), 1, "one alert, one line: {printed:?}");

@@ -61,6 +61,8 @@ enum Scenario {
     FileTail { pack: usize },
     /// One agent taking `events` RFC 5424 messages over one TCP connection.
     SyslogTcp { pack: usize },
+    /// One police delivering a pre-filled outbox to a local webhook receiver.
+    WebhookDelivery,
     /// Agents and police running together, until the police processed every event.
     EndToEnd {
         agents: u64,
@@ -174,6 +176,10 @@ impl Bench {
                 list: true,
             },
         ));
+        scenarios.push((
+            "webhook delivery, 1 police (alerts/s to a local receiver)".to_string(),
+            Scenario::WebhookDelivery,
+        ));
         let mut throughput = Vec::new();
         for (name, scenario) in &scenarios {
             throughput.push(self.repeat(name, scenario).await?);
@@ -204,6 +210,7 @@ impl Bench {
                 Scenario::Drain { pack, rules } => self.drain(pack, rules).await,
                 Scenario::FileTail { pack } => self.file_tail(pack).await,
                 Scenario::SyslogTcp { pack } => self.syslog_tcp(pack).await,
+                Scenario::WebhookDelivery => self.webhook_delivery().await,
                 Scenario::EndToEnd {
                     agents,
                     police,
@@ -423,6 +430,78 @@ impl Bench {
         Ok(RunFigures::measured(self.plan.events, done - started, &fleet))
     }
 
+    /// Alerts per second one police's webhook worker delivers to a receiver in this process
+    /// that answers 200 at once: the outbox is filled first (records routed to the sink),
+    /// then the clock runs from the first alert received until the receiver has them all. One request per alert: no
+    /// rate limit, so no digests.
+    async fn webhook_delivery(&mut self) -> anyhow::Result<RunFigures> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let alerts = (self.plan.events / 20).clamp(1_000, 50_000);
+        let received = Arc::new(AtomicU64::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let counter = received.clone();
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::post(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async { axum::http::StatusCode::OK }
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        for chunk_start in (0..alerts).step_by(1000) {
+            let mut pipeline = redis::pipe();
+            for number in chunk_start..(chunk_start + 1000).min(alerts) {
+                let alert = bench_alert(number);
+                pipeline
+                    .cmd("XADD")
+                    .arg(&self.keys.alerts)
+                    .arg("*")
+                    .arg("id")
+                    .arg(&alert.alert_id)
+                    .arg("alert")
+                    .arg(alert.to_json())
+                    .ignore();
+            }
+            pipeline.query_async::<()>(&mut self.connection).await?;
+        }
+        let dir = tempfile_dir("webhook")?;
+        let path = dir.join("rules.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[sinks.bench]\ntype = \"webhook\"\nurl = \"http://{address}/\"\n\n[[rules]]\nname = \"bench\"\n\
+                 type = \"any\"\nfilter = {{ level = \"EMERGENCY\" }}\nsinks = [\"bench\"]\n"
+            ),
+        )?;
+        let mut fleet = Fleet::new(&self.url)?;
+        fleet.spawn_police(&["--rules".to_string(), path.display().to_string()])?;
+        // The clock starts at the first delivered alert: the police's start-up is not delivery.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut first: Option<(Instant, u64)> = None;
+        loop {
+            let delivered = received.load(Ordering::Relaxed);
+            if delivered >= alerts {
+                break;
+            }
+            if first.is_none() && delivered > 0 {
+                first = Some((Instant::now(), delivered));
+            }
+            if Instant::now() > deadline {
+                bail!("only {delivered} of {alerts} alerts delivered");
+            }
+            fleet.sample_memory();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (started, already) = first.unwrap_or((Instant::now(), 0));
+        let elapsed = started.elapsed();
+        fleet.stop_police().await?;
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(RunFigures::measured(alerts - already, elapsed, &fleet))
+    }
+
     async fn end_to_end(&mut self, agents: u64, police: usize, pack: usize, list: bool) -> anyhow::Result<RunFigures> {
         let mut fleet = Fleet::new(&self.url)?;
         let police_args: Vec<String> = if list {
@@ -484,6 +563,26 @@ impl Bench {
             latency.p50_ms, latency.p99_ms, latency.max_ms, latency.alerts
         );
         Ok(latency)
+    }
+}
+
+/// An alert record for the webhook delivery scenario, routed to the sink `bench`.
+fn bench_alert(number: u64) -> crate::police::alert::Alert {
+    crate::police::alert::Alert {
+        alert_id: format!("bench:{number}/bench"),
+        rule: "bench".into(),
+        rule_type: "any".into(),
+        status: crate::police::alert::AlertStatus::Firing,
+        severity: "critical".into(),
+        group: Default::default(),
+        labels: Default::default(),
+        annotations: [("summary".to_string(), format!("bench alert {number}"))].into(),
+        count: 1,
+        first_event_time: "2026-12-01T12:00:00Z".into(),
+        last_event_time: "2026-12-01T12:00:00Z".into(),
+        raised_at: crate::event::now_rfc3339(),
+        sinks: vec!["bench".into()],
+        event: None,
     }
 }
 

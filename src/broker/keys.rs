@@ -61,6 +61,12 @@ impl Keys {
         format!("{base}:dead:sink:{sink}")
     }
 
+    /// Rate-limit counter of one sink for one period (`<period index>` = wall-clock ms
+    /// divided by the period), shared by every police (see [`super::outbox::take_permit`]).
+    pub fn sink_rate(&self, sink: &str, period_index: u64) -> String {
+        format!("{}rate:{sink}:{period_index}", self.rules_prefix())
+    }
+
     /// Liveness key of one consumer of the group; a consumer whose key exists is never
     /// removed from the group by another police.
     pub fn consumer_heartbeat(&self, consumer: &str) -> String {

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod keys;
 pub mod lease;
 pub mod list;
+pub mod outbox;
 pub mod scripts;
 pub mod stream;
 

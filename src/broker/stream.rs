@@ -35,17 +35,26 @@ pub async fn read_group(
     count: usize,
     block_ms: Option<u64>,
 ) -> Result<Vec<StreamEntry>, RedisError> {
+    read_group_of(connection, &keys.stream, &keys.group, consumer, start, count, block_ms).await
+}
+
+/// XREADGROUP on any stream and group (the police's group on the log stream, a sink's
+/// group on the alerts stream).
+pub async fn read_group_of(
+    connection: &mut Connection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    start: &str,
+    count: usize,
+    block_ms: Option<u64>,
+) -> Result<Vec<StreamEntry>, RedisError> {
     let mut command = redis::cmd("XREADGROUP");
-    command
-        .arg("GROUP")
-        .arg(&keys.group)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(count);
+    command.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
     if let Some(block_ms) = block_ms {
         command.arg("BLOCK").arg(block_ms);
     }
-    command.arg("STREAMS").arg(&keys.stream).arg(start);
+    command.arg("STREAMS").arg(stream).arg(start);
     let reply: Value = command.query_async(connection).await?;
     let mut entries = Vec::new();
     // [[stream name, [entries]]] in RESP2; a map from stream name to entries in RESP3.
@@ -143,9 +152,31 @@ pub async fn autoclaim(
     cursor: &str,
     count: usize,
 ) -> Result<Claimed, RedisError> {
+    autoclaim_of(
+        connection,
+        &keys.stream,
+        &keys.group,
+        consumer,
+        min_idle_ms,
+        cursor,
+        count,
+    )
+    .await
+}
+
+/// XAUTOCLAIM on any stream and group.
+pub async fn autoclaim_of(
+    connection: &mut Connection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    cursor: &str,
+    count: usize,
+) -> Result<Claimed, RedisError> {
     let reply: Value = redis::cmd("XAUTOCLAIM")
-        .arg(&keys.stream)
-        .arg(&keys.group)
+        .arg(stream)
+        .arg(group)
         .arg(consumer)
         .arg(min_idle_ms)
         .arg(cursor)

@@ -11,7 +11,14 @@
 //! - beyond a sink's rate limit, records wait and are folded per rule into digests
 
 pub mod config;
+pub mod digest;
+pub mod http;
+pub mod rate_limit;
+pub mod retry;
 pub mod sinks;
+pub mod worker;
+
+pub use worker::{SinkWorker, WorkerSettings, Workers, spawn_workers};
 
 use crate::police::alert::Alert;
 
@@ -41,6 +48,37 @@ pub enum Message<'a> {
         rule: &'a str,
         alerts: &'a [Alert],
     },
+}
+
+impl Message<'_> {
+    /// The id receivers dedupe by (`Idempotency-Key`, `webhook-id`): the alert id, or for
+    /// a digest `digest/<rule>/<16 hex digits>` of FNV-1a 64 over its alert ids, so that
+    /// the same digest sent again carries the same id.
+    pub fn id(&self) -> String {
+        match self {
+            Message::Single(alert) => alert.alert_id.clone(),
+            Message::Digest { rule, alerts } => {
+                let hash = alerts.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, alert| {
+                    alert
+                        .alert_id
+                        .bytes()
+                        .chain(std::iter::once(b'\n'))
+                        .fold(hash, |hash, byte| {
+                            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+                        })
+                });
+                format!("digest/{rule}/{hash:016x}")
+            }
+        }
+    }
+
+    /// Every alert of the message.
+    pub fn alerts(&self) -> &[Alert] {
+        match self {
+            Message::Single(alert) => std::slice::from_ref(*alert),
+            Message::Digest { alerts, .. } => alerts,
+        }
+    }
 }
 
 #[async_trait::async_trait] // boxed futures so sinks can live in a Vec<Box<dyn AlertSink>>

@@ -103,7 +103,6 @@ async fn process(
             outcome
         })
         .collect();
-    police.deliver_locally(&outcomes).await?;
     police
         .settle(connection, Source::List { processing_list }, &outcomes)
         .await

@@ -1,10 +1,12 @@
-//! The police: read → decode → evaluate → deliver → settle (ack), in a consumer group
-//! (stream mode) or from a list (list mode).
+//! The police: read → decode → evaluate → settle (ack), in a consumer group (stream mode)
+//! or from a list (list mode); beside it, one delivery worker per sink reads the alerts
+//! stream (the outbox, see [`crate::delivery`]).
 //!
 //! Invariants:
-//! - input is acknowledged only after every alert it produced is out: console and file are
-//!   written first, then one atomic script writes the alerts stream, the dead letters and
-//!   the acknowledgement together (see [`crate::broker::scripts::SETTLE`])
+//! - input is acknowledged only together with every alert it produced: one atomic script
+//!   writes the alerts stream, the dead letters and the acknowledgement (see
+//!   [`crate::broker::scripts::SETTLE`]); sinks (console, file, HTTP) read the alerts stream
+//!   afterwards, so ingestion never waits for a receiver
 //! - an entry delivered more than `max_deliveries` times, and any input that cannot be
 //!   decoded, goes to the dead-letter stream with its reason and raw fields
 //! - on (re)start a consumer first finishes its own unfinished input, then reads new input
@@ -15,7 +17,6 @@ pub mod clock;
 pub mod list_consumer;
 pub mod rules;
 pub mod settle;
-pub mod sinks;
 pub mod stream_consumer;
 
 use std::sync::Arc;
@@ -28,10 +29,11 @@ use tracing::info;
 use crate::broker::Backoff;
 use crate::broker::errors::{Failure, classify, redact_url};
 use crate::config::{BrokerConfig, PoliceConfig};
+use crate::delivery::config::{SetupError, SinkConfig};
+use crate::delivery::{SinkWorker, WorkerSettings, worker::WorkerError};
 use crate::options::Transport;
 use rules::{RuleFileError, RuleSet};
 use settle::{Outcome, Settled};
-use sinks::LocalSinks;
 
 /// Shortest life of a group heartbeat key: removal of a dead consumer is tidying up, never
 /// urgent, and must not catch a live one between two refreshes.
@@ -56,7 +58,8 @@ pub struct Police {
     pub interest: crate::event::Level,
     /// Rule sets reloaded on SIGHUP; `None` without a rule file.
     pub reloaded_rules: Option<watch::Receiver<Arc<RuleSet>>>,
-    pub sinks: LocalSinks,
+    /// One delivery worker per sink of the rules, started by [`Self::run`].
+    pub sink_workers: Vec<SinkWorker>,
     /// What this police settled; shared cells so that a settle can run beside a read.
     pub totals: settle::Totals,
     pub shutdown: CancellationToken,
@@ -73,12 +76,32 @@ pub enum PoliceError {
     /// Every error of the rule file, one `FILE:LINE:COL: message` per line.
     #[error("{0}")]
     Rules(#[source] RuleFileError),
-    #[error("cannot open alerts file {path}")]
-    AlertsFile {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A sink cannot start (a file that cannot be opened, a missing secret): exit 2.
+    #[error(transparent)]
+    Sink(#[from] SetupError),
+    #[error(transparent)]
+    Delivery(#[from] WorkerError),
+}
+
+/// The sinks of the built-in rule: `console` unless `--quiet`, `jsonl` with `--alerts-file`.
+pub fn builtin_sinks(config: &PoliceConfig) -> Vec<(String, SinkConfig)> {
+    let mut sinks = Vec::new();
+    if !config.quiet {
+        let console = SinkConfig::Console {
+            max_attempts: None,
+            rate_limit: None,
+        };
+        sinks.push(("console".to_string(), console));
+    }
+    if let Some(path) = &config.alerts_file {
+        let jsonl = SinkConfig::Jsonl {
+            path: path.clone(),
+            max_attempts: None,
+            rate_limit: None,
+        };
+        sinks.push(("jsonl".to_string(), jsonl));
+    }
+    sinks
 }
 
 impl Police {
@@ -87,40 +110,37 @@ impl Police {
         config: PoliceConfig,
         shutdown: CancellationToken,
     ) -> Result<Police, PoliceError> {
-        let file = match &config.alerts_file {
-            Some(path) => {
-                Some(
-                    sinks::file::JsonlFileSink::open(path)
-                        .await
-                        .map_err(|source| PoliceError::AlertsFile {
-                            path: path.clone(),
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
-        let console = (!config.quiet).then_some(sinks::console::ConsoleSink);
-        let (rules, reloaded_rules) = match &config.rules_file {
+        // Sinks are read once, at start: a reload that changes them is logged and takes
+        // effect at the next start (see `refresh_rules`).
+        let (rules, reloaded_rules, sinks) = match &config.rules_file {
             Some(path) => {
                 let rules = load_rules(path.clone()).await.map_err(PoliceError::Rules)?;
+                if config.alerts_file.is_some() {
+                    tracing::warn!(
+                        "--alerts-file is for the built-in rule; with --rules, add a jsonl sink to the file"
+                    );
+                }
+                let sinks: Vec<(String, SinkConfig)> = rules
+                    .sinks()
+                    .iter()
+                    .map(|(name, sink)| (name.clone(), sink.clone()))
+                    .collect();
                 let (sender, receiver) = watch::channel(rules.clone());
                 reload_on_hangup(path.clone(), sender);
-                (rules, Some(receiver))
+                (rules, Some(receiver), sinks)
             }
             None => {
                 // A SIGHUP must not kill a police that has nothing to reload.
                 ignore_hangups();
-                let mut sinks = Vec::new();
-                if console.is_some() {
-                    sinks.push("console".to_string());
-                }
-                if file.is_some() {
-                    sinks.push("jsonl".to_string());
-                }
-                (Arc::new(RuleSet::builtin(config.alert_level, sinks)), None)
+                let sinks = builtin_sinks(&config);
+                let names = sinks.iter().map(|(name, _)| name.clone()).collect();
+                (Arc::new(RuleSet::builtin(config.alert_level, names)), None, sinks)
             }
         };
+        let mut sink_workers = Vec::new();
+        for (name, sink_config) in &sinks {
+            sink_workers.push(SinkWorker::from_config(name, sink_config).await?);
+        }
         let interest = rules.lowest_level();
         let stateful_rules = rules.stateful_rules();
         Ok(Police {
@@ -130,7 +150,7 @@ impl Police {
             reloaded_rules,
             broker,
             config,
-            sinks: LocalSinks { console, file },
+            sink_workers,
             totals: settle::Totals::default(),
             shutdown,
         })
@@ -145,7 +165,13 @@ impl Police {
         if !receiver.has_changed().unwrap_or(false) {
             return;
         }
-        self.rules = receiver.borrow_and_update().clone();
+        let reloaded = receiver.borrow_and_update().clone();
+        if !reloaded.sinks().keys().eq(self.rules.sinks().keys()) {
+            tracing::warn!(
+                "the reloaded rule file names other sinks; delivery keeps the sinks of the start until a restart"
+            );
+        }
+        self.rules = reloaded;
         self.stateful_rules = self.rules.stateful_rules();
         self.interest = self.rules.lowest_level();
     }
@@ -156,6 +182,12 @@ impl Police {
     pub async fn run(mut self) -> Result<Settled, PoliceError> {
         info!(consumer = %self.config.consumer, source = ?self.config.source, "police started");
         let mut backoff = Backoff::new("police", &self.broker.redis_url);
+        let workers = crate::delivery::spawn_workers(
+            self.worker_settings(),
+            std::mem::take(&mut self.sink_workers),
+            self.shutdown.child_token(),
+            self.shutdown.clone(),
+        );
         let mut refused = None;
         // Stopped after the last settle, so that the lease is released last.
         let clock_stop = CancellationToken::new();
@@ -183,15 +215,6 @@ impl Police {
                         _ = self.shutdown.cancelled() => break,
                     }
                 }
-                Err(SessionError::Sink(error)) => {
-                    // The batch stays unacknowledged and is read again by the next session.
-                    tracing::error!(error = %error, "alert output failed, batch left pending");
-                    let delay = std::time::Duration::from_secs(1);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.cancelled() => break,
-                    }
-                }
             }
         }
         clock_stop.cancel();
@@ -200,6 +223,8 @@ impl Police {
         {
             tracing::error!(error = %error, "the rule clock task failed");
         }
+        // The workers stop after their attempts in flight; undelivered records stay pending.
+        let delivery = workers.stop_and_wait().await;
         let totals = self.totals.get();
         info!(
             consumer = %self.config.consumer,
@@ -208,12 +233,25 @@ impl Police {
             dead = totals.dead_written,
             "police stopped"
         );
-        match refused {
-            Some(source) => Err(PoliceError::Refused {
+        if let Some(source) = refused {
+            return Err(PoliceError::Refused {
                 redis_url: redact_url(&self.broker.redis_url),
                 source,
-            }),
-            None => Ok(totals),
+            });
+        }
+        delivery?;
+        Ok(totals)
+    }
+
+    fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            redis_url: self.broker.redis_url.clone(),
+            keys: self.broker.keys.clone(),
+            consumer: self.config.consumer.clone(),
+            claim_idle: self.config.claim_idle,
+            maintenance_interval: self.config.maintenance_interval,
+            block: self.config.block,
+            read_count: self.config.read_count,
         }
     }
 
@@ -266,15 +304,6 @@ impl Police {
         if let Err(error) = tokio::fs::write(path, crate::event::now_rfc3339()).await {
             tracing::warn!(path = %path.display(), error = %error, "cannot write the health file");
         }
-    }
-
-    /// Writes the alerts of `outcomes` to the local sinks (console, file). Must return
-    /// before [`Self::settle`] is called for the same outcomes.
-    async fn deliver_locally(&mut self, outcomes: &[Outcome]) -> Result<(), SessionError> {
-        for outcome in outcomes {
-            self.sinks.deliver(&outcome.alerts).await.map_err(SessionError::Sink)?;
-        }
-        Ok(())
     }
 
     fn settle_target<'a>(&'a self, source: settle::Source<'a>) -> settle::SettleTarget<'a> {
@@ -376,6 +405,4 @@ fn reload_on_hangup(path: std::path::PathBuf, sender: watch::Sender<Arc<RuleSet>
 pub enum SessionError {
     #[error(transparent)]
     Redis(#[from] RedisError),
-    #[error("alert output failed")]
-    Sink(#[source] std::io::Error),
 }

@@ -53,7 +53,6 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
         police.refresh_rules();
         // New entries were delivered once so far: no delivery counts needed.
         let outcomes = evaluate(police, std::mem::take(&mut entries_in_hand), None);
-        police.deliver_locally(&outcomes).await?;
         if police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
             police.settle(&mut connection, Source::Stream, &outcomes).await?;
             continue;
@@ -161,7 +160,6 @@ async fn process(
 ) -> Result<(), SessionError> {
     police.refresh_rules();
     let outcomes = evaluate(police, entries, delivery_counts.as_ref());
-    police.deliver_locally(&outcomes).await?;
     police.settle(connection, Source::Stream, &outcomes).await
 }
 

@@ -1,0 +1,136 @@
+//! The HTTP side of the HTTP sinks (webhook, Slack, Alertmanager): one client per sink,
+//! a POST whose answer is mapped to delivered, retry (with the receiver's `Retry-After`)
+//! or permanent.
+//!
+//! Client: reqwest without default features, with rustls on the `ring` provider (the one
+//! the crate already uses for Redis TLS) and the Mozilla roots compiled in (webpki-roots),
+//! so a container without a CA bundle still verifies hooks. No HTTP/2, proxies, cookies or
+//! decompression: a POST of a small JSON body needs none of them. Redirects are not
+//! followed (a POST turned into a GET would be "delivered" nowhere).
+//!
+//! URLs are secrets (a Slack hook URL is its own token): they are never logged, and the
+//! client's errors are stripped of them before they are shown.
+
+use std::time::{Duration, SystemTime};
+
+use super::SinkError;
+use super::config::{ResolvedSecret, SetupError};
+use super::retry::{Verdict, parse_retry_after, verdict};
+
+/// Most bytes of a refusal's body kept for the log: enough for Slack's `invalid_token` or
+/// a JSON error, bounded so a large error page cannot flood the log.
+const MAX_ERROR_BODY_CHARS: usize = 200;
+
+/// A client for one sink, every attempt bounded by `timeout`.
+pub fn client(sink: &str, timeout: Duration) -> Result<reqwest::Client, SetupError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("logsentinel/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|error| SetupError::Invalid {
+            sink: sink.to_string(),
+            problem: format!("cannot build the HTTP client: {}", error.without_url()),
+        })
+}
+
+/// Checks that a hook URL is an absolute http(s) URL; the error never quotes it.
+pub fn check_url(sink: &str, url: &ResolvedSecret) -> Result<reqwest::Url, SetupError> {
+    let parsed = reqwest::Url::parse(url.expose()).map_err(|error| SetupError::Invalid {
+        sink: sink.to_string(),
+        problem: format!("url is not a valid URL ({error})"),
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(SetupError::Invalid {
+            sink: sink.to_string(),
+            problem: "url must be an http:// or https:// URL with a host".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// POSTs `body` with `headers`; `Ok` only on 2xx. Errors carry the status (`500`,
+/// `connect error`, `timeout`), never the URL.
+pub async fn post(
+    client: &reqwest::Client,
+    sink: &str,
+    url: &reqwest::Url,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> Result<(), SinkError> {
+    let mut request = client.post(url.clone()).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            let status = if error.is_timeout() {
+                "timeout".to_string()
+            } else if error.is_connect() {
+                format!("connect error: {}", error_chain(&error))
+            } else {
+                format!("request failed: {}", error_chain(&error))
+            };
+            return Err(SinkError::Retryable {
+                sink: sink.to_string(),
+                status,
+                retry_after: None,
+            });
+        }
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| parse_retry_after(value, SystemTime::now()));
+    // The body is read so the connection can be reused; a body that fails to arrive after
+    // a 2xx does not undo the delivery.
+    let answer = response.text().await.unwrap_or_default();
+    match verdict(status) {
+        Verdict::Delivered => Ok(()),
+        Verdict::Retry => {
+            tracing::debug!(sink, status, body = %printable_prefix(&answer), "receiver asked for a retry");
+            Err(SinkError::Retryable {
+                sink: sink.to_string(),
+                status: status.to_string(),
+                retry_after,
+            })
+        }
+        Verdict::Permanent => {
+            tracing::warn!(sink, status, body = %printable_prefix(&answer), "receiver refused the message");
+            Err(SinkError::Permanent {
+                sink: sink.to_string(),
+                status: status.to_string(),
+            })
+        }
+    }
+}
+
+/// The error and its causes, without the URL reqwest puts in its messages.
+fn error_chain(error: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut text = String::new();
+    let mut cause: Option<&dyn Error> = error.source();
+    while let Some(current) = cause {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&current.to_string());
+        cause = current.source();
+    }
+    if text.is_empty() {
+        text = "no detail".into();
+    }
+    text
+}
+
+/// The first characters of a receiver's answer, control characters replaced.
+fn printable_prefix(text: &str) -> String {
+    text.chars()
+        .take(MAX_ERROR_BODY_CHARS)
+        .map(|character| if character.is_control() { ' ' } else { character })
+        .collect()
+}
