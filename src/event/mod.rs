@@ -70,12 +70,23 @@ pub struct Rejected {
 
 /// What one stream entry (or list item) decodes to: how many valid events it held, those
 /// of them at or above the level of interest, and the parts that could not be decoded.
-#[derive(Debug, Default)]
-pub struct DecodedEntry {
+/// `E` is [`LogEvent`], or [`EventRef`] borrowing from the entry's fields.
+#[derive(Debug)]
+pub struct DecodedEntry<E = LogEvent> {
     pub event_count: u64,
     /// The valid events at or above the level of interest (the others are only counted).
-    pub events: Vec<LogEvent>,
+    pub events: Vec<E>,
     pub rejected: Vec<Rejected>,
+}
+
+impl<E> Default for DecodedEntry<E> {
+    fn default() -> Self {
+        DecodedEntry {
+            event_count: 0,
+            events: Vec::new(),
+            rejected: Vec::new(),
+        }
+    }
 }
 
 impl DecodedEntry {
@@ -83,6 +94,159 @@ impl DecodedEntry {
         self.event_count += 1;
         if event.level >= interest {
             self.events.push(event);
+        }
+    }
+}
+
+impl<'a> DecodedEntry<EventRef<'a>> {
+    fn keep_view(&mut self, event: EventRef<'a>, interest: Level) {
+        self.event_count += 1;
+        if event.level >= interest {
+            self.events.push(event);
+        }
+    }
+}
+
+impl From<DecodedEntry> for DecodedEntry<EventRef<'static>> {
+    fn from(decoded: DecodedEntry) -> Self {
+        DecodedEntry {
+            event_count: decoded.event_count,
+            events: decoded.events.into_iter().map(EventRef::from_event).collect(),
+            rejected: decoded.rejected,
+        }
+    }
+}
+
+impl<'a> From<DecodedEntry<EventRef<'a>>> for DecodedEntry {
+    fn from(decoded: DecodedEntry<EventRef<'a>>) -> Self {
+        DecodedEntry {
+            event_count: decoded.event_count,
+            events: decoded.events.iter().map(EventRef::to_event).collect(),
+            rejected: decoded.rejected,
+        }
+    }
+}
+
+/// A decoded event whose text fields borrow from the entry they were read from where JSON
+/// needs no unescaping (owned otherwise): the rules read every event of an entry, and only
+/// the few that end up in an alert record are turned into a [`LogEvent`]
+/// ([`EventRef::to_event`]). Accepts exactly what `LogEvent` accepts, and
+/// [`EventRef::to_event`] is what `LogEvent` decodes to (property-tested below).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRef<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub timestamp: Cow<'a, str>,
+    #[serde(with = "level_serde")]
+    pub level: Level,
+    #[serde(borrow)]
+    pub service: Cow<'a, str>,
+    #[serde(borrow)]
+    pub host: Cow<'a, str>,
+    #[serde(borrow)]
+    pub message: Cow<'a, str>,
+    /// In the order of the JSON object; a name given twice keeps its last value, as in
+    /// `LogEvent`'s map (see [`EventRef::extra`]).
+    #[serde(default, borrow)]
+    pub extra: ExtraList<'a>,
+}
+
+/// The `extra` object of an [`EventRef`]: its pairs in text order, duplicates kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtraList<'a>(pub Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for ExtraList<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Pairs<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Pairs<'a> {
+            type Value = ExtraList<'a>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ExtraList<'a>, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some((BorrowedText(name), BorrowedText(value))) = map.next_entry()? {
+                    pairs.push((name, value));
+                }
+                Ok(ExtraList(pairs))
+            }
+        }
+        deserializer.deserialize_map(Pairs(std::marker::PhantomData))
+    }
+}
+
+/// A JSON string, borrowed where it needs no unescaping.
+struct BorrowedText<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Text<'a> {
+            type Value = BorrowedText<'a>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<BorrowedText<'a>, E> {
+                Ok(BorrowedText(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<BorrowedText<'a>, E> {
+                Ok(BorrowedText(Cow::Owned(text.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<BorrowedText<'a>, E> {
+                Ok(BorrowedText(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Text(std::marker::PhantomData))
+    }
+}
+
+impl<'a> EventRef<'a> {
+    /// The extra field `name`: its last value, as in `LogEvent`'s map.
+    pub fn extra(&self, name: &str) -> Option<&str> {
+        self.extra
+            .0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_ref())
+    }
+
+    /// The owned event, equal to what `LogEvent` decodes the same text to.
+    pub fn to_event(&self) -> LogEvent {
+        let mut extra = BTreeMap::new();
+        for (name, value) in &self.extra.0 {
+            // Later pairs replace earlier ones, as when serde fills the map.
+            extra.insert(name.to_string(), value.to_string());
+        }
+        LogEvent {
+            id: self.id.to_string(),
+            timestamp: self.timestamp.to_string(),
+            level: self.level,
+            service: self.service.to_string(),
+            host: self.host.to_string(),
+            message: self.message.to_string(),
+            extra,
+        }
+    }
+
+    /// A view that owns the fields of `event` (events not read from native text).
+    pub fn from_event(event: LogEvent) -> EventRef<'static> {
+        EventRef {
+            id: Cow::Owned(event.id),
+            timestamp: Cow::Owned(event.timestamp),
+            level: event.level,
+            service: Cow::Owned(event.service),
+            host: Cow::Owned(event.host),
+            message: Cow::Owned(event.message),
+            extra: ExtraList(
+                event
+                    .extra
+                    .into_iter()
+                    .map(|(name, value)| (Cow::Owned(name), Cow::Owned(value)))
+                    .collect(),
+            ),
         }
     }
 }
@@ -179,6 +343,17 @@ pub fn decode_entry_within(
     interest: Level,
     max_entry_bytes: usize,
 ) -> DecodedEntry {
+    decode_entry_views_within(entry_id, fields, interest, max_entry_bytes).into()
+}
+
+/// As [`decode_entry_within`], the events borrowing from `fields` where they can: nothing
+/// is copied for an event no rule needs whole.
+pub fn decode_entry_views_within<'a>(
+    entry_id: &str,
+    fields: &'a [(String, String)],
+    interest: Level,
+    max_entry_bytes: usize,
+) -> DecodedEntry<EventRef<'a>> {
     let mut decoded = DecodedEntry::default();
     let entry_bytes: usize = fields.iter().map(|(key, value)| key.len() + value.len()).sum();
     if entry_bytes > max_entry_bytes {
@@ -189,7 +364,7 @@ pub fn decode_entry_within(
         return decoded;
     }
     let field = |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, v)| v);
-    let reject_whole = |decoded: &mut DecodedEntry, reason: String| {
+    let reject_whole = |decoded: &mut DecodedEntry<EventRef<'a>>, reason: String| {
         decoded.rejected.push(Rejected {
             reason,
             raw: fields_as_json(fields),
@@ -227,7 +402,7 @@ pub fn decode_entry_within(
             raw: fields_as_json(fields),
         }),
         None => match foreign::decode_fields(entry_id, fields) {
-            Ok(event) => decoded.keep(event, interest),
+            Ok(event) => decoded.keep_view(EventRef::from_event(event), interest),
             Err(reason) => decoded.rejected.push(Rejected {
                 reason,
                 raw: fields_as_json(fields),
@@ -315,7 +490,15 @@ pub fn decode_list_item_within(item_id: &str, item: &str, interest: Level, max_e
     decoded
 }
 
-fn decode_native_line(line: &str, interest: Level, decoded: &mut DecodedEntry) {
+fn decode_native_line<'a>(line: &'a str, interest: Level, decoded: &mut DecodedEntry<EventRef<'a>>) {
+    // Every level is of interest (a rule file without level filters): one pass.
+    if interest == Level::Unknown {
+        match serde_json::from_str::<EventRef>(line) {
+            Ok(event) => decoded.keep_view(event, interest),
+            Err(error) => decoded.rejected.push(malformed_with_level(line, error)),
+        }
+        return;
+    }
     let level = match serde_json::from_str::<EventView>(line) {
         Ok(view) => view.level.parse::<Level>(),
         Err(error) => {
@@ -326,10 +509,19 @@ fn decode_native_line(line: &str, interest: Level, decoded: &mut DecodedEntry) {
     match level {
         Ok(level) if level < interest => decoded.event_count += 1,
         // Interesting, or an invalid level: the full decode keeps it or says why not.
-        _ => match serde_json::from_str::<LogEvent>(line) {
-            Ok(event) => decoded.keep(event, interest),
+        _ => match serde_json::from_str::<EventRef>(line) {
+            Ok(event) => decoded.keep_view(event, interest),
             Err(error) => decoded.rejected.push(malformed(line, &error)),
         },
+    }
+}
+
+/// The rejection of a line [`EventRef`] refused, with the reason the two-pass decode
+/// gives (the view's error first, then the full decode's): the same on every path.
+fn malformed_with_level(line: &str, error: serde_json::Error) -> Rejected {
+    match serde_json::from_str::<EventView>(line) {
+        Err(view_error) => malformed(line, &view_error),
+        Ok(_) => malformed(line, &error),
     }
 }
 
@@ -419,6 +611,31 @@ mod tests {
         assert_eq!(foreign.events[0].service, "db");
         assert_eq!(foreign.events[0].id, "q#1");
         assert_eq!(decode_list_item("q#2", "garbage", Level::Trace).rejected.len(), 1);
+    }
+
+    #[test]
+    fn every_level_of_interest_gives_the_same_events_and_reasons() {
+        let info = sample("a:1:0", Level::Info);
+        let missing_message = r#"{"id":"a:1:2","timestamp":"t","level":"INFO","service":"s","host":"h"}"#;
+        let bad_level = r#"{"id":"a:1:3","timestamp":"t","level":"LOUD","service":"s","host":"h","message":"m"}"#;
+        let bad_level_and_field = r#"{"id":"a:1:4","timestamp":"t","level":"LOUD","service":"s","host":"h"}"#;
+        let ndjson = [
+            info.to_json(),
+            missing_message.into(),
+            bad_level.into(),
+            bad_level_and_field.into(),
+            "{".into(),
+        ]
+        .join("\n");
+        let fields = pairs(&[("v", "1"), ("n", "5"), ("events", &ndjson)]);
+        // `Unknown` reads each line once, `Trace` twice (view, then the event): same result.
+        let once = decode_entry("1-0", &fields, Level::Unknown);
+        let twice = decode_entry("1-0", &fields, Level::Trace);
+        assert_eq!(once.events, vec![info]);
+        assert_eq!(once.events, twice.events);
+        assert_eq!(once.event_count, twice.event_count);
+        assert_eq!(once.rejected, twice.rejected);
+        assert_eq!(once.rejected.len(), 4);
     }
 
     #[test]
@@ -571,6 +788,47 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The borrowed decode the rules read accepts exactly what `LogEvent` accepts, and
+        /// its owned form is what `LogEvent` decodes to (escapes, duplicate extra names).
+        #[test]
+        fn event_ref_and_full_decode_agree(line in ".{0,120}", prefix in proptest::sample::select(vec![
+            "", r#"{"id":"a","timestamp":"t","level":"info","service":"s","host":"h","message":"#,
+            r#"{"id":"a","timestamp":"t","level":"info","service":"s","host":"h","message":"m","extra":"#,
+            r#"{"id":"a\u0041","timestamp":"t","level":"ERROR","service":"s\n","host":"h","message":"m","extra":{"k":"1","k":"#,
+        ])) {
+            let text = format!("{prefix}{line}");
+            let full = serde_json::from_str::<LogEvent>(&text);
+            let view = serde_json::from_str::<EventRef>(&text);
+            proptest::prop_assert_eq!(full.is_ok(), view.is_ok(), "{}", text);
+            if let (Ok(full), Ok(view)) = (full, view) {
+                proptest::prop_assert_eq!(view.to_event(), full.clone());
+                for name in full.extra.keys() {
+                    proptest::prop_assert_eq!(view.extra(name), full.extra.get(name).map(String::as_str));
+                }
+                proptest::prop_assert_eq!(EventRef::from_event(full.clone()).to_event(), full);
+            }
+        }
+
+        /// Events of every shape decode alike through the borrowed path and the owned one.
+        #[test]
+        fn event_ref_round_trips_any_event(
+            texts in proptest::collection::vec(".{0,12}", 6),
+            extra in proptest::collection::btree_map(".{0,6}", ".{0,6}", 0..4),
+        ) {
+            let event = LogEvent {
+                id: texts[0].clone(),
+                timestamp: texts[1].clone(),
+                level: Level::Warning,
+                service: texts[2].clone(),
+                host: texts[3].clone(),
+                message: texts[4].clone(),
+                extra,
+            };
+            let json = event.to_json();
+            let view = serde_json::from_str::<EventRef>(&json).unwrap();
+            proptest::prop_assert_eq!(view.to_event(), event);
+        }
+
         #[test]
         fn view_and_full_decode_agree(line in ".{0,120}", prefix in proptest::sample::select(vec![
             "", r#"{"id":"a","timestamp":"t","level":"info","service":"s","host":"h","message":"#,

@@ -18,7 +18,7 @@ use super::alert::Alert;
 use super::rules::RuleSet;
 use super::rules::plan::{FIGURE_MARK, RuleUpdate, StatefulKind, StatefulRule};
 use crate::broker::{Connection, keys::Keys, scripts};
-use crate::event::{DecodedEntry, LogEvent, Rejected};
+use crate::event::{DecodedEntry, EventRef, LogEvent, Rejected};
 
 /// What one stream entry (or list item) produced, ready to be settled.
 #[derive(Debug)]
@@ -41,9 +41,15 @@ pub struct Outcome {
 impl Outcome {
     /// Runs the rules over the decoded events at wall clock `now_ms`; undecodable parts
     /// become dead letters.
-    pub fn evaluate(item: String, decoded: DecodedEntry, rules: &RuleSet, now_ms: i64) -> Outcome {
+    pub fn evaluate<'a>(
+        item: String,
+        decoded: impl Into<DecodedEntry<EventRef<'a>>>,
+        rules: &RuleSet,
+        now_ms: i64,
+    ) -> Outcome {
+        let decoded = decoded.into();
         let event_count = decoded.event_count;
-        let plan = rules.evaluate(decoded.events, now_ms);
+        let plan = rules.evaluate_views(&decoded.events, now_ms);
         Outcome {
             item,
             event_count,

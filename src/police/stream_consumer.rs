@@ -178,7 +178,12 @@ fn evaluate(
         let Some(fields) = entry.fields else {
             // Deleted from the stream while pending: nothing left to process; ack it.
             warn!(entry_id = %entry.id, "pending entry no longer exists in the stream");
-            outcomes.push(Outcome::evaluate(entry.id, Default::default(), &police.rules, now_ms));
+            outcomes.push(Outcome::evaluate(
+                entry.id,
+                event::DecodedEntry::<event::LogEvent>::default(),
+                &police.rules,
+                now_ms,
+            ));
             continue;
         };
         if deliveries > max_deliveries {
@@ -186,7 +191,8 @@ fn evaluate(
             outcomes.push(Outcome::dead_letter(entry.id, reason, fields_as_json(&fields)));
             continue;
         }
-        let decoded = event::decode_entry_within(&entry.id, &fields, police.interest, police.config.max_entry_bytes);
+        let decoded =
+            event::decode_entry_views_within(&entry.id, &fields, police.interest, police.config.max_entry_bytes);
         outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules, now_ms));
     }
     outcomes

@@ -10,13 +10,15 @@
 //!   gives one update per matching event (window start = the event's time)
 //! - work per event that matches nothing is the filters alone: no allocation; the group
 //!   key of a match is hashed without allocating, strings are made once per new update
+//! - events are read borrowed ([`EventRef`]); an owned [`LogEvent`] is made only for an
+//!   event that goes into a record (an `any` alert, or the draft of an update), once
 
 use std::collections::HashMap;
 
 use super::plan::{ItemPlan, RuleUpdate};
 use super::template::{Context, Counts};
 use super::{RuleKind, RuleSet, group, window};
-use crate::event::LogEvent;
+use crate::event::{EventRef, LogEvent};
 use crate::police::alert::Alert;
 
 /// A stateful match being folded, before its draft is rendered.
@@ -36,6 +38,12 @@ impl RuleSet {
     /// Evaluates the events of one input item at wall clock `now_ms` (used for events
     /// whose timestamp is not RFC 3339, and as `raised_at`).
     pub fn evaluate(&self, events: Vec<LogEvent>, now_ms: i64) -> ItemPlan {
+        let views: Vec<EventRef<'static>> = events.into_iter().map(EventRef::from_event).collect();
+        self.evaluate_views(&views, now_ms)
+    }
+
+    /// [`RuleSet::evaluate`] of borrowed events: what the police runs.
+    pub fn evaluate_views(&self, events: &[EventRef<'_>], now_ms: i64) -> ItemPlan {
         if events.is_empty() {
             return ItemPlan::default();
         }
@@ -93,17 +101,24 @@ impl RuleSet {
         }
         // Formatted once per item: every record of it is raised at the same moment.
         let raised_at = window::rfc3339(now_ms);
+        let mut owned: Vec<Option<LogEvent>> = vec![None; events.len()];
         let updates = pending
             .into_iter()
-            .map(|folded| self.update_of(folded, &events, &raised_at))
+            .map(|folded| self.update_of(folded, events, &mut owned, &raised_at))
             .collect();
-        let alerts = self.any_alerts(&any_hits, events, &raised_at);
+        let alerts = self.any_alerts(&any_hits, events, owned, &raised_at);
         ItemPlan { alerts, updates }
     }
 
-    fn update_of(&self, folded: Pending, events: &[LogEvent], raised_at: &str) -> RuleUpdate {
+    fn update_of(
+        &self,
+        folded: Pending,
+        events: &[EventRef<'_>],
+        owned: &mut [Option<LogEvent>],
+        raised_at: &str,
+    ) -> RuleUpdate {
         let rule = &self.rules[folded.rule_position];
-        let event = &events[folded.event_index];
+        let event = owned[folded.event_index].get_or_insert_with(|| events[folded.event_index].to_event());
         let group_values: Vec<String> = rule
             .group_by
             .iter()
@@ -132,17 +147,27 @@ impl RuleSet {
         }
     }
 
-    /// The alerts of `any` rules without cooldown; each event is moved into its last alert
-    /// and cloned only for the others.
-    fn any_alerts(&self, any_hits: &[(usize, usize)], events: Vec<LogEvent>, raised_at: &str) -> Vec<Alert> {
+    /// The alerts of `any` rules without cooldown; each event is made owned once (or taken
+    /// from `owned`, made for a draft), moved into its last alert and cloned for the others.
+    fn any_alerts(
+        &self,
+        any_hits: &[(usize, usize)],
+        events: &[EventRef<'_>],
+        mut owned: Vec<Option<LogEvent>>,
+        raised_at: &str,
+    ) -> Vec<Alert> {
         if any_hits.is_empty() {
             return Vec::new();
         }
-        let mut alerts: Vec<Alert> = any_hits
+        let mut remaining_uses = vec![0usize; events.len()];
+        for (_, event_index) in any_hits {
+            remaining_uses[*event_index] += 1;
+        }
+        any_hits
             .iter()
             .map(|(rule_position, event_index)| {
                 let rule = &self.rules[*rule_position];
-                let event = &events[*event_index];
+                let event = owned[*event_index].get_or_insert_with(|| events[*event_index].to_event());
                 let group_values: Vec<String> = rule
                     .group_by
                     .iter()
@@ -157,23 +182,15 @@ impl RuleSet {
                 };
                 let mut alert = rule.alert(&context, &group_values, 1, raised_at);
                 alert.alert_id = format!("{}/{}", event.id, rule.name);
+                remaining_uses[*event_index] -= 1;
+                alert.event = if remaining_uses[*event_index] == 0 {
+                    owned[*event_index].take()
+                } else {
+                    owned[*event_index].clone()
+                };
                 alert
             })
-            .collect();
-        let mut remaining_uses = vec![0usize; events.len()];
-        for (_, event_index) in any_hits {
-            remaining_uses[*event_index] += 1;
-        }
-        let mut owned: Vec<Option<LogEvent>> = events.into_iter().map(Some).collect();
-        for (alert, (_, event_index)) in alerts.iter_mut().zip(any_hits) {
-            remaining_uses[*event_index] -= 1;
-            alert.event = if remaining_uses[*event_index] == 0 {
-                owned[*event_index].take()
-            } else {
-                owned[*event_index].clone()
-            };
-        }
-        alerts
+            .collect()
     }
 }
 

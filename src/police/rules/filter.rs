@@ -8,8 +8,8 @@
 
 use regex::Regex;
 
-use super::field::Field;
-use crate::event::{Level, LogEvent};
+use super::field::{EventFields, Field};
+use crate::event::Level;
 
 #[derive(Debug, Clone)]
 pub enum Filter {
@@ -27,19 +27,19 @@ pub enum Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, event: &LogEvent) -> bool {
+    pub fn matches<E: EventFields>(&self, event: &E) -> bool {
         match self {
             Filter::All(parts) => parts.iter().all(|part| part.matches(event)),
             Filter::Any(parts) => parts.iter().any(|part| part.matches(event)),
             Filter::Not(part) => !part.matches(event),
-            Filter::MinLevel(level) => event.level >= *level,
-            Filter::Equals(field, wanted) => field.get(event) == Some(wanted.as_str()),
-            Filter::In(field, sorted) => field.get(event).is_some_and(|value| {
+            Filter::MinLevel(level) => event.level() >= *level,
+            Filter::Equals(field, wanted) => event.value(field) == Some(wanted.as_str()),
+            Filter::In(field, sorted) => event.value(field).is_some_and(|value| {
                 sorted
                     .binary_search_by(|candidate| candidate.as_str().cmp(value))
                     .is_ok()
             }),
-            Filter::Regex(field, regex) => field.get(event).is_some_and(|value| regex.is_match(value)),
+            Filter::Regex(field, regex) => event.value(field).is_some_and(|value| regex.is_match(value)),
         }
     }
 
@@ -59,6 +59,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::LogEvent;
 
     fn event(level: Level, service: &str, message: &str) -> LogEvent {
         LogEvent {

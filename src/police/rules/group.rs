@@ -10,9 +10,8 @@
 
 use std::io::Write;
 
-use super::field::Field;
+use super::field::{EventFields, Field};
 use super::plan::GroupKey;
-use crate::event::LogEvent;
 
 /// The value of a `group_by` field the event does not have.
 pub const NONE: &str = "<none>";
@@ -52,8 +51,8 @@ pub fn cut(value: &str) -> &str {
 }
 
 /// The group value of `field` in `event`, cut.
-pub fn value_of<'event>(field: &Field, event: &'event LogEvent) -> &'event str {
-    cut(field.get(event).unwrap_or(NONE))
+pub fn value_of<'event, E: EventFields>(field: &Field, event: &'event E) -> &'event str {
+    cut(event.value(field).unwrap_or(NONE))
 }
 
 /// Writes the JSON array of `values` to `out` exactly as `serde_json::to_string` of a
