@@ -272,7 +272,7 @@ fn flatline_fires_once_resolves_on_return_and_survives_killing_the_lease_holder(
         ],
     );
     let db_id_prefix = format!("quiet/{}/", gk("db"));
-    wait_until("db (expected, never seen) flatlines", Duration::from_secs(30), || {
+    wait_until("db (expected, never seen) flatlines", Duration::from_secs(60), || {
         record_keys(&mut connection)
             .iter()
             .any(|(id, _)| id.starts_with(&db_id_prefix))
@@ -286,15 +286,15 @@ fn flatline_fires_once_resolves_on_return_and_survives_killing_the_lease_holder(
     killed.wait().unwrap();
 
     let api_id = format!("quiet/{}/{}", gk("api"), sending + window_ms);
-    wait_until("the survivor holds the lease", Duration::from_secs(30), || {
+    wait_until("the survivor holds the lease", Duration::from_secs(60), || {
         lease_owner(&mut connection).is_some_and(|owner| owner.starts_with(&format!("{survivor}/")))
     });
-    wait_until("api's silent window flatlines", Duration::from_secs(30), || {
+    wait_until("api's silent window flatlines", Duration::from_secs(60), || {
         record_keys(&mut connection).iter().any(|(id, _)| *id == api_id)
     });
     // Several silent windows later: still one record per episode.
     let settled_at = now_ms();
-    wait_until("more windows closed", Duration::from_secs(30), || {
+    wait_until("more windows closed", Duration::from_secs(60), || {
         now_ms() > settled_at + 3 * window_ms
     });
     let written = record_keys(&mut connection);
@@ -317,7 +317,7 @@ fn flatline_fires_once_resolves_on_return_and_survives_killing_the_lease_holder(
             (back + 3, "INFO", "api"),
         ],
     );
-    wait_until("api resolves", Duration::from_secs(30), || {
+    wait_until("api resolves", Duration::from_secs(60), || {
         record_keys(&mut connection).contains(&(api_id.clone(), "resolved".to_string()))
     });
     let active: HashMap<String, String> = redis::cmd("HGETALL")
@@ -363,7 +363,7 @@ fn spike_up_fires_on_the_increment_and_down_at_the_close_of_the_window() {
 
     let up_id = format!("surge/{}/{busy_window}", gk("web"));
     let down_id = format!("surge/{}/{}", gk("web"), busy_window + window_ms);
-    wait_until("the spike up", Duration::from_secs(30), || {
+    wait_until("the spike up", Duration::from_secs(60), || {
         record_keys(&mut connection).iter().any(|(id, _)| *id == up_id)
     });
     let up = records(&mut connection).remove(0);
@@ -373,7 +373,7 @@ fn spike_up_fires_on_the_increment_and_down_at_the_close_of_the_window() {
         "{up}"
     );
     // The window after the busy one stays empty: 0 * 3 <= 12 at its close.
-    wait_until("the spike down", Duration::from_secs(30), || {
+    wait_until("the spike down", Duration::from_secs(60), || {
         record_keys(&mut connection).iter().any(|(id, _)| *id == down_id)
     });
     let down = records(&mut connection)
