@@ -86,9 +86,11 @@ pub async fn post(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, SystemTime::now()));
-    // The body is read so the connection can be reused; a body that fails to arrive after
-    // a 2xx does not undo the delivery.
-    let answer = response.text().await.unwrap_or_default();
+    // At most the first 4 KiB of the body are read, for the log line: a hostile receiver
+    // answering with a gigabyte must not fill the police's memory. A longer body ends the
+    // connection instead of being drained; one that fails to arrive after a 2xx does not
+    // undo the delivery.
+    let answer = read_body_prefix(response).await;
     match verdict(status) {
         Verdict::Delivered => Ok(()),
         Verdict::Retry => {
@@ -107,6 +109,23 @@ pub async fn post(
             })
         }
     }
+}
+
+/// Bytes of a receiver's answer kept for the log line.
+const ANSWER_PREFIX_BYTES: usize = 4096;
+
+async fn read_body_prefix(mut response: reqwest::Response) -> String {
+    let mut prefix = Vec::new();
+    while prefix.len() < ANSWER_PREFIX_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = ANSWER_PREFIX_BYTES - prefix.len();
+                prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&prefix).into_owned()
 }
 
 /// The error and its causes, without the URL reqwest puts in its messages.

@@ -115,6 +115,12 @@ impl Police {
         let (rules, reloaded_rules, sinks) = match &config.rules_file {
             Some(path) => {
                 let rules = load_rules(path.clone()).await.map_err(PoliceError::Rules)?;
+                if rules.sinks().is_empty() {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "the rule file defines no sinks: alerts go to the alerts stream only"
+                    );
+                }
                 if config.alerts_file.is_some() {
                     tracing::warn!(
                         "--alerts-file is for the built-in rule; with --rules, add a jsonl sink to the file"

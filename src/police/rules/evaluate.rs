@@ -196,6 +196,8 @@ impl RuleSet {
 
 #[cfg(test)]
 mod tests {
+    /// A wall clock after every event time of these tests (2030-01-01).
+    const LATER_MS: i64 = 1_893_456_000_000;
     use super::*;
     use crate::event::Level;
     use crate::police::rules::plan::FIGURE_MARK;
@@ -221,7 +223,7 @@ mod tests {
                 event("a:1:1", "2026-12-01T12:00:01Z", Level::Critical, "api"),
                 event("a:1:2", "2026-12-01T12:00:02Z", Level::Emergency, "db"),
             ],
-            0,
+            LATER_MS,
         );
         assert!(plan.updates.is_empty());
         let ids: Vec<&str> = plan.alerts.iter().map(|alert| alert.alert_id.as_str()).collect();
@@ -263,7 +265,7 @@ mod tests {
                 event("e3", "2026-12-01T12:01:05Z", Level::Error, "api"),
                 event("e4", "2026-12-01T12:00:05Z", Level::Info, "api"),
             ],
-            0,
+            LATER_MS,
         );
         assert_eq!(plan.alerts.len(), 1, "only e1 is CRITICAL");
         assert_eq!(plan.alerts[0].alert_id, "e1/all");

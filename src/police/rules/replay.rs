@@ -139,7 +139,7 @@ pub fn replay(rules: &RuleSet, events: Vec<LogEvent>) -> Replay {
     let event_count = events.len() as u64;
     for event in events {
         // An unparsable timestamp is "now": the replay's clock (0 before any time is known).
-        let event_ms = window::event_ms(&event.timestamp, clock_ms.unwrap_or(0));
+        let event_ms = window::parse_ms(&event.timestamp).unwrap_or(clock_ms.unwrap_or(0));
         let now_ms = match clock_ms {
             None => {
                 model.start_clock(event_ms);
