@@ -16,32 +16,6 @@ use super::keys::Keys;
 use super::stream::{self, Claimed, StreamEntry};
 use super::{Connection, value_items, value_text};
 
-/// Creates the sink's group at id `0` (every record raised before the sink existed is
-/// delivered) unless it exists, checked first so that a user allowed to read but not to
-/// create groups can still run. Flagged `allow-oom`: Redis refuses `XGROUP CREATE` over
-/// `maxmemory` even when the group exists, and delivery must go on then.
-/// KEYS: alerts stream. ARGV: group. Returns 1 when created, 0 when it existed.
-const ENSURE_SINK_GROUP_LUA: &str = r#"#!lua flags=allow-oom
-local found = redis.call('TYPE', KEYS[1])['ok']
-if found == 'stream' then
-  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    for k = 1, #group, 2 do
-      if group[k] == 'name' and group[k + 1] == ARGV[1] then return 0 end
-    end
-  end
-elseif found ~= 'none' then
-  return redis.error_reply('WRONGTYPE logsentinel: key ' .. KEYS[1] .. ' holds a ' .. found .. ', expected the alerts stream')
-end
-local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
-if type(created) == 'table' and created.err then
-  if string.sub(created.err, 1, 9) == 'BUSYGROUP' then return 0 end
-  return created
-end
-return 1
-"#;
-
-static ENSURE_SINK_GROUP: LazyLock<Script> = LazyLock::new(|| Script::new(ENSURE_SINK_GROUP_LUA));
-
 /// Writes records to the sink's dead letters and acknowledges them, each only if it is
 /// still pending on this consumer.
 ///
@@ -111,10 +85,14 @@ return 1
 
 static TAKE_PERMIT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_PERMIT_LUA));
 
+/// Creates the sink's group at id `0` unless it exists (every record raised before the
+/// sink existed is delivered); works over `maxmemory` too.
 pub async fn ensure_sink_group(connection: &mut Connection, keys: &Keys, group: &str) -> Result<(), RedisError> {
-    ENSURE_SINK_GROUP
+    // The same script as the police's own group (from id 0, allow-oom).
+    super::scripts::ENSURE_GROUP
         .key(&keys.alerts)
         .arg(group)
+        .arg("the alerts stream")
         .invoke_async::<()>(connection)
         .await
 }

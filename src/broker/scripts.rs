@@ -762,7 +762,9 @@ pub static CLOCK_RESOLVE: LazyLock<Script> = LazyLock::new(|| {
 /// is checked first (a user allowed to read but not to create groups can still run).
 /// Flagged `allow-oom`: Redis refuses `XGROUP CREATE` over `maxmemory` even when the group
 /// exists, and a police that cannot start can never drain what fills the memory.
-/// KEYS: stream. ARGV: group. Returns 1 when created, 0 when it existed.
+/// Used for the log stream's group and for every sink's group on the alerts stream.
+/// KEYS: stream. ARGV: group, what the stream is (for the error). Returns 1 when created,
+/// 0 when it existed.
 const ENSURE_GROUP_LUA: &str = r#"#!lua flags=allow-oom
 local found = redis.call('TYPE', KEYS[1])['ok']
 if found == 'stream' then
@@ -772,7 +774,7 @@ if found == 'stream' then
     end
   end
 elseif found ~= 'none' then
-  return redis.error_reply('WRONGTYPE logsentinel: key ' .. KEYS[1] .. ' holds a ' .. found .. ', expected the log stream')
+  return redis.error_reply('WRONGTYPE logsentinel: key ' .. KEYS[1] .. ' holds a ' .. found .. ', expected ' .. ARGV[2])
 end
 local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 if type(created) == 'table' and created.err then

@@ -22,6 +22,7 @@ pub async fn ensure_group(connection: &mut Connection, keys: &Keys) -> Result<()
     super::scripts::ENSURE_GROUP
         .key(&keys.stream)
         .arg(&keys.group)
+        .arg("the log stream")
         .invoke_async::<()>(connection)
         .await
 }
