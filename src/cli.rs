@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
+use crate::ops::filter::{LevelFilter, StartAt};
 use crate::options::{AgentSource, ReadFrom, Transport, WhenFull};
 use crate::options::{DurationMs, DurationS, Size, one_or_many};
 
@@ -36,6 +37,15 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Check a rule file, or replay sample events through it offline (no Redis)
     Rules(RulesArgs),
+    /// Print the logs, alerts or dead letters flowing through, as they come (plain XREAD:
+    /// takes nothing from the police)
+    Tail(TailArgs),
+    /// List, show, replay or purge dead letters
+    Dlq(DlqArgs),
+    /// Print the completion script of a shell on stdout
+    Completions(CompletionsArgs),
+    /// Write the man pages (logsentinel.1, one per subcommand) into a directory
+    Manpage(ManpageArgs),
 }
 
 /// Lets the variables of the options' older spellings (`LOGSENTINEL_CLAIM_IDLE_MS` for
@@ -432,4 +442,139 @@ pub struct HealthcheckArgs {
     /// Oldest acceptable age of the health file, e.g. 30s; a bare number is seconds
     #[arg(long, alias = "max-age-s", default_value = "30s")]
     pub max_age: DurationS,
+}
+
+/// Options of `tail`. Not in the config file: a viewer's choices are made per run.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// What to print: logs (the log stream), alerts (the alerts stream) or dead (the
+    /// dead-letter stream)
+    pub what: TailWhat,
+    /// Where to start: `$` (what arrives from now on), an entry id (that entry and later),
+    /// `0` (the whole stream) or a time back from now (`-5m`, `-1h`)
+    #[arg(long, default_value = "$", allow_hyphen_values = true)]
+    pub from: StartAt,
+    /// Only events at these levels (alerts: severities): `>=ERROR`, `>WARNING`, `<=INFO`,
+    /// `=ERROR`; a bare level means `>=`
+    #[arg(long)]
+    pub level: Option<LevelFilter>,
+    /// Only events (alerts: of events) of these services (repeat or separate with commas)
+    #[arg(long, value_delimiter = ',')]
+    pub service: Vec<String>,
+    /// Only events (alerts: of events) of these hosts (repeat or separate with commas)
+    #[arg(long, value_delimiter = ',')]
+    pub host: Vec<String>,
+    /// Alerts only: of these rules (repeat or separate with commas)
+    #[arg(long, value_delimiter = ',')]
+    pub rule: Vec<String>,
+    /// Only records matching this regex: logs, the message; alerts, the record's JSON;
+    /// dead letters, the reason and raw fields; undecodable entries, their raw fields
+    #[arg(long)]
+    pub grep: Option<regex::Regex>,
+    /// Exit after printing this many records
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Output: text, json (one object per line) or logfmt
+    #[arg(long, default_value = "text")]
+    pub format: TailFormat,
+    /// Print what is there from --from, then exit instead of waiting for more
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Logs only: `list` peeks at the items waiting in the list (--key), oldest first,
+    /// without taking them, and exits (a list keeps no history to follow)
+    #[arg(long, default_value = "stream")]
+    pub transport: Transport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TailWhat {
+    /// The log stream (--stream): events, packed entries unpacked
+    Logs,
+    /// The alerts stream (--alerts-stream): alert records
+    Alerts,
+    /// The dead-letter stream (--dead-stream)
+    Dead,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TailFormat {
+    /// One line per record, control characters escaped
+    Text,
+    /// One JSON object per line
+    Json,
+    /// One logfmt line per record (nested fields as `a.b=`)
+    Logfmt,
+}
+
+/// Options of `dlq`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// Work on this sink's dead letters (`logsentinel:dead:sink:<name>`) instead of the
+    /// police's (--dead-stream)
+    #[arg(long, global = true)]
+    pub sink: Option<String>,
+    #[command(subcommand)]
+    pub action: DlqAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// One line per dead letter, oldest first: id, age, deliveries, replays, reason
+    List {
+        /// Print at most this many
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every raw field of these dead letters
+    Show {
+        /// Dead-letter ids
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// One JSON object per line instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add dead letters back to the stream (or list) they came from, then remove them
+    Replay {
+        /// Dead-letter ids
+        ids: Vec<String>,
+        /// Every dead letter whose reason contains this text
+        #[arg(long, conflicts_with_all = ["ids", "all"])]
+        reason: Option<String>,
+        /// Every dead letter
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Say what would be replayed, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Also replay entries already replayed 3 times
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove dead letters for good
+    Purge {
+        /// Dead-letter ids
+        ids: Vec<String>,
+        /// Every dead letter older than this (e.g. 7d, 12h)
+        #[arg(long, conflicts_with = "ids")]
+        older_than: Option<DurationS>,
+        /// Do not ask (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Directory to write the pages into (created if missing)
+    pub dir: PathBuf,
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use logsentinel::cli::{Cli, Command, RulesAction};
 use logsentinel::config::{self, ConfigError, FileConfig};
-use logsentinel::{agent, bench, broker, demo, police, shutdown, status, telemetry};
+use logsentinel::{agent, bench, broker, demo, ops, police, shutdown, status, telemetry};
 
 fn main() -> ExitCode {
     logsentinel::cli::accept_old_variable_names();
@@ -51,6 +51,18 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
     // Offline: needs neither the config file nor Redis.
     if let Command::Rules(args) = cli.command {
         return rules_command(args.action).await;
+    }
+    if let Command::Completions(args) = &cli.command {
+        let mut command = Cli::command();
+        clap_complete::generate(args.shell, &mut command, "logsentinel", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Manpage(args) = &cli.command {
+        std::fs::create_dir_all(&args.dir)
+            .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", args.dir.display()))?;
+        clap_mangen::generate_to(Cli::command(), &args.dir)
+            .map_err(|error| anyhow::anyhow!("cannot write man pages into {}: {error}", args.dir.display()))?;
+        return Ok(ExitCode::SUCCESS);
     }
     let file = FileConfig::load(cli.common.config.as_deref())?;
     let broker_config = config::broker_config(&cli.common, &matches, &file)?;
@@ -108,7 +120,14 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
             bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rules(_) => unreachable!("handled before the config is read"),
+        Command::Rules(_) | Command::Completions(_) | Command::Manpage(_) => {
+            unreachable!("handled before the config is read")
+        }
+        Command::Tail(args) => {
+            ops::tail::run(args, &broker_config.redis_url, &broker_config.keys, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq(args) => ops::dlq::run(args, &broker_config.redis_url, &broker_config.keys).await,
         Command::Healthcheck(args) => {
             let mut connection = connect_or_explain(&broker_config.redis_url).await?;
             redis::cmd("PING").query_async::<String>(&mut connection).await?;

@@ -2,11 +2,13 @@
 //!
 //! There is one broker, Redis, so there is no broker trait: tests use a real server.
 
+pub mod dead_letters;
 pub mod errors;
 pub mod keys;
 pub mod lease;
 pub mod list;
 pub mod outbox;
+pub mod reader;
 pub mod registry;
 pub mod scripts;
 pub mod stream;

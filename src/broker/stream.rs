@@ -57,6 +57,11 @@ pub async fn read_group_of(
     }
     command.arg("STREAMS").arg(stream).arg(start);
     let reply: Value = command.query_async(connection).await?;
+    Ok(entries_of_read_reply(reply))
+}
+
+/// The entries of an XREAD or XREADGROUP reply, in order.
+pub(crate) fn entries_of_read_reply(reply: Value) -> Vec<StreamEntry> {
     let mut entries = Vec::new();
     // [[stream name, [entries]]] in RESP2; a map from stream name to entries in RESP3.
     let streams: Vec<Value> = match reply {
@@ -75,11 +80,11 @@ pub async fn read_group_of(
             entries.extend(items.into_iter().filter_map(parse_entry));
         }
     }
-    Ok(entries)
+    entries
 }
 
 /// Takes the reply apart by value: field values move into `String`s without a copy.
-fn parse_entry(value: Value) -> Option<StreamEntry> {
+pub(crate) fn parse_entry(value: Value) -> Option<StreamEntry> {
     let Value::Array(parts) = value else {
         return None;
     };

@@ -381,7 +381,14 @@ pub fn decode_entry_views_within<'a>(
     match field("v") {
         Some(version) if version == ENCODING_VERSION => match (field("event"), field("events")) {
             (Some(_), Some(_)) => reject_whole(&mut decoded, "entry v=1 has both an event and an events field".into()),
-            (Some(event_json), None) => decode_native_line(event_json, interest, &mut decoded),
+            (Some(event_json), None) => {
+                decode_native_line(event_json, interest, &mut decoded);
+                // The whole entry, not only its line: a replayed entry's fields
+                // (`replay_count`) must survive a second trip to the dead letters.
+                for rejected in &mut decoded.rejected {
+                    rejected.raw = fields_as_json(fields);
+                }
+            }
             (None, Some(ndjson)) => {
                 let lines: Vec<&str> = ndjson.split('\n').filter(|line| !line.is_empty()).collect();
                 if let Err(reason) = check_event_count(field("n").map(String::as_str), lines.len()) {
@@ -401,7 +408,7 @@ pub fn decode_entry_views_within<'a>(
             reason: format!("unsupported encoding version {version:?}"),
             raw: fields_as_json(fields),
         }),
-        None => match foreign::decode_fields(entry_id, fields) {
+        None => match foreign::decode_fields(entry_id, &without_replay_fields(fields)) {
             Ok(event) => decoded.keep_view(EventRef::from_event(event), interest),
             Err(reason) => decoded.rejected.push(Rejected {
                 reason,
@@ -410,6 +417,26 @@ pub fn decode_entry_views_within<'a>(
         },
     }
     decoded
+}
+
+/// Field naming the dead letter an entry was replayed from (`logsentinel dlq replay`).
+pub const REPLAYED_FROM_FIELD: &str = "replayed_from";
+/// Field counting how often an entry was replayed from the dead letters.
+pub const REPLAY_COUNT_FIELD: &str = "replay_count";
+
+/// A replayed foreign entry decodes like the original: the two fields `dlq replay` adds
+/// are not the shipper's (they would become `extra`, or hide a one-field JSON document).
+fn without_replay_fields(fields: &[(String, String)]) -> Cow<'_, [(String, String)]> {
+    if !fields.iter().any(|(key, _)| key == REPLAYED_FROM_FIELD) {
+        return Cow::Borrowed(fields);
+    }
+    Cow::Owned(
+        fields
+            .iter()
+            .filter(|(key, _)| key != REPLAYED_FROM_FIELD && key != REPLAY_COUNT_FIELD)
+            .cloned()
+            .collect(),
+    )
 }
 
 /// The `n` of a packed entry must name the number of lines it holds: a cut or doubled

@@ -1,0 +1,4 @@
+pub mod dlq;
+pub mod filter;
+pub mod output;
+pub mod tail;
