@@ -428,9 +428,14 @@ pub enum RulesAction {
     Test {
         /// The rule file (TOML)
         file: PathBuf,
-        /// Sample events, one JSON event per line (the stream's v1 event shape)
+        /// Sample events, one JSON event per line (the stream's v1 event shape); a line that
+        /// is not an event is reported as FILE:LINE: reason and skipped
         #[arg(long)]
         events: PathBuf,
+        /// Exit 1 at the end if any line of --events was not an event (default: report them
+        /// and exit 0)
+        #[arg(long)]
+        strict: bool,
     },
 }
 

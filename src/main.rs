@@ -96,6 +96,12 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
                     }
                     return Ok(ExitCode::from(2));
                 }
+                Err(police::PoliceError::Secrets(problems)) => {
+                    for problem in problems {
+                        eprintln!("logsentinel: {problem}");
+                    }
+                    return Ok(ExitCode::from(2));
+                }
                 Err(other) => return Err(other.into()),
             };
             police.run().await?;
@@ -154,20 +160,25 @@ fn is_invalid_configuration(error: &anyhow::Error) -> bool {
     error.downcast_ref::<ConfigError>().is_some()
         || matches!(
             error.downcast_ref::<police::PoliceError>(),
-            Some(police::PoliceError::Sink(_))
+            Some(police::PoliceError::Sink(_) | police::PoliceError::Secrets(_))
         )
 }
 
 /// `rules check` and `rules test`: exit 0, or 2 with every problem on stderr, one per line.
+/// `rules test` reports sample lines that are not events and goes on; with `--strict` they
+/// make it exit 1 at the end.
 async fn rules_command(action: RulesAction) -> anyhow::Result<ExitCode> {
     use logsentinel::police::rules::replay;
     let outcome = tokio::task::spawn_blocking(move || match action {
         RulesAction::Check { file } => replay::check(&file)
-            .map(|summary| vec![summary])
+            .map(|summary| (vec![summary], ExitCode::SUCCESS))
             .map_err(|error| error.lines()),
-        RulesAction::Test { file, events } => match replay::test(&file, &events) {
+        RulesAction::Test { file, events, strict } => match replay::test(&file, &events) {
             Ok(replayed) => {
                 use std::io::Write;
+                for bad_line in &replayed.bad_lines {
+                    eprintln!("{bad_line}");
+                }
                 let mut stdout = std::io::stdout().lock();
                 for alert in &replayed.alerts {
                     // A closed stdout (`| head`) ends the listing, not the summary.
@@ -176,18 +187,23 @@ async fn rules_command(action: RulesAction) -> anyhow::Result<ExitCode> {
                     }
                 }
                 eprintln!("{}", replayed.summary());
-                Ok(Vec::new())
+                let code = if strict && !replayed.bad_lines.is_empty() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                };
+                Ok((Vec::new(), code))
             }
             Err(error) => Err(error.lines()),
         },
     })
     .await?;
     match outcome {
-        Ok(summary_lines) => {
+        Ok((summary_lines, code)) => {
             for line in summary_lines {
                 println!("{line}");
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(code)
         }
         Err(error_lines) => {
             for line in error_lines {

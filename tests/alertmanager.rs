@@ -149,7 +149,7 @@ async fn firing_alert_is_active_with_sanitised_labels_even_with_one_instance_dow
         "type = \"alertmanager\"\nurls = [\"{down_instance}\", \"{}\"]\ntimeout = \"2s\"\n",
         alertmanager.url()
     ));
-    let sink = AlertmanagerSink::from_config("am", &config).expect("sink");
+    let sink = AlertmanagerSink::from_config("am", &config).await.expect("sink");
     assert_eq!(sink.max_alerts_per_message(), 64);
 
     let alert = frequency_alert(AlertStatus::Firing);
@@ -202,7 +202,7 @@ async fn every_instance_down_is_retryable() {
         "type = \"alertmanager\"\nurls = [\"http://{}\"]\ntimeout = \"2s\"\n",
         free_address()
     ));
-    let sink = AlertmanagerSink::from_config("am", &config).expect("sink");
+    let sink = AlertmanagerSink::from_config("am", &config).await.expect("sink");
     let alert = frequency_alert(AlertStatus::Firing);
     match sink.deliver(&Message::Single(&alert)).await {
         Err(SinkError::Retryable { status, .. }) => assert!(status.contains("connect"), "{status}"),
@@ -218,7 +218,7 @@ async fn re_sends_bring_an_alert_back_after_a_restart_and_resolve_it() {
         "type = \"alertmanager\"\nurls = [\"{}\"]\nresend_interval = \"1s\"\ntimeout = \"2s\"\n",
         alertmanager.url()
     ));
-    let sink = Arc::new(AlertmanagerSink::from_config("am", &config).expect("sink"));
+    let sink = Arc::new(AlertmanagerSink::from_config("am", &config).await.expect("sink"));
     let keys = Keys::default();
     let firing = frequency_alert(AlertStatus::Firing);
     let episode = "errors-by-level/9f1c2e4b7a6d3f01";

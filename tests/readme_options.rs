@@ -93,4 +93,14 @@ fn readme_option_tables_match_the_cli() {
         1,
         "police",
     );
+    let rules_test = subcommand("rules")
+        .find_subcommand("test")
+        .expect("rules has a test subcommand")
+        .clone();
+    check_table(
+        &rules_test,
+        &table_after(&readme, "`logsentinel rules test FILE` options"),
+        1,
+        "rules test",
+    );
 }

@@ -275,7 +275,7 @@ fn rules_test_prints_the_alerts_a_sample_raises() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert_eq!(
         stderr,
-        "replayed 11 events: 3 alerts fired, 3 resolved, 0 late matches\n"
+        "replayed 11 events: 3 alerts fired, 3 resolved, 0 late matches, 0 bad lines\n"
     );
     let alerts: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -364,35 +364,50 @@ fn rules_test_prints_the_alerts_a_sample_raises() {
 }
 
 #[test]
-fn rules_test_names_every_bad_sample_line() {
+fn rules_test_reports_every_bad_sample_line_replays_the_rest_and_fails_only_when_strict() {
     let dir = tempfile::tempdir().unwrap();
     let rules = write(dir.path(), "rules.toml", SAMPLE_RULES);
+    let errors: Vec<String> = (0..3)
+        .map(|index| sample_event(index, index as u32, "web-1", "api", "ERROR"))
+        .collect();
     let sample = write(
         dir.path(),
         "sample.ndjson",
         &format!(
-            "{}\nnot json\n{{\"id\":\"x\"}}\n",
-            sample_event(0, 1, "web-1", "api", "INFO")
+            "{}\nnot json\n{{\"id\":\"x\"}}\n{}\n{}\n",
+            errors[0], errors[1], errors[2]
         ),
     );
-    let output = logsentinel()
-        .args(["rules", "test"])
-        .arg(&rules)
-        .arg("--events")
-        .arg(&sample)
-        .output()
-        .expect("run rules test");
-    assert_eq!(output.status.code(), Some(2));
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 2, "{stderr}");
-    assert!(
-        lines[0].starts_with(&format!("{}:2: not an event: ", sample.display())),
-        "{stderr}"
-    );
-    assert!(
-        lines[1].starts_with(&format!("{}:3: not an event: missing field", sample.display())),
-        "{stderr}"
-    );
+    let run = |strict: bool| {
+        let mut command = logsentinel();
+        command.args(["rules", "test"]).arg(&rules).arg("--events").arg(&sample);
+        if strict {
+            command.arg("--strict");
+        }
+        command.output().expect("run rules test")
+    };
+    for strict in [false, true] {
+        let output = run(strict);
+        assert_eq!(
+            output.status.code(),
+            Some(if strict { 1 } else { 0 }),
+            "strict {strict}"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 3, "{stderr}");
+        assert!(
+            lines[0].starts_with(&format!("{}:2: malformed event: ", sample.display())),
+            "{stderr}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("{}:3: malformed event: missing field", sample.display())),
+            "{stderr}"
+        );
+        assert!(lines[2].starts_with("replayed 3 events: "), "{stderr}");
+        assert!(lines[2].ends_with(", 2 bad lines"), "{stderr}");
+        // The good lines around the bad ones were replayed: the three errors fired.
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("\"3 errors in api within 1m\""), "{stdout}");
+    }
 }

@@ -232,6 +232,26 @@ pub async fn leave_group_if_idle(
     Ok(removed == 1)
 }
 
+/// Records pending on `consumer` in a sink's group (XPENDING's summary form).
+pub async fn pending_of(
+    connection: &mut Connection,
+    keys: &Keys,
+    group: &str,
+    consumer: &str,
+) -> Result<u64, RedisError> {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(&keys.alerts)
+        .arg(group)
+        .query_async(connection)
+        .await?;
+    let per_consumer = value_items(&summary).get(3).map(value_items).unwrap_or(&[]);
+    Ok(per_consumer
+        .iter()
+        .find(|pair| value_items(pair).first().and_then(value_text).as_deref() == Some(consumer))
+        .and_then(|pair| value_items(pair).get(1).and_then(super::value_int))
+        .map_or(0, |count| count.max(0) as u64))
+}
+
 /// Records pending in a sink's group plus records not yet delivered to it: the sink's lag.
 pub async fn sink_backlog(connection: &mut Connection, keys: &Keys, group: &str) -> Result<Option<u64>, RedisError> {
     let groups = stream::groups(connection, &keys.alerts).await?;

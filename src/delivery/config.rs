@@ -15,14 +15,25 @@ pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Where a secret comes from: `{ env = "NAME" }` or `{ file = "PATH" }` (trailing newline
 /// dropped). A plain string is taken as the value itself (fine for a URL without a token).
-#[derive(Debug, Clone, Deserialize)]
+/// Every URL of a sink (`url`, each of `urls`) and every credential takes this syntax.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum Secret {
     Value(String),
     Source(SecretSource),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A plain value is shown as `"***"`: a config dumped to a log or a message never shows one.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Value(_) => formatter.write_str("Value(***)"),
+            Secret::Source(source) => source.fmt(formatter),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSource {
     pub env: Option<String>,
@@ -31,14 +42,14 @@ pub struct SecretSource {
 
 /// `{ messages = 1, per = "1s" }`: at most `messages` messages per `per`, shared by every
 /// police (counted in Redis).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub messages: u64,
     pub per: DurationMs,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkConfig {
     Console {
@@ -77,8 +88,9 @@ pub enum SinkConfig {
         rate_limit: Option<RateLimit>,
     },
     Alertmanager {
-        /// Every instance of the Alertmanager cluster (`http://host:9093`); each gets every alert.
-        urls: Vec<String>,
+        /// Every instance of the Alertmanager cluster (`http://host:9093`); each gets every
+        /// alert. Each URL is a [`Secret`]: a plain string, `{ env }` or `{ file }`.
+        urls: Vec<Secret>,
         /// Re-send period of firing alerts. Default 60 s.
         #[serde(default)]
         resend_interval: Option<DurationMs>,
@@ -139,19 +151,27 @@ pub enum SetupError {
     #[error("sink {sink}: secret {what}: environment variable {variable} is not set")]
     MissingEnv {
         sink: String,
-        what: &'static str,
+        what: String,
         variable: String,
     },
+    #[error("sink {sink}: secret {what}: environment variable {variable} is empty")]
+    EmptyEnv {
+        sink: String,
+        what: String,
+        variable: String,
+    },
+    #[error("sink {sink}: secret {what}: {path} is empty")]
+    EmptyFile { sink: String, what: String, path: PathBuf },
     #[error("sink {sink}: secret {what}: cannot read {path}")]
     SecretFile {
         sink: String,
-        what: &'static str,
+        what: String,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("sink {sink}: secret {what}: give exactly one of env and file")]
-    SecretSource { sink: String, what: &'static str },
+    SecretSource { sink: String, what: String },
     #[error("sink {sink}: cannot open {path}")]
     File {
         sink: String,
@@ -165,20 +185,32 @@ pub enum SetupError {
 
 impl Secret {
     /// Reads the secret (environment or file, trailing newline dropped). `what` names it
-    /// in errors (`url`, `secret`, `password`); the value itself is never quoted.
-    pub async fn resolve(&self, sink: &str, what: &'static str) -> Result<ResolvedSecret, SetupError> {
+    /// in errors (`url`, `secret`, `password`); the value itself is never quoted. A variable
+    /// or file that is there but empty is an error too: an empty token never works.
+    pub async fn resolve(&self, sink: &str, what: &str) -> Result<ResolvedSecret, SetupError> {
         match self {
             Secret::Value(value) => Ok(ResolvedSecret(value.clone())),
             Secret::Source(SecretSource {
                 env: Some(variable),
                 file: None,
-            }) => match std::env::var(variable) {
-                Ok(value) if !value.is_empty() => Ok(ResolvedSecret(value)),
-                _ => Err(SetupError::MissingEnv {
+            }) => match std::env::var_os(variable) {
+                None => Err(SetupError::MissingEnv {
                     sink: sink.to_string(),
-                    what,
+                    what: what.to_string(),
                     variable: variable.clone(),
                 }),
+                Some(value) if value.is_empty() => Err(SetupError::EmptyEnv {
+                    sink: sink.to_string(),
+                    what: what.to_string(),
+                    variable: variable.clone(),
+                }),
+                Some(value) => value
+                    .into_string()
+                    .map(ResolvedSecret)
+                    .map_err(|_| SetupError::Invalid {
+                        sink: sink.to_string(),
+                        problem: format!("secret {what}: environment variable {variable} is not UTF-8"),
+                    }),
             },
             Secret::Source(SecretSource {
                 env: None,
@@ -188,20 +220,41 @@ impl Secret {
                     .await
                     .map_err(|source| SetupError::SecretFile {
                         sink: sink.to_string(),
-                        what,
+                        what: what.to_string(),
                         path: path.clone(),
                         source,
                     })?;
                 let value = text.strip_suffix('\n').unwrap_or(&text);
                 let value = value.strip_suffix('\r').unwrap_or(value);
+                if value.is_empty() {
+                    return Err(SetupError::EmptyFile {
+                        sink: sink.to_string(),
+                        what: what.to_string(),
+                        path: path.clone(),
+                    });
+                }
                 Ok(ResolvedSecret(value.to_string()))
             }
             Secret::Source(_) => Err(SetupError::SecretSource {
                 sink: sink.to_string(),
-                what,
+                what: what.to_string(),
             }),
         }
     }
+}
+
+/// Resolves every secret of every sink and returns every problem, not only the first, so
+/// that one start shows all the variables and files to fix.
+pub async fn check_secrets<'a>(sinks: impl IntoIterator<Item = (&'a str, &'a SinkConfig)>) -> Vec<SetupError> {
+    let mut problems = Vec::new();
+    for (sink, config) in sinks {
+        for (what, secret) in config.secrets() {
+            if let Err(problem) = secret.resolve(sink, &what).await {
+                problems.push(problem);
+            }
+        }
+    }
+    problems
 }
 
 impl SinkConfig {
@@ -214,6 +267,27 @@ impl SinkConfig {
             SinkConfig::Slack { .. } => "slack",
             SinkConfig::Alertmanager { .. } => "alertmanager",
             SinkConfig::Email { .. } => "email",
+        }
+    }
+
+    /// Every secret of the sink with the key that holds it (`url`, `urls[1]`, `password`).
+    pub fn secrets(&self) -> Vec<(String, &Secret)> {
+        match self {
+            SinkConfig::Console { .. } | SinkConfig::Jsonl { .. } => Vec::new(),
+            SinkConfig::Webhook { url, secret, .. } => std::iter::once(("url".to_string(), url))
+                .chain(secret.iter().map(|secret| ("secret".to_string(), secret)))
+                .collect(),
+            SinkConfig::Slack { url, .. } => vec![("url".to_string(), url)],
+            SinkConfig::Alertmanager { urls, .. } => urls
+                .iter()
+                .enumerate()
+                .map(|(index, url)| (format!("urls[{index}]"), url))
+                .collect(),
+            SinkConfig::Email { username, password, .. } => username
+                .iter()
+                .map(|username| ("username".to_string(), username))
+                .chain(password.iter().map(|password| ("password".to_string(), password)))
+                .collect(),
         }
     }
 

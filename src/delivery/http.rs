@@ -8,8 +8,10 @@
 //! decompression: a POST of a small JSON body needs none of them. Redirects are not
 //! followed (a POST turned into a GET would be "delivered" nowhere).
 //!
-//! URLs are secrets (a Slack hook URL is its own token): they are never logged, and the
-//! client's errors are stripped of them before they are shown.
+//! URLs are secrets (a Slack hook URL is its own token, a webhook or Alertmanager URL may
+//! carry one in its query): where a URL must be named, [`redact_url`] shows only
+//! `scheme://host:port`, and the client's errors are stripped of URLs before they are shown
+//! (logs, dead letters).
 
 use std::time::{Duration, SystemTime};
 
@@ -50,6 +52,37 @@ pub fn check_url(sink: &str, url: &ResolvedSecret) -> Result<reqwest::Url, Setup
     Ok(parsed)
 }
 
+/// A URL as it may be shown: `scheme://host:port`, then `/***` when it has a path beyond
+/// `/` and `?***` when it has a query. Credentials, path and query are left out: any of them
+/// may be the secret (a Slack hook's path, a `?token=`), and none is needed to tell which
+/// receiver is meant.
+pub fn redact_url(url: &str) -> String {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return "(not a URL)".into();
+    };
+    let mut shown = format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or(""));
+    if let Some(port) = parsed.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    if !matches!(parsed.path(), "" | "/") {
+        shown.push_str("/***");
+    }
+    if parsed.query().is_some() {
+        shown.push_str("?***");
+    }
+    shown
+}
+
+/// `text` with every `http(s)://…` in it redacted by [`redact_url`]: for error messages of
+/// libraries that may quote the URL they were given.
+pub fn redact_urls_in(text: &str) -> String {
+    static URL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(?i)https?://[^\s"'<>()]+"#).expect("the URL pattern is valid")
+    });
+    URL.replace_all(text, |captures: &regex::Captures| redact_url(&captures[0]))
+        .into_owned()
+}
+
 /// POSTs `body` with `headers`; `Ok` only on 2xx. Errors carry the status (`500`,
 /// `connect error`, `timeout`), never the URL.
 pub async fn post(
@@ -69,9 +102,9 @@ pub async fn post(
             let status = if error.is_timeout() {
                 "timeout".to_string()
             } else if error.is_connect() {
-                format!("connect error: {}", error_chain(&error))
+                format!("connect error: {}", redact_urls_in(&error_chain(&error)))
             } else {
-                format!("request failed: {}", error_chain(&error))
+                format!("request failed: {}", redact_urls_in(&error_chain(&error)))
             };
             return Err(SinkError::Retryable {
                 sink: sink.to_string(),
@@ -148,8 +181,35 @@ fn error_chain(error: &reqwest::Error) -> String {
 
 /// The first characters of a receiver's answer, control characters replaced.
 fn printable_prefix(text: &str) -> String {
-    text.chars()
+    // A receiver may echo the URL it was called on.
+    redact_urls_in(text)
+        .chars()
         .take(MAX_ERROR_BODY_CHARS)
         .map(|character| if character.is_control() { ' ' } else { character })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_urls_keep_only_scheme_host_and_port() {
+        let slack = "https://hooks.slack.com/services/T000/B000/XXXXSECRET";
+        assert_eq!(redact_url(slack), "https://hooks.slack.com/***");
+        assert_eq!(
+            redact_url("http://user:pw@am.internal:9093/am/?token=SECRET"),
+            "http://am.internal:9093/***?***"
+        );
+        assert_eq!(redact_url("http://[::1]:9093/"), "http://[::1]:9093");
+        assert_eq!(
+            redact_url("https://hooks.example.com?token=SECRET"),
+            "https://hooks.example.com?***"
+        );
+        assert_eq!(redact_url("not a url SECRET"), "(not a URL)");
+        let text = format!("error sending request for url ({slack}): refused; see http://x:1/a?k=SECRET.");
+        let redacted = redact_urls_in(&text);
+        assert!(!redacted.contains("SECRET"), "{redacted}");
+        assert!(redacted.contains("(https://hooks.slack.com/***)"), "{redacted}");
+    }
 }

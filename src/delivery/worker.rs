@@ -405,19 +405,30 @@ impl Session<'_> {
                     attempts: 0,
                 })
                 .collect();
-            let written = outbox::dead_letter(
-                connection,
-                &self.settings.keys,
-                &self.worker.name,
-                &self.group,
-                &self.settings.consumer,
-                &records,
-            )
-            .await?;
-            self.totals.dead += written;
+            let written = self.write_dead_letters(connection, &records).await?;
             warn!(sink = %self.worker.name, records = written, "unreadable outbox records sent to the sink's dead letters");
         }
         Ok(())
+    }
+
+    /// Writes records to the sink's dead letters, acknowledging them in its group, and
+    /// counts them: the one way a record leaves this worker undelivered.
+    async fn write_dead_letters(
+        &mut self,
+        connection: &mut Connection,
+        records: &[DeadRecord<'_>],
+    ) -> Result<u64, RedisError> {
+        let written = outbox::dead_letter(
+            connection,
+            &self.settings.keys,
+            &self.worker.name,
+            &self.group,
+            &self.settings.consumer,
+            records,
+        )
+        .await?;
+        self.totals.dead += written;
+        Ok(written)
     }
 
     /// Keeps our records alive and claims records of dead peers, each when due.
@@ -606,16 +617,7 @@ impl Session<'_> {
                 attempts,
             })
             .collect();
-        let written = outbox::dead_letter(
-            connection,
-            &self.settings.keys,
-            &self.worker.name,
-            &self.group,
-            &self.settings.consumer,
-            &records,
-        )
-        .await?;
-        self.totals.dead += written;
+        self.write_dead_letters(connection, &records).await?;
         error!(
             sink = %self.worker.name,
             alerts = outgoing.len(),
@@ -631,9 +633,11 @@ impl Session<'_> {
     async fn leave(&mut self, connection: &mut Connection) -> Result<(), RedisError> {
         let keys = &self.settings.keys;
         if !outbox::leave_group_if_idle(connection, keys, &self.group, &self.settings.consumer).await? {
+            // Counted in Redis: the worker's queue misses the message that was in flight.
+            let pending = outbox::pending_of(connection, keys, &self.group, &self.settings.consumer).await?;
             info!(
                 sink = %self.worker.name,
-                records = self.waiting.len(),
+                records = pending,
                 "stopping with undelivered records; they stay pending for the next reader"
             );
         }

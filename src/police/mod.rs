@@ -29,7 +29,8 @@ use tracing::info;
 use crate::broker::Backoff;
 use crate::broker::errors::{Failure, classify, redact_url};
 use crate::config::{BrokerConfig, PoliceConfig};
-use crate::delivery::config::{SetupError, SinkConfig};
+use crate::delivery::config::{SetupError, SinkConfig, check_secrets};
+use crate::delivery::sinks::alertmanager::AlertmanagerSink;
 use crate::delivery::{SinkWorker, WorkerSettings, worker::WorkerError};
 use crate::options::Transport;
 use rules::{RuleFileError, RuleSet};
@@ -60,6 +61,9 @@ pub struct Police {
     pub reloaded_rules: Option<watch::Receiver<Arc<RuleSet>>>,
     /// One delivery worker per sink of the rules, started by [`Self::run`].
     pub sink_workers: Vec<SinkWorker>,
+    /// The Alertmanager sinks of the start, whose firing alerts are re-sent (see
+    /// [`crate::delivery::sinks::alertmanager::run_resends`]).
+    pub resend_sinks: Vec<Arc<AlertmanagerSink>>,
     /// What this police settled; shared cells so that a settle can run beside a read.
     pub totals: settle::Totals,
     pub shutdown: CancellationToken,
@@ -76,9 +80,13 @@ pub enum PoliceError {
     /// Every error of the rule file, one `FILE:LINE:COL: message` per line.
     #[error("{0}")]
     Rules(#[source] RuleFileError),
-    /// A sink cannot start (a file that cannot be opened, a missing secret): exit 2.
+    /// A sink cannot start (a file that cannot be opened, a bad value): exit 2.
     #[error(transparent)]
     Sink(#[from] SetupError),
+    /// Secrets that cannot be read (unset or empty variables, unreadable files), all of
+    /// them, one per line: exit 2.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Secrets(Vec<SetupError>),
     #[error(transparent)]
     Delivery(#[from] WorkerError),
 }
@@ -111,7 +119,7 @@ impl Police {
         shutdown: CancellationToken,
     ) -> Result<Police, PoliceError> {
         // Sinks are read once, at start: a reload that changes them is logged and takes
-        // effect at the next start (see `refresh_rules`).
+        // effect at the next start (see `reload_on_hangup`).
         let (rules, reloaded_rules, sinks) = match &config.rules_file {
             Some(path) => {
                 let rules = load_rules(path.clone()).await.map_err(PoliceError::Rules)?;
@@ -132,7 +140,7 @@ impl Police {
                     .map(|(name, sink)| (name.clone(), sink.clone()))
                     .collect();
                 let (sender, receiver) = watch::channel(rules.clone());
-                reload_on_hangup(path.clone(), sender);
+                reload_on_hangup(path.clone(), rules.sinks().clone(), sender);
                 (rules, Some(receiver), sinks)
             }
             None => {
@@ -143,9 +151,22 @@ impl Police {
                 (Arc::new(RuleSet::builtin(config.alert_level, names)), None, sinks)
             }
         };
+        let secret_problems = check_secrets(sinks.iter().map(|(name, sink)| (name.as_str(), sink))).await;
+        if !secret_problems.is_empty() {
+            return Err(PoliceError::Secrets(secret_problems));
+        }
         let mut sink_workers = Vec::new();
+        let mut resend_sinks = Vec::new();
         for (name, sink_config) in &sinks {
-            sink_workers.push(SinkWorker::from_config(name, sink_config).await?);
+            let worker = SinkWorker::from_config(name, sink_config).await?;
+            if !matches!(sink_config, SinkConfig::Console { .. } | SinkConfig::Jsonl { .. }) {
+                // Local writes take milliseconds; only receivers over a network can hang.
+                warn_if_claimed_in_flight(&worker, config.claim_idle);
+            }
+            sink_workers.push(worker);
+            if matches!(sink_config, SinkConfig::Alertmanager { .. }) {
+                resend_sinks.push(Arc::new(AlertmanagerSink::from_config(name, sink_config).await?));
+            }
         }
         let interest = rules.lowest_level();
         let stateful_rules = rules.stateful_rules();
@@ -157,6 +178,7 @@ impl Police {
             broker,
             config,
             sink_workers,
+            resend_sinks,
             totals: settle::Totals::default(),
             shutdown,
         })
@@ -171,13 +193,8 @@ impl Police {
         if !receiver.has_changed().unwrap_or(false) {
             return;
         }
-        let reloaded = receiver.borrow_and_update().clone();
-        if !reloaded.sinks().keys().eq(self.rules.sinks().keys()) {
-            tracing::warn!(
-                "the reloaded rule file names other sinks; delivery keeps the sinks of the start until a restart"
-            );
-        }
-        self.rules = reloaded;
+        // A change of sinks was logged when the file was reloaded (see `reload_on_hangup`).
+        self.rules = receiver.borrow_and_update().clone();
         self.stateful_rules = self.rules.stateful_rules();
         self.interest = self.rules.lowest_level();
     }
@@ -267,33 +284,26 @@ impl Police {
         }
     }
 
-    /// Starts the rule clock (see [`clock`]) when rules with state can be in force: a rule
-    /// file that has some now, or one that may get some on reload.
-    /// Starts the re-sends of every Alertmanager sink of the rule file (see
-    /// [`crate::delivery::sinks::alertmanager::run_resends`]): sinks are those of the start,
-    /// as for delivery.
+    /// Starts the re-sends of every Alertmanager sink of the start (see
+    /// [`crate::delivery::sinks::alertmanager::run_resends`]).
     fn spawn_resends(&self, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        use crate::delivery::sinks::alertmanager::{AlertmanagerSink, run_resends};
-        let mut tasks = Vec::new();
-        for (name, sink_config) in self.rules.sinks() {
-            if !matches!(sink_config, SinkConfig::Alertmanager { .. }) {
-                continue;
-            }
-            // Checked when the delivery worker built the same sink at start.
-            let Ok(sink) = AlertmanagerSink::from_config(name, sink_config) else {
-                continue;
-            };
-            tasks.push(tokio::spawn(run_resends(
-                Arc::new(sink),
-                self.broker.redis_url.clone(),
-                self.broker.keys.clone(),
-                clock::Clock::owner(&self.config.consumer),
-                stop.clone(),
-            )));
-        }
-        tasks
+        use crate::delivery::sinks::alertmanager::run_resends;
+        self.resend_sinks
+            .iter()
+            .map(|sink| {
+                tokio::spawn(run_resends(
+                    sink.clone(),
+                    self.broker.redis_url.clone(),
+                    self.broker.keys.clone(),
+                    clock::Clock::owner(&self.config.consumer),
+                    stop.clone(),
+                ))
+            })
+            .collect()
     }
 
+    /// Starts the rule clock (see [`clock`]) when rules with state can be in force: a rule
+    /// file that has some now, or one that may get some on reload.
     fn spawn_clock(&self, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
         if self.stateful_rules.is_empty() && self.reloaded_rules.is_none() {
             return None;
@@ -410,8 +420,13 @@ fn ignore_hangups() {
 }
 
 /// On every SIGHUP, reloads the rule file and hands the new set to the police; a file that
-/// does not load keeps the rules in force, and the reason is logged.
-fn reload_on_hangup(path: std::path::PathBuf, sender: watch::Sender<Arc<RuleSet>>) {
+/// does not load keeps the rules in force, and the reason is logged. Rules take effect at
+/// the next batch; sinks do not (see [`SinkChanges`]), and a reload that changes them says so.
+fn reload_on_hangup(
+    path: std::path::PathBuf,
+    start_sinks: std::collections::BTreeMap<String, SinkConfig>,
+    sender: watch::Sender<Arc<RuleSet>>,
+) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hangups) => hangups,
         Err(error) => {
@@ -424,6 +439,18 @@ fn reload_on_hangup(path: std::path::PathBuf, sender: watch::Sender<Arc<RuleSet>
             match load_rules(path.clone()).await {
                 Ok(rules) => {
                     info!(path = %path.display(), rules = rules.rules().len(), "rule file reloaded");
+                    let changes = SinkChanges::between(&start_sinks, rules.sinks());
+                    if !changes.is_empty() {
+                        tracing::warn!(
+                            path = %path.display(),
+                            added = %changes.added.join(", "),
+                            removed = %changes.removed.join(", "),
+                            changed = %changes.changed.join(", "),
+                            "the reloaded rule file changes sinks; they take effect at the next restart: \
+                             until then delivery runs with the sinks of the start, and alerts routed to an \
+                             added sink wait in the alerts stream"
+                        );
+                    }
                     if sender.send(rules).is_err() {
                         return;
                     }
@@ -436,6 +463,75 @@ fn reload_on_hangup(path: std::path::PathBuf, sender: watch::Sender<Arc<RuleSet>
             }
         }
     });
+}
+
+/// How the sinks of a reloaded file differ from those of the start, by name. Delivery
+/// workers and Alertmanager re-sends are built once, at start (secrets read, files opened),
+/// so none of these changes takes effect before a restart: a removed sink keeps delivering
+/// what is routed to it, a changed one keeps its old settings, and an added one is read by
+/// no worker; its consumer group is created at the restart from the start of the alerts
+/// stream, so the alerts routed to it meanwhile are delivered then. A sink whose secret
+/// comes from `{ env }` or `{ file }` is compared by that source, not by the value.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SinkChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl SinkChanges {
+    pub fn between(
+        start: &std::collections::BTreeMap<String, SinkConfig>,
+        reloaded: &std::collections::BTreeMap<String, SinkConfig>,
+    ) -> SinkChanges {
+        let mut changes = SinkChanges::default();
+        for (name, config) in reloaded {
+            match start.get(name) {
+                None => changes.added.push(name.clone()),
+                Some(start_config) if start_config != config => changes.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = start
+            .keys()
+            .filter(|name| !reloaded.contains_key(*name))
+            .cloned()
+            .collect();
+        changes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// Warns when one delivery attempt of `worker` may outlast `claim_idle`. Records in flight are
+/// not kept alive during an attempt (it is never interrupted), so once idle for `claim_idle`
+/// another police claims them and delivers them a second time. A keep-alive may be due up to
+/// a third of `claim_idle` before the attempt starts, hence the two thirds.
+fn warn_if_claimed_in_flight(worker: &SinkWorker, claim_idle: std::time::Duration) {
+    let longest_attempt = worker.timeout;
+    let safe_attempt = claim_idle * 2 / 3;
+    if longest_attempt <= safe_attempt {
+        return;
+    }
+    let needed_claim_idle = longest_attempt * 3 / 2 + std::time::Duration::from_secs(1);
+    tracing::warn!(
+        sink = %worker.name,
+        attempt_bound = %humantime::format_duration(longest_attempt),
+        claim_idle = %humantime::format_duration(claim_idle),
+        "a delivery attempt of this sink may outlast the claim idle time: another police would claim \
+         an alert still being delivered and deliver it twice; raise the police's --claim-idle \
+         (claim_idle in [police] of the config file) to at least {}, or lower timeout in [sinks.{}] \
+         of the rule file below {}",
+        humantime::format_duration(round_up_to_second(needed_claim_idle)),
+        worker.name,
+        humantime::format_duration(safe_attempt.saturating_sub(std::time::Duration::from_secs(1))),
+    );
+}
+
+fn round_up_to_second(duration: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(duration.as_secs() + u64::from(duration.subsec_nanos() > 0))
 }
 
 #[derive(Debug, thiserror::Error)]

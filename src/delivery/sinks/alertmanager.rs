@@ -54,7 +54,8 @@ pub const RESOLVED_RESEND_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Default `summary` when the rule has none.
 const DEFAULT_SUMMARY_PREFIX: &str = "LogSentinel rule";
 
-/// One instance: where to post, and how to name it in messages (without credentials).
+/// One instance: where to post, and how to name it in messages and dead letters: only
+/// `scheme://host:port`, since a path or query may hold a token (see [`http::redact_url`]).
 #[derive(Debug, Clone)]
 struct Instance {
     alerts_url: reqwest::Url,
@@ -70,7 +71,7 @@ pub struct AlertmanagerSink {
 
 impl AlertmanagerSink {
     /// Builds the sink from its `[sinks.NAME]` table (`type = "alertmanager"`).
-    pub fn from_config(name: &str, config: &SinkConfig) -> Result<AlertmanagerSink, SetupError> {
+    pub async fn from_config(name: &str, config: &SinkConfig) -> Result<AlertmanagerSink, SetupError> {
         let invalid = |problem: &str| SetupError::Invalid {
             sink: name.into(),
             problem: problem.into(),
@@ -87,10 +88,11 @@ impl AlertmanagerSink {
         if urls.is_empty() {
             return Err(invalid("urls lists no instance"));
         }
-        let instances = urls
-            .iter()
-            .map(|url| instance(name, url))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut instances = Vec::with_capacity(urls.len());
+        for (index, url) in urls.iter().enumerate() {
+            let url = url.resolve(name, &format!("urls[{index}]")).await?;
+            instances.push(instance(name, url.expose())?);
+        }
         let resend_interval = resend_interval.map_or(DEFAULT_RESEND_INTERVAL, |interval| interval.0);
         if resend_interval.is_zero() {
             return Err(invalid("resend_interval must be above zero"));
@@ -189,7 +191,7 @@ impl AlertmanagerSink {
 fn instance(sink: &str, url: &str) -> Result<Instance, SetupError> {
     let bad_url = || SetupError::Invalid {
         sink: sink.into(),
-        problem: format!("{:?} is not an http(s) url", broker::errors::redact_url(url)),
+        problem: format!("{} is not an http(s) url", http::redact_url(url)),
     };
     let base = reqwest::Url::parse(url).map_err(|_| bad_url())?;
     if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
@@ -198,12 +200,9 @@ fn instance(sink: &str, url: &str) -> Result<Instance, SetupError> {
     let mut alerts_url = base.clone();
     let path = format!("{}/api/v2/alerts", base.path().trim_end_matches('/'));
     alerts_url.set_path(&path);
-    let mut display = base;
-    let _ = display.set_password(None);
-    let _ = display.set_username("");
     Ok(Instance {
         alerts_url,
-        display: display.to_string(),
+        display: http::redact_url(base.as_str()),
     })
 }
 
@@ -643,13 +642,15 @@ mod tests {
 
     #[test]
     fn instance_urls_get_the_api_path_and_lose_credentials_in_messages() {
-        let with_path = instance("am", "http://user:secret@127.0.0.1:9093/am/").unwrap();
+        let with_path = instance("am", "http://user:secret@127.0.0.1:9093/am/?token=t0ken").unwrap();
         assert_eq!(
             with_path.alerts_url.as_str(),
-            "http://user:secret@127.0.0.1:9093/am/api/v2/alerts"
+            "http://user:secret@127.0.0.1:9093/am/api/v2/alerts?token=t0ken"
         );
-        assert!(!with_path.display.contains("secret"), "{}", with_path.display);
+        assert_eq!(with_path.display, "http://127.0.0.1:9093/***?***");
         assert!(instance("am", "ftp://host").is_err());
         assert!(instance("am", "not a url").is_err());
+        let refused = instance("am", "ftp://host/path?token=t0ken").err().unwrap().to_string();
+        assert!(!refused.contains("t0ken"), "{refused}");
     }
 }

@@ -38,14 +38,9 @@ pub async fn build(name: &str, config: &SinkConfig) -> Result<Box<dyn AlertSink>
             let url = url.resolve(name, "url").await?;
             Ok(Box::new(slack::SlackSink::new(name, &url, timeout)?))
         }
-        SinkConfig::Alertmanager { .. } => {
-            let sink =
-                alertmanager::AlertmanagerSink::from_config(name, config).map_err(|error| SetupError::Invalid {
-                    sink: name.to_string(),
-                    problem: error.to_string(),
-                })?;
-            Ok(Box::new(sink))
-        }
+        SinkConfig::Alertmanager { .. } => Ok(Box::new(
+            alertmanager::AlertmanagerSink::from_config(name, config).await?,
+        )),
         SinkConfig::Email { .. } => Ok(Box::new(email::EmailSink::from_config(name, config).await?)),
     }
 }

@@ -7,7 +7,10 @@
 //!   silently disables a rule
 //! - checking reads no secret: sink tables are parsed, never resolved
 //! - regexes are compiled with a size limit: a hostile file cannot make one take more than
-//!   [`REGEX_SIZE_LIMIT`] bytes compiled, nor its lazy DFA more than [`REGEX_DFA_SIZE_LIMIT`]
+//!   [`REGEX_SIZE_LIMIT`] bytes compiled, nor its lazy DFA more than [`REGEX_DFA_SIZE_LIMIT`],
+//!   nor all of them together more than [`MAX_TOTAL_REGEX_BYTES`]
+//! - every count a rule compares (`threshold`, `min_count`) is at most [`MAX_COUNT`], where
+//!   the rule scripts' Lua numbers (doubles) still count exactly
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -33,9 +36,16 @@ pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// Lazy DFA cache of one regex (per thread): the regex crate's default is 2 MiB; 1 MiB
 /// keeps a file of many regexes bounded and costs little speed on short log lines.
 pub const REGEX_DFA_SIZE_LIMIT: usize = 1 << 20;
-/// Longest window, cooldown or lateness: a year. Longer ones are mistakes, and window
-/// arithmetic stays far from overflow.
-const MAX_DURATION_MS: u64 = 366 * 86_400_000;
+/// What the regexes of one file may take together: each is charged its compiled size plus
+/// its whole lazy DFA cache ([`REGEX_DFA_SIZE_LIMIT`], what it may grow to on hostile log
+/// lines), so about 250 regex filters fit; real files use tens.
+pub const MAX_TOTAL_REGEX_BYTES: usize = 256 << 20;
+/// Largest `threshold` or `min_count`: 2^53, up to which every integer is exact in a double
+/// (the rule scripts' Lua numbers), so a count never rounds past its threshold unseen.
+pub const MAX_COUNT: u64 = 1 << 53;
+/// Longest window, cooldown or lateness: a year as humantime reads `1y` (365.25 days).
+/// Longer ones are mistakes, and window arithmetic stays far from overflow.
+const MAX_DURATION_MS: u64 = 31_557_600_000;
 
 /// One problem, at a place in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +137,12 @@ impl Errors<'_> {
             })
             .collect()
     }
+}
+
+/// Memory charged to the regexes compiled so far (see [`MAX_TOTAL_REGEX_BYTES`]).
+#[derive(Debug, Default)]
+struct RegexBudget {
+    charged_bytes: usize,
 }
 
 /// Line and column (from 1; the column in characters) of byte `offset` of `text`.
@@ -250,6 +266,7 @@ fn compile_document(text: &str, errors: &mut Errors<'_>) -> Option<RuleSet> {
         }
     }
     let sink_names: Vec<String> = sinks.keys().cloned().collect();
+    let mut regex_budget = RegexBudget::default();
     let mut rules = Vec::new();
     let mut names_seen = BTreeSet::new();
     for element in raw_rules {
@@ -259,7 +276,7 @@ fn compile_document(text: &str, errors: &mut Errors<'_>) -> Option<RuleSet> {
         if !names_seen.insert(raw.name.get_ref().clone()) {
             errors.at(raw.name.span(), format!("duplicate rule name {:?}", raw.name.get_ref()));
         }
-        if let Some(rule) = compile_rule(raw, &dropped_keys, &sink_names, errors) {
+        if let Some(rule) = compile_rule(raw, &dropped_keys, &sink_names, &mut regex_budget, errors) {
             rules.push(rule);
         }
     }
@@ -452,7 +469,13 @@ const TYPE_KEYS: [(&str, &[&str]); 4] = [
     ("flatline", &["threshold", "window", "expect"]),
 ];
 
-fn compile_rule(raw: RawRule, dropped_keys: &[String], sink_names: &[String], errors: &mut Errors<'_>) -> Option<Rule> {
+fn compile_rule(
+    raw: RawRule,
+    dropped_keys: &[String],
+    sink_names: &[String],
+    regex_budget: &mut RegexBudget,
+    errors: &mut Errors<'_>,
+) -> Option<Rule> {
     let error_count = errors.list.len();
     let name = raw.name.get_ref().clone();
     if !is_name(&name, true) {
@@ -507,18 +530,30 @@ fn compile_rule(raw: RawRule, dropped_keys: &[String], sink_names: &[String], er
         },
         None => None,
     };
-    let group_by: Vec<(String, Field)> = raw
-        .group_by
-        .iter()
-        .map(|name| (name.get_ref().clone(), Field::named(name.get_ref())))
-        .collect();
+    let mut group_by: Vec<(String, Field)> = Vec::new();
+    for field_name in &raw.group_by {
+        if field_name.get_ref().trim().is_empty() {
+            errors.at(field_name.span(), "group_by names an empty field");
+        } else if group_by.iter().any(|(seen, _)| seen == field_name.get_ref()) {
+            errors.at(
+                field_name.span(),
+                format!("group_by names {:?} twice", field_name.get_ref()),
+            );
+        } else {
+            group_by.push((field_name.get_ref().clone(), Field::named(field_name.get_ref())));
+        }
+    }
     let group_names: Vec<String> = group_by.iter().map(|(name, _)| name.clone()).collect();
     let threshold = raw.threshold.as_ref().map(|threshold| {
         if *threshold.get_ref() == 0 {
             errors.at(threshold.span(), "threshold must be at least 1");
         }
+        check_count(threshold, "threshold", errors);
         *threshold.get_ref()
     });
+    if let Some(min_count) = &raw.min_count {
+        check_count(min_count, "min_count", errors);
+    }
     let kind = match raw.kind.get_ref() {
         RawKind::Any => Some(RuleKind::Any),
         RawKind::Frequency => {
@@ -588,7 +623,7 @@ fn compile_rule(raw: RawRule, dropped_keys: &[String], sink_names: &[String], er
         None => sink_names.to_vec(),
     };
     let filter = match &raw.filter {
-        Some(filter) => compile_filter(filter, errors),
+        Some(filter) => compile_filter(filter, regex_budget, errors),
         None => Filter::All(Vec::new()),
     };
     let window_text = raw.window.as_ref().map(|window| window.get_ref().trim().to_string());
@@ -620,6 +655,18 @@ fn compile_rule(raw: RawRule, dropped_keys: &[String], sink_names: &[String], er
         sinks,
         stateful_index: None,
     })
+}
+
+fn check_count(count: &Spanned<u64>, key: &str, errors: &mut Errors<'_>) {
+    if *count.get_ref() > MAX_COUNT {
+        errors.at(
+            count.span(),
+            format!(
+                "{key} {} is above {MAX_COUNT} (2^53), beyond what the rule scripts count exactly",
+                count.get_ref()
+            ),
+        );
+    }
 }
 
 fn compile_templates(
@@ -666,7 +713,7 @@ fn expected_groups(raw: &[Spanned<RawExpected>], group_names: &[String], errors:
     groups
 }
 
-fn compile_filter(raw: &Spanned<RawFilter>, errors: &mut Errors<'_>) -> Filter {
+fn compile_filter(raw: &Spanned<RawFilter>, budget: &mut RegexBudget, errors: &mut Errors<'_>) -> Filter {
     let filter = raw.get_ref();
     let mut parts = Vec::new();
     if let Some(level) = &filter.level {
@@ -699,29 +746,29 @@ fn compile_filter(raw: &Spanned<RawFilter>, errors: &mut Errors<'_>) -> Filter {
                 sorted.dedup();
                 parts.push(Filter::In(field_name, sorted));
             } else if let Some(pattern) = &filter.regex
-                && let Some(regex) = compile_regex(pattern, errors)
+                && let Some(regex) = compile_regex(pattern, budget, errors)
             {
                 parts.push(Filter::Regex(field_name, regex));
             }
         }
     }
     if let Some(pattern) = &filter.message
-        && let Some(regex) = compile_regex(pattern, errors)
+        && let Some(regex) = compile_regex(pattern, budget, errors)
     {
         parts.push(Filter::Regex(Field::Message, regex));
     }
     if let Some(all) = &filter.all {
         parts.push(Filter::All(
-            all.iter().map(|part| compile_filter(part, errors)).collect(),
+            all.iter().map(|part| compile_filter(part, budget, errors)).collect(),
         ));
     }
     if let Some(any) = &filter.any {
         parts.push(Filter::Any(
-            any.iter().map(|part| compile_filter(part, errors)).collect(),
+            any.iter().map(|part| compile_filter(part, budget, errors)).collect(),
         ));
     }
     if let Some(not) = &filter.not {
-        parts.push(Filter::Not(Box::new(compile_filter(not, errors))));
+        parts.push(Filter::Not(Box::new(compile_filter(not, budget, errors))));
     }
     if parts.len() == 1 {
         return parts.pop().expect("one part");
@@ -729,13 +776,29 @@ fn compile_filter(raw: &Spanned<RawFilter>, errors: &mut Errors<'_>) -> Filter {
     Filter::All(parts)
 }
 
-fn compile_regex(pattern: &Spanned<String>, errors: &mut Errors<'_>) -> Option<regex::Regex> {
+fn compile_regex(pattern: &Spanned<String>, budget: &mut RegexBudget, errors: &mut Errors<'_>) -> Option<regex::Regex> {
     let built = regex::RegexBuilder::new(pattern.get_ref())
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
         .build();
     match built {
-        Ok(regex) => Some(regex),
+        Ok(regex) => {
+            let charge = compiled_regex_bytes(pattern.get_ref()) + REGEX_DFA_SIZE_LIMIT;
+            budget.charged_bytes = budget.charged_bytes.saturating_add(charge);
+            if budget.charged_bytes > MAX_TOTAL_REGEX_BYTES {
+                errors.at(
+                    pattern.span(),
+                    format!(
+                        "the regexes of this file would take more than {} MiB (this one {} KiB with its \
+                         DFA cache): use fewer or simpler regexes",
+                        MAX_TOTAL_REGEX_BYTES >> 20,
+                        charge.div_ceil(1024)
+                    ),
+                );
+                return None;
+            }
+            Some(regex)
+        }
         Err(error) => {
             // The syntax error is several lines (the pattern, a caret); its last says why.
             let text = error.to_string();
@@ -754,6 +817,20 @@ fn compile_regex(pattern: &Spanned<String>, errors: &mut Errors<'_>) -> Option<r
             None
         }
     }
+}
+
+/// The compiled size of `pattern` as `regex` builds it (its meta regex, with the same
+/// limits): `regex::Regex` does not tell, so the pattern is built once more by the engine
+/// underneath, which does. Only for patterns `regex` accepted; 0 should that one fail.
+fn compiled_regex_bytes(pattern: &str) -> usize {
+    use regex_automata::meta;
+    let config = meta::Config::new()
+        .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+        .hybrid_cache_capacity(REGEX_DFA_SIZE_LIMIT);
+    meta::Builder::new()
+        .configure(config)
+        .build(pattern)
+        .map_or(0, |regex| regex.memory_usage())
 }
 
 #[cfg(test)]
@@ -902,6 +979,67 @@ annotations = { summary = \"{nope}\" }
         assert_eq!(
             errors,
             ["r.toml:7:11: expected group has 1 values, group_by has 2 fields (host, dc)"]
+        );
+    }
+
+    #[test]
+    fn durations_counts_and_group_by_fields_have_limits() {
+        let rule = |extra: &str| format!("[[rules]]\nname = \"f\"\ntype = \"frequency\"\n{extra}\n");
+        assert!(errors_of(&rule("threshold = 1\nwindow = \"1y\"\ncooldown = \"1y\"")).is_empty());
+        assert_eq!(
+            errors_of(&rule("threshold = 1\nwindow = \"366d\"\ncooldown = \"1y 1s\"")),
+            [
+                "r.toml:5:10: window \"366d\" is longer than a year",
+                "r.toml:6:12: cooldown \"1y 1s\" is longer than a year",
+            ]
+        );
+        assert!(errors_of(&rule("threshold = 9007199254740992\nwindow = \"1m\"")).is_empty());
+        assert_eq!(
+            errors_of(&rule("threshold = 9007199254740993\nwindow = \"1m\"")),
+            [
+                "r.toml:4:13: threshold 9007199254740993 is above 9007199254740992 (2^53), beyond what the rule scripts count exactly"
+            ]
+        );
+        let spike = "[[rules]]\nname = \"s\"\ntype = \"spike\"\nwindow = \"1m\"\nratio = 2.0\nmin_count = 9223372036854775807\n";
+        assert_eq!(errors_of(spike).len(), 1, "{:?}", errors_of(spike));
+        assert!(errors_of(spike)[0].starts_with("r.toml:6:13: min_count 9223372036854775807 is above"));
+        assert_eq!(
+            errors_of(&rule(
+                "threshold = 1\nwindow = \"1m\"\ngroup_by = [\"service\", \"\", \"service\"]"
+            )),
+            [
+                "r.toml:6:24: group_by names an empty field",
+                "r.toml:6:28: group_by names \"service\" twice",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_regexes_of_a_file_share_one_memory_budget() {
+        // Each regex alone is far below the per-regex limit; together they exceed the file's
+        // budget, and the first one over it is named.
+        let mut text = String::new();
+        let count = MAX_TOTAL_REGEX_BYTES / REGEX_DFA_SIZE_LIMIT + 1;
+        for index in 0..count {
+            text.push_str(&format!(
+                "[[rules]]\nname = \"r{index}\"\ntype = \"any\"\nfilter = {{ message = \"^error {index}$\" }}\n"
+            ));
+        }
+        let errors = errors_of(&text);
+        assert!(!errors.is_empty(), "a file of {count} regexes must exceed the budget");
+        assert!(
+            errors[0].contains("the regexes of this file would take more than 256 MiB"),
+            "{errors:?}"
+        );
+        // A single huge regex is refused by the per-regex limit.
+        let huge = "[[rules]]\nname = \"h\"\ntype = \"any\"\nfilter = { message = \"\\\\w{1000}\\\\w{1000}\" }\n";
+        let errors = errors_of(huge);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("r.toml:4:22: bad regex"), "{errors:?}");
+        // Ordinary files are far below the budget.
+        assert!(
+            errors_of("[[rules]]\nname = \"a\"\ntype = \"any\"\nfilter = { message = \"(?i)password|secret\" }\n")
+                .is_empty()
         );
     }
 }

@@ -7,16 +7,18 @@
 //! window of the sample closes (flatline, spike down, resolves). Each event is one input
 //! item, as a v1 entry of one event. The clock starts at the first event's window: no
 //! window before the sample is checked.
+//!
+//! A sample line that is not an event is decoded as the police decodes a v1 entry, so its
+//! reason is the one the police would dead-letter it with; it is reported as
+//! `SAMPLE:LINE: reason` and the replay goes on without it, as the police would (the caller
+//! decides whether bad lines fail the run: `rules test --strict`).
 
 use std::path::Path;
 
 use super::model::Model;
 use super::{RuleFileError, RuleKind, RuleSet, window};
-use crate::event::LogEvent;
+use crate::event::{Level, LogEvent};
 use crate::police::alert::{Alert, AlertStatus};
-
-/// Sample lines that are not events, listed at most this many times (then a count).
-const MAX_LISTED_BAD_LINES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -28,9 +30,6 @@ pub enum ReplayError {
         #[source]
         source: std::io::Error,
     },
-    /// One `SAMPLE:LINE: problem` per bad line.
-    #[error("{}", .0.join("\n"))]
-    BadEvents(Vec<String>),
 }
 
 impl ReplayError {
@@ -38,7 +37,6 @@ impl ReplayError {
     pub fn lines(&self) -> Vec<String> {
         match self {
             ReplayError::Rules(error) => error.lines(),
-            ReplayError::BadEvents(lines) => lines.clone(),
             other => vec![other.to_string()],
         }
     }
@@ -78,10 +76,12 @@ pub struct Replay {
     pub alerts: Vec<Alert>,
     pub events: u64,
     pub late_matches: u64,
+    /// Sample lines that are not events, as `SAMPLE:LINE: reason`, in file order.
+    pub bad_lines: Vec<String>,
 }
 
 impl Replay {
-    /// `replayed 12 events: 3 alerts fired, 1 resolved, 0 late matches`
+    /// `replayed 12 events: 3 alerts fired, 1 resolved, 0 late matches, 0 bad lines`
     pub fn summary(&self) -> String {
         let firing = self
             .alerts
@@ -90,8 +90,10 @@ impl Replay {
             .count();
         let resolved = self.alerts.len() - firing;
         format!(
-            "replayed {} events: {firing} alerts fired, {resolved} resolved, {} late matches",
-            self.events, self.late_matches
+            "replayed {} events: {firing} alerts fired, {resolved} resolved, {} late matches, {} bad lines",
+            self.events,
+            self.late_matches,
+            self.bad_lines.len()
         )
     }
 }
@@ -103,32 +105,33 @@ pub fn test(rules_path: &Path, events_path: &Path) -> Result<Replay, ReplayError
         path: events_path.display().to_string(),
         source,
     })?;
-    let events = parse_events(&events_path.display().to_string(), &text)?;
-    Ok(replay(&rules, events))
+    let (events, bad_lines) = parse_events(&events_path.display().to_string(), &text);
+    let mut replayed = replay(&rules, events);
+    replayed.bad_lines = bad_lines;
+    Ok(replayed)
 }
 
-/// One [`LogEvent`] per non-empty line; every bad line is reported.
-fn parse_events(origin: &str, text: &str) -> Result<Vec<LogEvent>, ReplayError> {
+/// One [`LogEvent`] per non-empty line, decoded as the police decodes a v1 entry of one
+/// event; every other line is named with the police's reason (`SAMPLE:LINE: reason`).
+fn parse_events(origin: &str, text: &str) -> (Vec<LogEvent>, Vec<String>) {
     let mut events = Vec::new();
     let mut bad_lines = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<LogEvent>(line) {
-            Ok(event) => events.push(event),
-            Err(error) => bad_lines.push(format!("{origin}:{}: not an event: {error}", index + 1)),
+        let line_number = index + 1;
+        let fields = [
+            ("v".to_string(), crate::event::ENCODING_VERSION.to_string()),
+            ("event".to_string(), line.to_string()),
+        ];
+        let decoded = crate::event::decode_entry(&format!("line-{line_number}"), &fields, Level::Unknown);
+        events.extend(decoded.events);
+        for rejected in decoded.rejected {
+            bad_lines.push(format!("{origin}:{line_number}: {}", rejected.reason));
         }
     }
-    if bad_lines.is_empty() {
-        return Ok(events);
-    }
-    if bad_lines.len() > MAX_LISTED_BAD_LINES {
-        let more = bad_lines.len() - MAX_LISTED_BAD_LINES;
-        bad_lines.truncate(MAX_LISTED_BAD_LINES);
-        bad_lines.push(format!("{origin}: and {more} more lines that are not events"));
-    }
-    Err(ReplayError::BadEvents(bad_lines))
+    (events, bad_lines)
 }
 
 /// Replays `events` in order, the wall clock following event time (see the module doc).
@@ -168,6 +171,7 @@ pub fn replay(rules: &RuleSet, events: Vec<LogEvent>) -> Replay {
         alerts,
         events: event_count,
         late_matches: model.late,
+        bad_lines: Vec::new(),
     }
 }
 
@@ -176,17 +180,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bad_sample_lines_are_all_named() {
-        let text = "{\"id\":\"a\"}\n\nnot json\n";
-        let Err(ReplayError::BadEvents(lines)) = parse_events("s.ndjson", text) else {
-            panic!("bad lines must be refused");
-        };
-        assert_eq!(lines.len(), 2);
-        assert!(
-            lines[0].starts_with("s.ndjson:1: not an event: missing field"),
-            "{lines:?}"
-        );
-        assert!(lines[1].starts_with("s.ndjson:3: not an event"), "{lines:?}");
+    fn bad_sample_lines_are_all_named_and_the_rest_is_kept() {
+        let good = r#"{"id":"a:1:0","timestamp":"2026-12-01T12:00:00Z","level":"ERROR","service":"api","host":"h","message":"m"}"#;
+        let text = format!("{{\"id\":\"a\"}}\n\nnot json\n{good}\n{{\"level\":\"LOUD\"}}\n");
+        let (events, lines) = parse_events("s.ndjson", &text);
+        assert_eq!(events.len(), 1, "the good line is kept");
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("s.ndjson:1: "), "{lines:?}");
+        assert!(lines[1].starts_with("s.ndjson:3: "), "{lines:?}");
+        assert!(lines[2].starts_with("s.ndjson:5: "), "{lines:?}");
+        // The reason is the one a police with the same rules (no level filter) dead-letters
+        // the same entry with.
+        let fields = [
+            ("v".to_string(), "1".to_string()),
+            ("event".to_string(), "not json".to_string()),
+        ];
+        let police_reason = crate::event::decode_entry("1-0", &fields, Level::Unknown).rejected[0]
+            .reason
+            .clone();
+        assert_eq!(lines[1], format!("s.ndjson:3: {police_reason}"));
     }
 
     #[test]
@@ -196,7 +208,7 @@ mod tests {
         assert!(replayed.alerts.is_empty());
         assert_eq!(
             replayed.summary(),
-            "replayed 0 events: 0 alerts fired, 0 resolved, 0 late matches"
+            "replayed 0 events: 0 alerts fired, 0 resolved, 0 late matches, 0 bad lines"
         );
     }
 }
