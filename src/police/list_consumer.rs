@@ -10,6 +10,7 @@
 use tokio::time::Instant;
 use tracing::info;
 
+use super::rules::evaluate::BatchDrafts;
 use super::settle::{Outcome, Source};
 use super::{Police, SessionEnd, SessionError};
 use crate::broker::{self, Backoff, Connection, list};
@@ -82,6 +83,8 @@ async fn process(
 ) -> Result<(), SessionError> {
     police.refresh_rules();
     let now_ms = super::rules::window::now_ms();
+    // These outcomes go to one settle call.
+    let mut batch = BatchDrafts::default();
     let outcomes: Vec<Outcome> = items
         .into_iter()
         .map(|item| {
@@ -92,7 +95,7 @@ async fn process(
             // pushed twice is two messages, each alerted (the processing list already fences
             // a double settle of one item).
             let carries_own_id = decoded.events.iter().all(|event| event.id != item_id);
-            let mut outcome = Outcome::evaluate(item, decoded, &police.rules, now_ms);
+            let mut outcome = Outcome::evaluate_in_batch(item, decoded, &police.rules, now_ms, &mut batch);
             outcome.deduplicate_alerts = carries_own_id;
             if !carries_own_id {
                 // Two pushes of one message are two alerts: they get two ids.

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::alert::Alert;
 use super::rules::RuleSet;
+use super::rules::evaluate::BatchDrafts;
 use super::rules::plan::{FIGURE_MARK, RuleUpdate, StatefulKind, StatefulRule};
 use crate::broker::{Connection, keys::Keys, scripts};
 use crate::event::{DecodedEntry, EventRef, LogEvent, Rejected};
@@ -40,16 +41,28 @@ pub struct Outcome {
 
 impl Outcome {
     /// Runs the rules over the decoded events at wall clock `now_ms`; undecodable parts
-    /// become dead letters.
+    /// become dead letters. The item is settled alone or with others evaluated alone.
     pub fn evaluate<'a>(
         item: String,
         decoded: impl Into<DecodedEntry<EventRef<'a>>>,
         rules: &RuleSet,
         now_ms: i64,
     ) -> Outcome {
+        Outcome::evaluate_in_batch(item, decoded, rules, now_ms, &mut BatchDrafts::default())
+    }
+
+    /// [`Outcome::evaluate`] of one item of the settle call `batch` (in settle order):
+    /// what the police runs. The outcomes of one `batch` go to one settle call.
+    pub fn evaluate_in_batch<'a>(
+        item: String,
+        decoded: impl Into<DecodedEntry<EventRef<'a>>>,
+        rules: &RuleSet,
+        now_ms: i64,
+        batch: &mut BatchDrafts,
+    ) -> Outcome {
         let decoded = decoded.into();
         let event_count = decoded.event_count;
-        let plan = rules.evaluate_views(&decoded.events, now_ms);
+        let plan = rules.evaluate_in_batch(&decoded.events, now_ms, batch);
         Outcome {
             item,
             event_count,
@@ -175,26 +188,41 @@ async fn invoke(
     push_rules(&mut invocation, target.rules);
 
     // One draft per (rule, group key, window) of the call; updates refer to it by number.
+    // The draft is the first one an update of it carries (the first, when the items were
+    // evaluated as one batch).
     let mut draft_numbers: HashMap<(usize, &str, i64), usize> = HashMap::new();
-    let mut drafts: Vec<&RuleUpdate> = Vec::new();
+    let mut drafts: Vec<Option<&Alert>> = Vec::new();
+    let mut draft_groups: Vec<&RuleUpdate> = Vec::new();
     let mut update_drafts: Vec<usize> = Vec::new();
     for update in noisy.iter().flat_map(|outcome| &outcome.updates) {
         let number = *draft_numbers
             .entry((update.rule_index, update.group.id.as_str(), update.window_start_ms))
             .or_insert_with(|| {
-                drafts.push(update);
+                drafts.push(None);
+                draft_groups.push(update);
                 drafts.len()
             });
+        let slot = &mut drafts[number - 1];
+        if slot.is_none() {
+            *slot = update.draft.as_ref();
+        }
         update_drafts.push(number);
     }
     invocation.arg(drafts.len());
-    for update in &drafts {
+    for (draft, update) in drafts.iter().zip(&draft_groups) {
+        let Some(draft) = draft else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "settle: no update of a (rule, group key, window) carries its draft",
+                format!("rule {} group {}", update.rule_index, update.group.id),
+            )));
+        };
         invocation
             .arg(&update.group.id)
             .arg(&update.group.values_json)
-            .arg(draft_body(&update.draft))
-            .arg(&update.draft.first_event_time)
-            .arg(&update.draft.last_event_time);
+            .arg(draft_body(draft))
+            .arg(&draft.first_event_time)
+            .arg(&draft.last_event_time);
     }
 
     let mut quiet_by_event_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::rules::evaluate::BatchDrafts;
 use super::settle::{Outcome, Source};
 use super::{Police, SessionEnd, SessionError};
 use crate::broker::stream::{self, Removal, StreamEntry};
@@ -171,6 +172,8 @@ fn evaluate(
     let max_deliveries = police.config.max_deliveries;
     let now_ms = super::rules::window::now_ms();
     let mut outcomes = Vec::with_capacity(entries.len());
+    // These outcomes go to one settle call.
+    let mut batch = BatchDrafts::default();
     for entry in entries {
         let deliveries = delivery_counts
             .and_then(|counts| counts.get(&entry.id).copied())
@@ -193,7 +196,13 @@ fn evaluate(
         }
         let decoded =
             event::decode_entry_views_within(&entry.id, &fields, police.interest, police.config.max_entry_bytes);
-        outcomes.push(Outcome::evaluate(entry.id, decoded, &police.rules, now_ms));
+        outcomes.push(Outcome::evaluate_in_batch(
+            entry.id,
+            decoded,
+            &police.rules,
+            now_ms,
+            &mut batch,
+        ));
     }
     outcomes
 }

@@ -12,10 +12,14 @@
 //!   key of a match is hashed without allocating, strings are made once per new update
 //! - events are read borrowed ([`EventRef`]); an owned [`LogEvent`] is made only for an
 //!   event that goes into a record (an `any` alert, or the draft of an update), once
+//! - within one evaluation batch ([`BatchDrafts`]: the items of one settle call) only the
+//!   first update of each (rule, group key, window) carries a draft: the settle script
+//!   sends one draft per (rule, group key, window) of a call, so the others would be
+//!   rendered and dropped; group keys are built once per (rule, group) of the batch
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use super::plan::{ItemPlan, RuleUpdate};
+use super::plan::{GroupKey, ItemPlan, RuleUpdate};
 use super::template::{Context, Counts};
 use super::{RuleKind, RuleSet, group, window};
 use crate::event::{EventRef, LogEvent};
@@ -32,6 +36,18 @@ struct Pending {
     last_event_ms: i64,
     /// The first matching event: the draft's event and template source.
     event_index: usize,
+    /// [`group::hash_of`] the group values of the event under the rule.
+    group_hash: u64,
+}
+
+/// What the items evaluated for one settle call share: which (rule, group key, window)
+/// already has its draft, and the group keys built so far. A fresh one per settle call.
+#[derive(Debug, Default)]
+pub struct BatchDrafts {
+    /// (rule index, group hash) → its key.
+    groups: HashMap<(usize, u64), GroupKey>,
+    /// (rule index, group hash, window start) of the updates given a draft.
+    drafted: HashSet<(usize, u64, i64)>,
 }
 
 impl RuleSet {
@@ -42,8 +58,16 @@ impl RuleSet {
         self.evaluate_views(&views, now_ms)
     }
 
-    /// [`RuleSet::evaluate`] of borrowed events: what the police runs.
+    /// [`RuleSet::evaluate`] of borrowed events, as one batch of its own: every update
+    /// carries its draft.
     pub fn evaluate_views(&self, events: &[EventRef<'_>], now_ms: i64) -> ItemPlan {
+        self.evaluate_in_batch(events, now_ms, &mut BatchDrafts::default())
+    }
+
+    /// [`RuleSet::evaluate_views`] of one item of a settle call: an update gets a draft
+    /// only if no earlier item of `batch` drafted its (rule, group key, window). What the
+    /// police runs.
+    pub fn evaluate_in_batch(&self, events: &[EventRef<'_>], now_ms: i64, batch: &mut BatchDrafts) -> ItemPlan {
         if events.is_empty() {
             return ItemPlan::default();
         }
@@ -67,6 +91,7 @@ impl RuleSet {
                     // `any` with a cooldown: every match is its own update.
                     None => ts_ms,
                 };
+                let group_hash = group::hash_of(rule.group_by.iter().map(|(_, field)| group::value_of(field, event)));
                 let new_pending = Pending {
                     rule_position,
                     rule_index,
@@ -75,12 +100,12 @@ impl RuleSet {
                     first_event_ms: ts_ms,
                     last_event_ms: ts_ms,
                     event_index,
+                    group_hash,
                 };
                 if matches!(rule.kind, RuleKind::Any) {
                     pending.push(new_pending);
                     continue;
                 }
-                let group_hash = group::hash_of(rule.group_by.iter().map(|(_, field)| group::value_of(field, event)));
                 let key = (rule_index, group_hash, window_start_ms);
                 match pending_by_key.get(&key) {
                     Some(position) => {
@@ -104,7 +129,7 @@ impl RuleSet {
         let mut owned: Vec<Option<LogEvent>> = vec![None; events.len()];
         let updates = pending
             .into_iter()
-            .map(|folded| self.update_of(folded, events, &mut owned, &raised_at))
+            .map(|folded| self.update_of(folded, events, &mut owned, &raised_at, batch))
             .collect();
         let alerts = self.any_alerts(&any_hits, events, owned, &raised_at);
         ItemPlan { alerts, updates }
@@ -116,26 +141,38 @@ impl RuleSet {
         events: &[EventRef<'_>],
         owned: &mut [Option<LogEvent>],
         raised_at: &str,
+        batch: &mut BatchDrafts,
     ) -> RuleUpdate {
         let rule = &self.rules[folded.rule_position];
-        let event = owned[folded.event_index].get_or_insert_with(|| events[folded.event_index].to_event());
-        let group_values: Vec<String> = rule
-            .group_by
-            .iter()
-            .map(|(_, field)| group::value_of(field, event).to_string())
-            .collect();
-        let group = group::key_of(group_values.iter().map(String::as_str));
-        let first_event_time = window::rfc3339(folded.first_event_ms);
-        let last_event_time = window::rfc3339(folded.last_event_ms);
-        let context = Context {
-            event: Some(event),
-            group_values: &group_values,
-            counts: Counts::Marked,
-            first_event_time: &first_event_time,
-            last_event_time: &last_event_time,
-        };
-        let mut draft = rule.alert(&context, &group_values, folded.matches, raised_at);
-        draft.event = Some(event.clone());
+        let view = &events[folded.event_index];
+        let group = batch
+            .groups
+            .entry((folded.rule_index, folded.group_hash))
+            .or_insert_with(|| group::key_of(rule.group_by.iter().map(|(_, field)| group::value_of(field, view))))
+            .clone();
+        let first_of_window = batch
+            .drafted
+            .insert((folded.rule_index, folded.group_hash, folded.window_start_ms));
+        let draft = first_of_window.then(|| {
+            let event = owned[folded.event_index].get_or_insert_with(|| view.to_event());
+            let group_values: Vec<String> = rule
+                .group_by
+                .iter()
+                .map(|(_, field)| group::value_of(field, event).to_string())
+                .collect();
+            let first_event_time = window::rfc3339(folded.first_event_ms);
+            let last_event_time = window::rfc3339(folded.last_event_ms);
+            let context = Context {
+                event: Some(event),
+                group_values: &group_values,
+                counts: Counts::Marked,
+                first_event_time: &first_event_time,
+                last_event_time: &last_event_time,
+            };
+            let mut draft = rule.alert(&context, &group_values, folded.matches, raised_at);
+            draft.event = Some(event.clone());
+            draft
+        });
         RuleUpdate {
             rule_index: folded.rule_index,
             group,
@@ -290,13 +327,13 @@ mod tests {
         );
         let api = &plan.updates[0];
         assert_eq!(api.last_event_ms - api.first_event_ms, 40_000);
-        assert_eq!(api.draft.event.as_ref().unwrap().id, "e0");
-        assert_eq!(api.draft.group["service"], "api");
+        assert_eq!(api.draft.as_ref().unwrap().event.as_ref().unwrap().id, "e0");
+        assert_eq!(api.draft.as_ref().unwrap().group["service"], "api");
         assert_eq!(
-            api.draft.annotations["summary"],
+            api.draft.as_ref().unwrap().annotations["summary"],
             format!("{FIGURE_MARK}count{FIGURE_MARK} errors in api within 1m")
         );
-        assert_eq!(api.draft.rule_type, "frequency");
+        assert_eq!(api.draft.as_ref().unwrap().rule_type, "frequency");
         assert_eq!(rules.lowest_level(), Level::Error);
     }
 

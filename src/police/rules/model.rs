@@ -167,13 +167,14 @@ impl<'rules> Model<'rules> {
         if in_cooldown {
             if let Some(episode) = self.active.get_mut(&episode_key) {
                 episode.alert.count += update.matches;
-                episode.alert.last_event_time = update.draft.last_event_time.clone();
+                episode.alert.last_event_time = window::rfc3339(update.last_event_ms);
                 episode.last_match_wall_ms = now_ms;
             }
             return;
         }
         let alert_id = format!("{}/{}/{event_ms}", rule.name, update.group.id);
-        let alert = complete(update.draft, alert_id, update.matches, None);
+        let matches = update.matches;
+        let alert = complete(drafted(update), alert_id, matches, None);
         self.cooldown_until
             .insert(episode_key.clone(), event_ms + rule.cooldown_ms as i64);
         self.fire(episode_key, alert, event_ms, now_ms, written);
@@ -192,7 +193,7 @@ impl<'rules> Model<'rules> {
                 return;
             }
             let alert_id = format!("{}/{}/{window_start}", rule.name, update.group.id);
-            let alert = complete(update.draft, alert_id, after, None);
+            let alert = complete(drafted(update), alert_id, after, None);
             self.cooldown_until
                 .insert(episode_key.clone(), window_start + rule.cooldown_ms as i64);
             self.fire(episode_key, alert, window_start, 0, written);
@@ -225,7 +226,7 @@ impl<'rules> Model<'rules> {
                 return;
             }
             let alert_id = format!("{}/{}/{window_start}", rule.name, update.group.id);
-            let alert = complete(update.draft, alert_id, after, Some(previous));
+            let alert = complete(drafted(update), alert_id, after, Some(previous));
             self.cooldown_until
                 .insert(episode_key.clone(), window_start + rule.cooldown_ms as i64);
             self.fire(episode_key, alert, window_start, 0, written);
@@ -435,7 +436,7 @@ impl<'rules> Model<'rules> {
             && episode.fired_window_ms == window_start
         {
             episode.alert.count = count;
-            episode.alert.last_event_time = update.draft.last_event_time.clone();
+            episode.alert.last_event_time = window::rfc3339(update.last_event_ms);
         }
     }
 
@@ -471,6 +472,14 @@ impl<'rules> Model<'rules> {
         self.resolved.push(record.clone());
         written.push(record);
     }
+}
+
+/// The draft of an update of an item evaluated alone ([`RuleSet::evaluate`], all the model
+/// reads), where every update carries one.
+fn drafted(update: RuleUpdate) -> Alert {
+    update
+        .draft
+        .expect("an item evaluated alone drafts every update (RuleSet::evaluate)")
 }
 
 /// A draft completed as the script does: its id, its count, and the marked figures

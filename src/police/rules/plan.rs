@@ -59,7 +59,10 @@ pub struct RuleUpdate {
     /// labels and annotations the figures `count` and `previous_count` are written as
     /// [`FIGURE_MARK`]`count`[`FIGURE_MARK`] (event text never holds the mark: it is
     /// replaced by U+FFFD when rendered).
-    pub draft: Alert,
+    /// `None` where an earlier item of the same settle call drafted this (rule, group key,
+    /// window) already (see [`super::evaluate::BatchDrafts`]); an item evaluated alone
+    /// ([`super::RuleSet::evaluate`]) drafts every update.
+    pub draft: Option<Alert>,
 }
 
 /// Brackets a figure the script fills in (see [`RuleUpdate::draft`]).
