@@ -481,6 +481,9 @@ impl Shipper {
         let record_bytes = Spool::record_bytes(&batch);
         let mut warned_full = false;
         loop {
+            // Waiting for room while Redis is down is progress for the watchdog: /healthz
+            // must not depend on Redis.
+            self.beat.tick();
             if self.spool.as_ref().expect("spooled mode").has_room(record_bytes) {
                 let (returned, appended) = self
                     .on_spool(move |spool| {
@@ -574,6 +577,7 @@ impl Shipper {
     /// Ships a batch the spool cannot hold, after everything spooled before it.
     async fn ship_behind_backlog(&mut self, mut batch: Batch) {
         while self.has_backlog() {
+            self.beat.tick();
             let Some(replay) = self.replay_ahead_of(&mut batch).await else {
                 return;
             };
