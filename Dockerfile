@@ -14,5 +14,6 @@ COPY --from=builder /out/logsentinel /logsentinel
 COPY --from=builder --chown=65532:65532 /out/tmp /tmp
 USER 65532:65532
 ENV LOGSENTINEL_HEALTH_FILE=/tmp/logsentinel.alive
-HEALTHCHECK --interval=10s --timeout=5s --start-period=5s CMD ["/logsentinel", "healthcheck"]
+# The admin /readyz of whichever runs here: the police (9464) or the agent (9465).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s CMD ["/logsentinel", "healthcheck", "--url", "http://127.0.0.1:9464/readyz,http://127.0.0.1:9465/readyz"]
 ENTRYPOINT ["/logsentinel"]

@@ -281,6 +281,9 @@ pub struct AgentArgs {
     /// length in list mode); 0 = no limit
     #[arg(long, env = "LOGSENTINEL_MAX_LAG", default_value_t = 1_000_000)]
     pub max_lag: u64,
+    /// Admin HTTP listener (/metrics, /healthz, /readyz), or off
+    #[arg(long, env = "LOGSENTINEL_ADMIN_LISTEN", default_value = "127.0.0.1:9465")]
+    pub admin_listen: String,
     /// Print the final summary as one JSON line
     #[arg(long)]
     pub summary_json: bool,
@@ -363,6 +366,9 @@ pub struct PoliceArgs {
     /// whole, with the reason (1KiB to 512MiB)
     #[arg(long, env = "LOGSENTINEL_MAX_ENTRY_BYTES", default_value = "16MiB")]
     pub max_entry_bytes: Size,
+    /// Admin HTTP listener (/metrics, /healthz, /readyz), or off
+    #[arg(long, env = "LOGSENTINEL_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+    pub admin_listen: String,
 }
 
 #[derive(Debug, Args, Default)]
@@ -447,6 +453,11 @@ pub struct HealthcheckArgs {
     /// Oldest acceptable age of the health file, e.g. 30s; a bare number is seconds
     #[arg(long, alias = "max-age-s", default_value = "30s")]
     pub max_age: DurationS,
+    /// Probe an admin URL instead (e.g. http://127.0.0.1:9464/readyz): exit 0 on a 200.
+    /// Several (comma-separated): the first that accepts the connection decides, so one
+    /// probe serves an image that runs either the agent or the police
+    #[arg(long, env = "LOGSENTINEL_HEALTHCHECK_URL", value_delimiter = ',')]
+    pub url: Vec<String>,
 }
 
 /// Options of `tail`. Not in the config file: a viewer's choices are made per run.

@@ -354,6 +354,8 @@ pub struct AgentConfig {
     /// 0 = no limit.
     pub max_lag: u64,
     pub summary_json: bool,
+    /// The admin listener's address; `None`: off.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn agent_config(args: &AgentArgs, matches: &ArgMatches, file: &FileConfig) -> Result<AgentConfig, ConfigError> {
@@ -506,6 +508,7 @@ pub fn agent_config(args: &AgentArgs, matches: &ArgMatches, file: &FileConfig) -
         shutdown_timeout,
         max_lag: args.max_lag,
         summary_json: args.summary_json,
+        admin_listen: admin_listen(&args.admin_listen)?,
     })
 }
 
@@ -544,6 +547,13 @@ pub struct PoliceConfig {
     pub health_file: Option<PathBuf>,
     /// Entries and list items larger than this are dead-lettered without being decoded.
     pub max_entry_bytes: usize,
+    /// The admin listener's address; `None`: off.
+    pub admin_listen: Option<std::net::SocketAddr>,
+}
+
+/// `--admin-listen`: an address, or `off`.
+fn admin_listen(text: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    crate::observability::admin::parse_listen(text).map_err(|problem| invalid("admin_listen", problem))
 }
 
 pub fn police_config(args: &PoliceArgs, matches: &ArgMatches, file: &FileConfig) -> Result<PoliceConfig, ConfigError> {
@@ -589,6 +599,7 @@ pub fn police_config(args: &PoliceArgs, matches: &ArgMatches, file: &FileConfig)
         health_file: args.health_file.clone(),
         // 512 MiB is the largest value Redis stores by default (proto-max-bulk-len).
         max_entry_bytes: in_range("max_entry_bytes", args.max_entry_bytes.0, 1024, 512 << 20)? as usize,
+        admin_listen: admin_listen(&args.admin_listen)?,
     })
 }
 

@@ -266,6 +266,8 @@ fn child_command(exe: &std::path::Path, url: &str, keys: &Keys) -> Command {
         .env("LOGSENTINEL_DEAD_STREAM", &keys.dead)
         .env("LOGSENTINEL_KEY", &keys.list)
         .env("LOGSENTINEL_LOG", "warn")
+        // Five processes on one host: the default admin ports would collide.
+        .env("LOGSENTINEL_ADMIN_LISTEN", "off")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .process_group(0);

@@ -14,6 +14,8 @@
 //!   stream it writes is the outbox)
 //! - [`delivery`]: outbox readers per sink (retries, rate limit and digests, sink dead
 //!   letters) and the sinks: console, jsonl, webhook, slack, alertmanager, email
+//! - [`observability`]: the admin listener (`/metrics`, `/healthz`, `/readyz`), metric
+//!   names declared once, the loops' watchdog, the police's sampled group figures
 //! - [`status`]: stream, group, consumer, lag and dead-letter figures
 //! - [`ops`]: operating tools: `tail` (a live view of any stream) and `dlq` (dead-letter
 //!   repair)
@@ -32,6 +34,7 @@ pub mod delivery;
 pub mod demo;
 pub mod event;
 pub mod local_redis;
+pub mod observability;
 pub mod ops;
 pub mod options;
 pub mod police;

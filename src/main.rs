@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use logsentinel::cli::{Cli, Command, RulesAction};
 use logsentinel::config::{self, ConfigError, FileConfig};
-use logsentinel::{agent, bench, broker, demo, ops, police, shutdown, status, telemetry};
+use logsentinel::{agent, bench, broker, demo, observability, ops, police, shutdown, status, telemetry};
 
 fn main() -> ExitCode {
     logsentinel::cli::accept_old_variable_names();
@@ -74,6 +74,17 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
     match cli.command {
         Command::Agent(args) => {
             let agent_config = config::agent_config(&args, sub_matches, &file)?;
+            if let Some(address) = agent_config.admin_listen {
+                let role = observability::Role::Agent;
+                observability::start(
+                    address,
+                    role,
+                    broker_config.redis_url.clone(),
+                    broker_config.keys.clone(),
+                    shutdown.clone(),
+                )
+                .await?;
+            }
             let summary_json = agent_config.summary_json;
             let summary = agent::run(broker_config, agent_config, shutdown).await?;
             summary.print(summary_json);
@@ -88,6 +99,19 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
         }
         Command::Police(args) => {
             let police_config = config::police_config(&args, sub_matches, &file)?;
+            if let Some(address) = police_config.admin_listen {
+                let role = observability::Role::Police {
+                    stream_mode: police_config.source == logsentinel::options::Transport::Stream,
+                };
+                observability::start(
+                    address,
+                    role,
+                    broker_config.redis_url.clone(),
+                    broker_config.keys.clone(),
+                    shutdown.clone(),
+                )
+                .await?;
+            }
             let police = match police::Police::new(broker_config, police_config, shutdown).await {
                 Ok(police) => police,
                 Err(police::PoliceError::Rules(error)) => {
@@ -135,6 +159,10 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
         }
         Command::Dlq(args) => ops::dlq::run(args, &broker_config.redis_url, &broker_config.keys).await,
         Command::Healthcheck(args) => {
+            if !args.url.is_empty() {
+                probe(&args.url).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut connection = connect_or_explain(&broker_config.redis_url).await?;
             redis::cmd("PING").query_async::<String>(&mut connection).await?;
             // A missing file means no police loop runs here (an agent uses the same image).
@@ -212,6 +240,35 @@ async fn rules_command(action: RulesAction) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// `healthcheck --url`: a GET that must answer 200 within 5 s (the image has no curl); of
+/// several URLs, the first that accepts the connection decides.
+async fn probe(urls: &[String]) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let mut refused = Vec::new();
+    let mut answer = None;
+    for url in urls {
+        match client.get(url).send().await {
+            Ok(response) => {
+                answer = Some((url, response));
+                break;
+            }
+            Err(error) if error.is_connect() => refused.push(format!("{url}: {error}")),
+            Err(error) => anyhow::bail!("cannot probe {url}: {error}"),
+        }
+    }
+    let Some((url, response)) = answer else {
+        anyhow::bail!("nothing listens: {}", refused.join("; "));
+    };
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    anyhow::bail!("{url} answered {status}: {}", body.trim_end().replace('\n', "; "))
 }
 
 /// One connection, or an error naming the URL (without its password).

@@ -51,6 +51,17 @@ wait_for 60 "events processed and alerts raised" bash -c \
    && [ \"\$(docker-compose exec -T redis-store redis-cli XLEN logsentinel:alerts | tr -d '\r')\" -gt 0 ]"
 echo "   processed $(processed), alerts $(redis XLEN logsentinel:alerts), agents resolved redis-store by name"
 
+step "probes: every agent and police container healthy (healthcheck --url of the admin /readyz)"
+all_healthy() {
+  for container in $(compose ps -q log-agent police); do
+    [ "$(docker inspect -f '{{.State.Health.Status}}' "$container")" = healthy ] || return 1
+  done
+}
+wait_for 90 "every agent and police healthy" all_healthy
+compose exec -T police /logsentinel healthcheck --url http://127.0.0.1:9464/metrics \
+  || fail "the police's /metrics does not answer"
+echo "   $(compose ps -q log-agent police | wc -l) containers healthy; the police's /metrics answers"
+
 step "docker kill of a police mid-stream"
 victim=$(compose ps -q police | awk 'NR == 1')
 victim_consumer="$(docker inspect -f '{{.Config.Hostname}}' "$victim")-1"

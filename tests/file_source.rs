@@ -370,6 +370,7 @@ fn an_unreadable_file_is_counted_once_and_the_others_are_read() {
         .args(["--redis-url", &url])
         .args(agent_args)
         .env("LOGSENTINEL_LOG", "info")
+        .env("LOGSENTINEL_ADMIN_LISTEN", "127.0.0.1:0")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log_file).unwrap())

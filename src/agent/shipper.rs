@@ -45,8 +45,10 @@ use super::target::{ShipError, Target};
 use crate::broker::errors::{self, Failure};
 use crate::broker::keys::Keys;
 use crate::event::Level;
+use crate::observability::{health, names};
 use crate::options::Transport;
 use crate::options::WhenFull;
+use metrics::{Counter, Gauge, counter, gauge};
 
 /// What reached Redis, what went through the spool, and what could not be delivered.
 #[derive(Debug, Default, Clone)]
@@ -69,6 +71,55 @@ pub struct ShipReport {
     pub stored_per_level: [u64; Level::ALL.len()],
     /// Why the agent stopped early: Redis refused a command for good.
     pub refused: Option<String>,
+}
+
+/// Metric handles looked up once: recording is then one atomic add per batch.
+struct ShipperMetrics {
+    received_per_level: [Counter; Level::ALL.len()],
+    batches: Counter,
+    shipped_events: Counter,
+    entries: Counter,
+    replayed_events: Counter,
+    spool_records_written: Counter,
+    spool_bytes: Gauge,
+    backpressure: Gauge,
+    discarded_spool_full: Counter,
+    discarded_unsent: Counter,
+    dead_lettered_too_large: Counter,
+    ship_errors: Counter,
+    spool_errors: Counter,
+}
+
+impl ShipperMetrics {
+    fn new() -> ShipperMetrics {
+        let discarded = |reason: &'static str| counter!(names::AGENT_EVENTS_DISCARDED_TOTAL, "reason" => reason);
+        ShipperMetrics {
+            received_per_level: Level::ALL
+                .map(|level| counter!(names::AGENT_EVENTS_RECEIVED_TOTAL, "level" => level.as_str())),
+            batches: counter!(names::AGENT_BATCHES_TOTAL),
+            shipped_events: counter!(names::AGENT_EVENTS_SHIPPED_TOTAL),
+            entries: counter!(names::AGENT_ENTRIES_TOTAL),
+            replayed_events: counter!(names::AGENT_SPOOL_EVENTS_REPLAYED_TOTAL),
+            spool_records_written: counter!(names::AGENT_SPOOL_RECORDS_WRITTEN_TOTAL),
+            spool_bytes: gauge!(names::AGENT_SPOOL_BYTES),
+            backpressure: gauge!(names::AGENT_BACKPRESSURE),
+            discarded_spool_full: discarded("spool_full"),
+            discarded_unsent: discarded("unsent"),
+            dead_lettered_too_large: discarded("too_large_for_redis"),
+            ship_errors: counter!(names::ERRORS_TOTAL, "stage" => "ship"),
+            spool_errors: counter!(names::ERRORS_TOTAL, "stage" => "spool"),
+        }
+    }
+
+    /// A batch reached the shipper from the sources.
+    fn received(&self, batch: &Batch) {
+        self.batches.increment(1);
+        for (counter, count) in self.received_per_level.iter().zip(batch.events_per_level) {
+            if count > 0 {
+                counter.increment(count);
+            }
+        }
+    }
 }
 
 /// How often the consumers' lag is read while they keep up.
@@ -101,6 +152,9 @@ pub struct Shipper {
     /// Set when a stop is requested or (with a spool) the sources ended: no retry after it.
     stop_deadline: Option<Instant>,
     report: ShipReport,
+    metrics: ShipperMetrics,
+    /// The watchdog's view of this loop (see [`health`]).
+    beat: Arc<health::Beat>,
 }
 
 enum Replay {
@@ -143,11 +197,14 @@ impl Shipper {
             shutdown_timeout,
             stop_deadline: None,
             report: ShipReport::default(),
+            metrics: ShipperMetrics::new(),
+            beat: health::beat("shipper"),
         }
     }
 
     /// Ships every batch from `batches` until the channel closes.
     pub async fn run(mut self, mut batches: mpsc::Receiver<Batch>) -> ShipReport {
+        self.update_spool_gauge();
         if self.spool.is_some() {
             self.run_spooled(&mut batches).await;
         } else {
@@ -176,13 +233,21 @@ impl Shipper {
                 );
             }
         }
+        health::retire(&self.beat);
         self.report
     }
 
     async fn run_in_memory(&mut self, batches: &mut mpsc::Receiver<Batch>) {
-        while let Some(mut batch) = batches.recv().await {
+        loop {
+            self.beat.wait_for_input();
+            let Some(mut batch) = batches.recv().await else {
+                break;
+            };
+            self.beat.tick();
+            self.metrics.received(&batch);
             while self.report.refused.is_none() && !self.shutdown.is_cancelled() && !self.consumers_keep_up().await {
                 self.set_backpressure(true);
+                self.beat.tick();
                 tokio::select! {
                     _ = tokio::time::sleep(LAG_WAIT) => {}
                     _ = self.shutdown.cancelled() => {}
@@ -193,6 +258,7 @@ impl Shipper {
                 self.settle(&mut batch, Settled::Stored);
             } else {
                 self.report.unsent_events += batch.event_count;
+                self.metrics.discarded_unsent.increment(batch.event_count);
                 self.settle(&mut batch, Settled::Unsent);
             }
         }
@@ -201,11 +267,13 @@ impl Shipper {
     async fn run_spooled(&mut self, batches: &mut mpsc::Receiver<Batch>) {
         let mut open = true;
         loop {
+            self.beat.tick();
             self.check_stop();
             if !self.has_backlog() {
                 if !open {
                     break;
                 }
+                self.beat.wait_for_input();
                 match batches.recv().await {
                     Some(batch) => self.accept(batch).await,
                     None => open = false,
@@ -239,6 +307,7 @@ impl Shipper {
                     if !open {
                         break;
                     }
+                    self.beat.wait_for_input();
                     match batches.recv().await {
                         Some(batch) => self.accept(batch).await,
                         None => open = false,
@@ -286,6 +355,12 @@ impl Shipper {
         }
     }
 
+    fn update_spool_gauge(&self) {
+        if let Some(spool) = &self.spool {
+            self.metrics.spool_bytes.set(spool.bytes() as f64);
+        }
+    }
+
     /// Records in the spool, or a record in replay.
     fn has_backlog(&self) -> bool {
         self.replay_in_hand.is_some() || self.spool.as_ref().is_some_and(|spool| !spool.is_empty())
@@ -293,6 +368,7 @@ impl Shipper {
 
     fn set_backpressure(&self, on: bool) {
         self.backpressure.store(on, Ordering::Relaxed);
+        self.metrics.backpressure.set(if on { 1.0 } else { 0.0 });
     }
 
     fn settle(&mut self, batch: &mut Batch, settled: Settled) {
@@ -348,11 +424,19 @@ impl Shipper {
         self.report.entries += delivered.entries;
         self.report.events += delivered.events;
         self.report.dead_lettered_events += delivered.dead_lettered_events;
+        self.metrics.entries.increment(delivered.entries);
+        self.metrics.shipped_events.increment(delivered.events);
+        if delivered.dead_lettered_events > 0 {
+            self.metrics
+                .dead_lettered_too_large
+                .increment(delivered.dead_lettered_events);
+        }
         self.lag_estimate += delivered.entries;
         let left_events = delivered.events + delivered.dead_lettered_events;
         match result {
             Ok(()) => (left_events, true),
             Err(failure) => {
+                self.metrics.ship_errors.increment(1);
                 if failure.failure == Failure::Refused {
                     self.refuse(&failure);
                 }
@@ -371,6 +455,8 @@ impl Shipper {
 
     /// Ships `batch` directly when nothing waits in the spool and Redis is up, else spools it.
     async fn accept(&mut self, mut batch: Batch) {
+        self.beat.tick();
+        self.metrics.received(&batch);
         if batch.entries.is_empty() {
             self.settle(&mut batch, Settled::Stored);
             return;
@@ -395,6 +481,9 @@ impl Shipper {
         let record_bytes = Spool::record_bytes(&batch);
         let mut warned_full = false;
         loop {
+            // Waiting for room while Redis is down is progress for the watchdog: /healthz
+            // must not depend on Redis.
+            self.beat.tick();
             if self.spool.as_ref().expect("spooled mode").has_room(record_bytes) {
                 let (returned, appended) = self
                     .on_spool(move |spool| {
@@ -411,6 +500,8 @@ impl Shipper {
                         }
                         self.set_backpressure(false);
                         self.report.spooled_events += batch.event_count;
+                        self.metrics.spool_records_written.increment(1);
+                        self.update_spool_gauge();
                         if self.last_sync.elapsed() >= SPOOL_SYNC_INTERVAL {
                             self.last_sync = Instant::now();
                             if let Err(error) = self.on_spool(|spool| spool.sync()).await {
@@ -426,6 +517,7 @@ impl Shipper {
                         return;
                     }
                     Err(error) => {
+                        self.metrics.spool_errors.increment(1);
                         if !self.spool_write_failing {
                             self.spool_write_failing = true;
                             error!(error = %error, "cannot write to the spool, the batch stays in memory (undone, not stored)");
@@ -442,6 +534,7 @@ impl Shipper {
                         );
                     }
                     self.report.dropped_events += batch.event_count;
+                    self.metrics.discarded_spool_full.increment(batch.event_count);
                     self.settle(&mut batch, Settled::Dropped);
                     return;
                 }
@@ -484,6 +577,7 @@ impl Shipper {
     /// Ships a batch the spool cannot hold, after everything spooled before it.
     async fn ship_behind_backlog(&mut self, mut batch: Batch) {
         while self.has_backlog() {
+            self.beat.tick();
             let Some(replay) = self.replay_ahead_of(&mut batch).await else {
                 return;
             };
@@ -498,6 +592,7 @@ impl Shipper {
             self.settle(&mut batch, Settled::Stored);
         } else {
             self.report.unsent_events += batch.event_count;
+            self.metrics.discarded_unsent.increment(batch.event_count);
             self.settle(&mut batch, Settled::Unsent);
         }
     }
@@ -507,6 +602,7 @@ impl Shipper {
     async fn replay_ahead_of(&mut self, batch: &mut Batch) -> Option<Replay> {
         if self.stop_deadline_passed() || self.report.refused.is_some() {
             self.report.unsent_events += batch.event_count;
+            self.metrics.discarded_unsent.increment(batch.event_count);
             self.settle(batch, Settled::Unsent);
             return None;
         }
@@ -541,14 +637,17 @@ impl Shipper {
         let (left_events, all) = self.try_ship(&mut record.entries).await;
         record.event_count -= left_events;
         self.report.replayed_events += left_events;
+        self.metrics.replayed_events.increment(left_events);
         if !all {
             // Kept in hand: only what Redis did not take is sent again.
             self.replay_in_hand = Some(record);
             return Replay::NotBefore(self.target.retry_at.unwrap_or_else(Instant::now));
         }
         if let Err(error) = self.on_spool(|spool| spool.consume()).await {
+            self.metrics.spool_errors.increment(1);
             error!(error = %error, "cannot move the spool cursor");
         }
+        self.update_spool_gauge();
         Replay::Shipped
     }
 
@@ -595,6 +694,7 @@ impl Shipper {
                 return false;
             }
             self.set_backpressure(true);
+            self.beat.tick();
             let retry_at = self.target.retry_at.unwrap_or_else(Instant::now);
             self.pause_until(retry_at).await;
         }

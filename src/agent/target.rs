@@ -10,6 +10,7 @@ use super::batcher::Entry;
 use crate::broker::errors::{self, Failure};
 use crate::broker::{self, Backoff, Connection, keys::Keys};
 use crate::event::ENCODING_VERSION;
+use crate::observability::names;
 use crate::options::Transport;
 
 /// Redis's default `proto-max-bulk-len`, assumed when `CONFIG GET` is refused.
@@ -182,11 +183,15 @@ impl Target {
             Kind::DeadLetter { .. } => format!("XADD on {dead_stream}"),
         };
         let whole_what = what(&plan[0]);
+        let command_name = match self.sink {
+            Transport::Stream => "xadd",
+            Transport::List => "lpush",
+        };
         let connection = self.connect().await?;
-        let results: Vec<RedisResult<Value>> = pipeline
-            .query_async(connection)
-            .await
-            .map_err(|error| ShipError::new(whole_what.clone(), error))?;
+        let sent_at = std::time::Instant::now();
+        let reply = pipeline.query_async(connection).await;
+        metrics::histogram!(names::REDIS_ROUND_TRIP_SECONDS, "command" => command_name).record(sent_at.elapsed());
+        let results: Vec<RedisResult<Value>> = reply.map_err(|error| ShipError::new(whole_what.clone(), error))?;
         let results: Vec<RedisResult<Value>> = if results.len() == plan.len() {
             results
         } else {

@@ -41,6 +41,9 @@ impl Fleet {
             .arg(&self.url)
             .args(args)
             .env("LOGSENTINEL_LOG", "warn")
+            // Several agents and police at once: each admin listener takes a free port, so
+            // that the figures include the cost of recording metrics.
+            .env("LOGSENTINEL_ADMIN_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);

@@ -547,9 +547,11 @@ impl Session<'_> {
                     outbox::ack(connection, &self.settings.keys, &self.group, &ids).await?;
                     self.totals.delivered += outgoing.len() as u64;
                     self.totals.messages += 1;
+                    self.count_deliveries("delivered", outgoing.len());
                     break Flow::Continue;
                 }
                 Err(SinkError::Permanent { status, .. }) => {
+                    self.count_deliveries("dead_letter", outgoing.len());
                     self.dead_letter(connection, &outgoing, &status, attempts).await?;
                     break Flow::Continue;
                 }
@@ -557,9 +559,11 @@ impl Session<'_> {
                     status, retry_after, ..
                 }) => {
                     if attempts >= self.worker.retry.max_attempts {
+                        self.count_deliveries("dead_letter", outgoing.len());
                         self.dead_letter(connection, &outgoing, &status, attempts).await?;
                         break Flow::Continue;
                     }
+                    self.count_deliveries("retry", outgoing.len());
                     let delay = self.worker.retry.delay(attempts, retry_after, jitter_unit());
                     warn!(
                         sink = %self.worker.name,
@@ -578,6 +582,17 @@ impl Session<'_> {
         };
         self.in_flight.clear();
         Ok(flow)
+    }
+
+    /// Alerts of one attempt by outcome (`delivered`, `dead_letter`, `retry`); the sink names
+    /// come from the rule file, a bounded set.
+    fn count_deliveries(&self, outcome: &'static str, alerts: usize) {
+        metrics::counter!(
+            crate::observability::names::SINK_DELIVERIES_TOTAL,
+            "sink" => self.worker.name.clone(),
+            "outcome" => outcome
+        )
+        .increment(alerts as u64);
     }
 
     /// Before a retry: a permit of the rate limit, if the sink has one.

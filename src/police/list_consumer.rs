@@ -47,6 +47,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
     let block_s = police.config.block.as_secs_f64();
     let mut next_maintenance = Instant::now();
     loop {
+        police.beat.tick();
         if police.shutdown.is_cancelled() {
             // Expire rather than DEL: the heartbeat script is what the start-up check covers.
             broker::heartbeat(&mut connection, &heartbeat_key, 1).await?;

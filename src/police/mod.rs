@@ -32,6 +32,7 @@ use crate::config::{BrokerConfig, PoliceConfig};
 use crate::delivery::config::{SetupError, SinkConfig, check_secrets};
 use crate::delivery::sinks::alertmanager::AlertmanagerSink;
 use crate::delivery::{SinkWorker, WorkerSettings, worker::WorkerError};
+use crate::observability::{health, names};
 use crate::options::Transport;
 use rules::{RuleFileError, RuleSet};
 use settle::{Outcome, Settled};
@@ -67,6 +68,45 @@ pub struct Police {
     /// What this police settled; shared cells so that a settle can run beside a read.
     pub totals: settle::Totals,
     pub shutdown: CancellationToken,
+    /// The watchdog's view of the read loop (see [`crate::observability::health`]).
+    pub beat: Arc<health::Beat>,
+    /// Metric handles of the settle path, looked up once.
+    pub metrics: PoliceMetrics,
+}
+
+/// Metric handles of the settle path: one atomic add per batch for the counts, a lookup
+/// per alert (alerts are rare next to events) and per dead letter.
+pub struct PoliceMetrics {
+    entries: metrics::Counter,
+    events_processed: metrics::Counter,
+    settle_errors: metrics::Counter,
+}
+
+impl PoliceMetrics {
+    fn new() -> PoliceMetrics {
+        PoliceMetrics {
+            entries: metrics::counter!(names::POLICE_ENTRIES_TOTAL),
+            events_processed: metrics::counter!(names::POLICE_EVENTS_PROCESSED_TOTAL),
+            settle_errors: metrics::counter!(names::ERRORS_TOTAL, "stage" => "settle"),
+        }
+    }
+
+    /// Counts a settled batch.
+    fn settled(&self, outcomes: &[Outcome]) {
+        let mut events = 0;
+        for outcome in outcomes {
+            events += outcome.event_count;
+            for alert in &outcome.alerts {
+                metrics::counter!(names::POLICE_ALERTS_TOTAL, "rule" => alert.rule.clone()).increment(1);
+            }
+            for rejected in &outcome.dead {
+                let reason = names::dead_letter_class(&rejected.reason);
+                metrics::counter!(names::POLICE_DEAD_LETTERS_TOTAL, "reason" => reason).increment(1);
+            }
+        }
+        self.entries.increment(outcomes.len() as u64);
+        self.events_processed.increment(events);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +221,8 @@ impl Police {
             resend_sinks,
             totals: settle::Totals::default(),
             shutdown,
+            beat: health::beat("police"),
+            metrics: PoliceMetrics::new(),
         })
     }
 
@@ -205,6 +247,16 @@ impl Police {
     pub async fn run(mut self) -> Result<Settled, PoliceError> {
         info!(consumer = %self.config.consumer, source = ?self.config.source, "police started");
         let mut backoff = Backoff::new("police", &self.broker.redis_url);
+        health::set_rules_loaded();
+        if self.config.admin_listen.is_some() {
+            let sink_names = self.sink_workers.iter().map(|worker| worker.name.clone()).collect();
+            tokio::spawn(crate::observability::sampler::run(
+                self.broker.redis_url.clone(),
+                self.broker.keys.clone(),
+                sink_names,
+                self.shutdown.child_token(),
+            ));
+        }
         let workers = crate::delivery::spawn_workers(
             self.worker_settings(),
             std::mem::take(&mut self.sink_workers),
@@ -217,6 +269,7 @@ impl Police {
         let clock = self.spawn_clock(clock_stop.clone());
         let resends = self.spawn_resends(clock_stop.clone());
         loop {
+            self.beat.tick();
             let session = match self.config.source {
                 Transport::Stream => stream_consumer::run_session(&mut self, &mut backoff).await,
                 Transport::List => list_consumer::run_session(&mut self, &mut backoff).await,
@@ -233,6 +286,7 @@ impl Police {
                     break;
                 }
                 Err(SessionError::Redis(error)) => {
+                    metrics::counter!(names::ERRORS_TOTAL, "stage" => "session").increment(1);
                     let delay = backoff.failed(&error);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -254,6 +308,7 @@ impl Police {
         }
         // The workers stop after their attempts in flight; undelivered records stay pending.
         let delivery = workers.stop_and_wait().await;
+        health::retire(&self.beat);
         let totals = self.totals.get();
         info!(
             consumer = %self.config.consumer,
@@ -382,7 +437,11 @@ impl Police {
         source: settle::Source<'_>,
         outcomes: &[Outcome],
     ) -> Result<(), SessionError> {
-        let settled = settle::settle(connection, &self.settle_target(source), outcomes).await?;
+        let sent_at = std::time::Instant::now();
+        let reply = settle::settle(connection, &self.settle_target(source), outcomes).await;
+        metrics::histogram!(names::REDIS_ROUND_TRIP_SECONDS, "command" => "settle").record(sent_at.elapsed());
+        let settled = reply.inspect_err(|_| self.metrics.settle_errors.increment(1))?;
+        self.metrics.settled(outcomes);
         self.totals.add(settled);
         if settled.dead_written > 0 {
             tracing::warn!(

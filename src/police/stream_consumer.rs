@@ -38,6 +38,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
     let mut next_maintenance = Instant::now();
     let mut entries_in_hand: Vec<StreamEntry> = Vec::new();
     loop {
+        police.beat.tick();
         if entries_in_hand.is_empty() {
             if police.shutdown.is_cancelled() {
                 leave_group_if_idle(police, &mut connection).await?;

@@ -36,6 +36,8 @@ impl TestRedis {
 pub fn logsentinel(url: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_logsentinel"));
     command.arg("--redis-url").arg(url).env("LOGSENTINEL_LOG", "info");
+    // Tests run agents and police side by side: each admin listener takes a free port.
+    command.env("LOGSENTINEL_ADMIN_LISTEN", "127.0.0.1:0");
     command.stdin(Stdio::null());
     command
 }
