@@ -103,4 +103,26 @@ fn readme_option_tables_match_the_cli() {
         1,
         "rules test",
     );
+    check_table(
+        &subcommand("tail"),
+        &table_after(&readme, "`logsentinel tail` options"),
+        1,
+        "tail",
+    );
+    // One table for `dlq` and its actions: their options, each once.
+    let dlq = subcommand("dlq");
+    let mut dlq_arguments: Vec<clap::Arg> = dlq.get_arguments().cloned().collect();
+    for action in dlq.get_subcommands() {
+        for argument in action.get_arguments() {
+            if !dlq_arguments.iter().any(|known| known.get_id() == argument.get_id()) {
+                dlq_arguments.push(argument.clone());
+            }
+        }
+    }
+    check_table(
+        &clap::Command::new("dlq").args(dlq_arguments),
+        &table_after(&readme, "`logsentinel dlq` options"),
+        1,
+        "dlq",
+    );
 }

@@ -296,10 +296,13 @@ async fn replay(
         }
         Selection::ReasonContains(_) | Selection::All => {
             // Pages from the last id seen: replayed entries leave the stream as we go, and
-            // refused ones stay behind us, so each dead letter is looked at once.
+            // refused ones stay behind us, so each dead letter is looked at once. Only the
+            // letters there at the start: a replayed entry that fails again comes back as a
+            // new letter, which this run must not replay a second time.
+            let last_at_start = reader::last_id(connection, &dead.key).await?;
             let mut start = "-".to_string();
             loop {
-                let page = reader::range(connection, &dead.key, &start, "+", PAGE_ENTRIES).await?;
+                let page = reader::range(connection, &dead.key, &start, &last_at_start, PAGE_ENTRIES).await?;
                 let Some(last) = page.last() else { break };
                 start = format!("({}", last.id);
                 for entry in &page {
