@@ -2,6 +2,8 @@
 //! port, read back through `GET /api/v2/alerts`: labels (a `log.level` group-by sanitised),
 //! resolve, and the re-send that brings an alert back after Alertmanager lost its state.
 
+#[path = "common/alerts.rs"]
+mod alerts;
 mod common;
 
 use std::collections::BTreeMap;
@@ -9,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use alerts::sample_alert;
 use common::{TestRedis, free_address, spawn_police, stop_gracefully, wait_until};
 use logsentinel::broker::keys::Keys;
 use logsentinel::delivery::config::SinkConfig;
@@ -123,21 +126,21 @@ fn sink_config(toml_text: &str) -> SinkConfig {
 }
 
 fn frequency_alert(status: AlertStatus) -> Alert {
+    let now = logsentinel::event::now_rfc3339();
     Alert {
-        alert_id: "errors-by-level/9f1c2e4b7a6d3f01/1764590400000".into(),
-        rule: "errors-by-level".into(),
-        rule_type: "frequency".into(),
-        status,
-        severity: "critical".into(),
         group: BTreeMap::from([("log.level".into(), "error".into()), ("service".into(), "api".into())]),
-        labels: BTreeMap::from([("team".into(), "core".into())]),
         annotations: BTreeMap::from([("summary".into(), "5 errors in api".into())]),
         count: 5,
-        first_event_time: logsentinel::event::now_rfc3339(),
-        last_event_time: logsentinel::event::now_rfc3339(),
-        raised_at: logsentinel::event::now_rfc3339(),
-        sinks: vec!["am".into()],
-        event: None,
+        first_event_time: now.clone(),
+        last_event_time: now.clone(),
+        raised_at: now,
+        ..sample_alert(
+            "errors-by-level/9f1c2e4b7a6d3f01/1764590400000",
+            "errors-by-level",
+            "frequency",
+            status,
+            "am",
+        )
     }
 }
 

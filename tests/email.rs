@@ -2,6 +2,8 @@
 //! loopback port, with STARTTLS on a self-signed certificate and AUTH: the messages the
 //! server received are read back (subject, plain and HTML parts, headers).
 
+#[path = "common/alerts.rs"]
+mod alerts;
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use alerts::sample_alert;
 use common::{free_address, wait_until};
 use logsentinel::delivery::config::SinkConfig;
 use logsentinel::delivery::sinks::email::EmailSink;
@@ -159,20 +162,13 @@ fn hostile_alert(status: AlertStatus) -> Alert {
         extra: Default::default(),
     };
     Alert {
-        alert_id: "leaks/00000000000000aa/1764590400000".into(),
-        rule: "leaks".into(),
-        rule_type: "any".into(),
-        status,
-        severity: "critical".into(),
         group: BTreeMap::from([("service".into(), "api<b>".into())]),
-        labels: BTreeMap::from([("team".into(), "core".into())]),
         annotations: BTreeMap::from([("summary".into(), "password in <script>log</script>".into())]),
         count: 2,
-        first_event_time: "2026-12-01T12:00:00Z".into(),
         last_event_time: "2026-12-01T12:00:05Z".into(),
         raised_at: "2026-12-01T12:00:06Z".into(),
-        sinks: vec!["mail".into()],
         event: Some(event),
+        ..sample_alert("leaks/00000000000000aa/1764590400000", "leaks", "any", status, "mail")
     }
 }
 

@@ -35,16 +35,6 @@ fn write_rules(dir: &std::path::Path, text: &str) -> String {
     path.display().to_string()
 }
 
-fn spawn_police_with(url: &str, consumer: &str, args: &[&str], log: &std::path::Path) -> Child {
-    logsentinel(url)
-        .args(["police", "--consumer", consumer, "--quiet"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("police log file"))
-        .spawn()
-        .expect("spawn police")
-}
-
 /// An agent reading JSON lines from its stdin (the test sets every timestamp).
 fn spawn_stdin_agent(url: &str, agent_id: &str) -> Child {
     logsentinel(url)

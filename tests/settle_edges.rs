@@ -47,17 +47,6 @@ fn write_entries(connection: &mut redis::Connection, count: u64) -> u64 {
     critical
 }
 
-/// A police whose stderr is kept, for the tests that read what it says.
-fn spawn_police_logged(url: &str, consumer: &str, args: &[&str], log: &std::path::Path) -> Child {
-    logsentinel(url)
-        .args(["police", "--consumer", consumer, "--quiet"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("police log file"))
-        .spawn()
-        .expect("spawn police")
-}
-
 fn processed_events(connection: &mut redis::Connection) -> u64 {
     counters(connection, "logsentinel:logs:stats")
         .get("events")
@@ -136,7 +125,7 @@ fn a_settle_that_fails_acknowledges_nothing_and_stops_the_police() {
     let mut connection = redis.connection();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("police.log");
-    let mut police = spawn_police_logged(&url, "p1", &["--read-count", "50"], &log);
+    let mut police = spawn_police_with(&url, "p1", &["--read-count", "50"], &log);
     wait_until("the police joined the group", Duration::from_secs(20), || {
         redis::cmd("XINFO")
             .arg(&["GROUPS", "logsentinel:logs"])
@@ -342,7 +331,7 @@ fn eager_consumer_removal_loses_nothing_and_spares_live_police() {
     let names = ["p1", "p2", "p3"];
     let police: Vec<Child> = names
         .iter()
-        .map(|name| spawn_police_logged(&url, name, &args, &dir.path().join(format!("{name}.log"))))
+        .map(|name| spawn_police_with(&url, name, &args, &dir.path().join(format!("{name}.log"))))
         .collect();
     let agent = spawn_agent(&url, "a1", &["--count", "20000", "--rate", "20000", "--batch", "16"]);
     let summary = agent_summary(agent);

@@ -63,6 +63,17 @@ pub fn spawn_police(url: &str, consumer: &str, args: &[&str]) -> Child {
         .expect("spawn police")
 }
 
+/// A police whose stderr goes to `log`, for the tests that read what it says.
+pub fn spawn_police_with(url: &str, consumer: &str, args: &[&str], log: &std::path::Path) -> Child {
+    logsentinel(url)
+        .args(["police", "--consumer", consumer, "--quiet"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("police log file"))
+        .spawn()
+        .expect("spawn police")
+}
+
 pub struct AgentSummary {
     pub agent_id: String,
     pub run_id: String,
