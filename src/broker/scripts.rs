@@ -424,7 +424,9 @@ if quiet_count == 0 and first_noisy > #ARGV then
     expect_permission(source, 'XINFO', 'GROUPS', source)
     expect_permission(source, 'XTRIM', source, 'MINID', '0-1')
     expect_permission(source, 'XGROUP', 'DELCONSUMER', source, group, consumer)
+    expect_permission(source, 'XRANGE', source, '-', '+', 'COUNT', '1')
   else
+    expect_permission(label, 'LLEN', label)
     expect_permission(label, 'LMOVE', label, source, 'RIGHT', 'LEFT')
     expect_permission(label, 'BLMOVE', label, source, 'RIGHT', 'LEFT', '1')
     expect_permission(source, 'LRANGE', source, '0', '-1')
@@ -508,9 +510,14 @@ local function apply(at, out)
   end
   if newest[rule] == nil then
     newest[rule] = {value = read_integer(rules_prefix .. 'newest:' .. rule.name) or -math.huge, dirty = false}
+    -- a window the clock has closed (flatline, spike down) is decided: later matches are late
+    if rule.kind == 'flatline' or (rule.kind == 'spike' and rule.down) then
+      newest[rule].closed = read_integer(rules_prefix .. 'clock:' .. rule.name)
+    end
   end
   local seen_newest = newest[rule]
-  if window_start + rule.window <= seen_newest.value - rule.lateness then
+  if window_start + rule.window <= seen_newest.value - rule.lateness
+      or (seen_newest.closed and window_start <= seen_newest.closed) then
     late = late + matches
     return
   end
@@ -652,32 +659,77 @@ pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
 /// window is below the threshold and that is not firing already (id `<rule>/<gk>/<W>`);
 /// a downward `spike` fires for every candidate group where `prev >= min_count` and
 /// `cur * ratio <= prev`, unless in cooldown. Each window is handled once: the script
-/// records it in `clock:<rule>` and does nothing for a window at or before it.
+/// records it in `clock:<rule>` and does nothing for a window at or before it; SETTLE
+/// counts a later match of such a window as late.
+///
+/// The gate: a window is closed only once every input that could still hold an on-time
+/// event of it is settled, judged on Redis's clock and ids, not the caller's: with
+/// `T = W + window + max_lateness`, Redis's time is at least `T` and
+/// - stream mode: the group has delivered every entry with an id below `T-0` (none after
+///   its last-delivered id is older) and none of them is still pending (the smallest
+///   pending id is at or after `T-0`);
+/// - list mode (items carry no arrival time): the source list and every processing list
+///   named in KEYS are empty.
+///
+/// Otherwise the window is left for a later tick (`postponed`): a backlog, or entries held
+/// by a paused or dead police not yet claimed, never make a silent window out of a busy one.
+///
+/// The fence: the script does nothing unless `owner` holds the lease, so a holder paused
+/// past its lease (another took over) cannot act on what it computed before the pause.
 ///
 /// Why atomic: the checks, the records, the episode registry and the window mark must go
 /// together, or a lease taken over between them would raise or skip a record. Every record
-/// is behind the idempotency guard besides, so a holder paused past its lease cannot double
-/// one either.
-/// KEYS: alerts stream. ARGV: rules prefix, seen prefix, seen ttl (s), the rule (9 fields as
-/// in SETTLE), window start W, then per candidate group: group key id, group values JSON,
-/// draft body (clock-raised: without `event`), first and last event time. Returns {records
-/// written, duplicates}.
+/// is behind the idempotency guard besides.
+/// KEYS: alerts stream, lease, source (log stream or list), processing lists (list mode).
+/// ARGV: rules prefix, seen prefix, seen ttl (s), owner, mode (`stream`|`list`), group, the
+/// rule (9 fields as in SETTLE), window start W, then per candidate group: group key id,
+/// group values JSON, draft body (clock-raised: without `event`), first and last event
+/// time. Returns {records written, duplicates, `closed`|`done`|`postponed`|`fenced`}.
 const CLOCK_HEAD_LUA: &str = r#"
-local alerts = KEYS[1]
-local rules_prefix, seen_prefix, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local alerts, lease = KEYS[1], KEYS[2]
+local rules_prefix, seen_prefix, ttl, owner = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local fenced = redis.call('GET', lease) ~= owner
 "#;
 
 const CLOCK_CLOSE_BODY_LUA: &str = r#"
-local rules = read_rules(4, 1)
+if fenced then return {0, 0, 'fenced'} end
+local source, mode, group = KEYS[3], ARGV[5], ARGV[6]
+local rules = read_rules(7, 1)
 local rule = rules[1]
-local window_start = tonumber(ARGV[13])
+local window_start = tonumber(ARGV[16])
 local clock_key = rules_prefix .. 'clock:' .. rule.name
 expect_room(alerts)
 expect_rule_keys(rules)
 local done = read_integer(clock_key)
-if done and done >= window_start then return {0, 0} end
+if done and done >= window_start then return {0, 0, 'done'} end
+
+-- the gate: is every input that may hold an on-time event of the window settled?
+local function id_ms(id) return tonumber(string.match(id, '^(%d+)')) end
+local function settled_before(boundary)
+  if now_ms < boundary then return false end
+  if mode == 'list' then
+    for k = 3, #KEYS do
+      if redis.call('LLEN', KEYS[k]) > 0 then return false end
+    end
+    return true
+  end
+  if redis.call('EXISTS', source) == 0 then return true end
+  local delivered, has_group = '0-0', false
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', source)) do
+    local fields = {}
+    for k = 1, #info, 2 do fields[info[k]] = info[k + 1] end
+    if fields['name'] == group then delivered, has_group = fields['last-delivered-id'], true end
+  end
+  local undelivered = redis.call('XRANGE', source, '(' .. delivered, '+', 'COUNT', 1)[1]
+  if undelivered and id_ms(undelivered[1]) < boundary then return false end
+  if not has_group then return true end
+  local pending = redis.call('XPENDING', source, group)
+  return pending[1] == 0 or id_ms(pending[2]) >= boundary
+end
+if not settled_before(window_start + rule.window + rule.lateness) then return {0, 0, 'postponed'} end
+
 local out = {}
-for at = 14, #ARGV, 5 do
+for at = 17, #ARGV, 5 do
   local ep = episode(rule, ARGV[at])
   local body, first, last = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local current = count_entry(rule, ep.gk, window_start).value
@@ -694,7 +746,7 @@ for at = 14, #ARGV, 5 do
 end
 flush_state()
 redis.call('SET', clock_key, fmt(window_start))
-return {write_records(out), rule_duplicates}
+return {write_records(out), rule_duplicates, 'closed'}
 "#;
 
 pub static CLOCK_CLOSE: LazyLock<Script> = LazyLock::new(|| {
@@ -712,12 +764,14 @@ pub static CLOCK_CLOSE: LazyLock<Script> = LazyLock::new(|| {
 ///
 /// Why atomic: the due check, the record and the move between the registries go together,
 /// so a settle extending the episode in between cannot be lost under a resolve.
-/// KEYS: alerts stream. ARGV: rules prefix, seen prefix, seen ttl (s), any_quiet_ms,
-/// keep_ms, rule count, per rule 9 fields as in SETTLE. Returns {records written,
-/// duplicates, resolved entries dropped}.
+/// Fenced as [`CLOCK_CLOSE`] is: nothing is done unless `owner` holds the lease.
+/// KEYS: alerts stream, lease. ARGV: rules prefix, seen prefix, seen ttl (s), owner,
+/// any_quiet_ms, keep_ms, rule count, per rule 9 fields as in SETTLE. Returns {records
+/// written, duplicates, resolved entries dropped, `done`|`fenced`}.
 const CLOCK_RESOLVE_BODY_LUA: &str = r#"
-local any_quiet_ms, keep_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
-local rules = read_rules(7, tonumber(ARGV[6]))
+if fenced then return {0, 0, 0, 'fenced'} end
+local any_quiet_ms, keep_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rules = read_rules(8, tonumber(ARGV[7]))
 expect_room(alerts)
 expect_rule_keys(rules)
 local by_name = {}
@@ -749,7 +803,7 @@ for _, rk in ipairs(old) do
   redis.call('ZREM', rules_prefix .. 'resolved_at', rk)
   dropped = dropped + 1
 end
-return {written, rule_duplicates, dropped}
+return {written, rule_duplicates, dropped, 'done'}
 "#;
 
 pub static CLOCK_RESOLVE: LazyLock<Script> = LazyLock::new(|| {

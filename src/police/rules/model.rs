@@ -72,6 +72,9 @@ pub struct Model<'rules> {
     resolved: Vec<Alert>,
     /// Per rule index, the newest window the clock has checked.
     checked_through: HashMap<usize, i64>,
+    /// Per rule index (flatline, spike down), the newest window the clock has closed: its
+    /// outcome is decided, later matches of it or an older window are late.
+    closed_through: HashMap<usize, i64>,
     /// Matches dropped as late (the `late` counter of the stats hash).
     pub late: u64,
 }
@@ -88,6 +91,7 @@ impl<'rules> Model<'rules> {
             active: BTreeMap::new(),
             resolved: Vec::new(),
             checked_through: HashMap::new(),
+            closed_through: HashMap::new(),
             late: 0,
         }
     }
@@ -147,12 +151,17 @@ impl<'rules> Model<'rules> {
     }
 
     /// Lateness: the update's window closed more than `max_lateness` before the newest
-    /// event the rule has seen (`W + window <= newest - max_lateness`).
+    /// event the rule has seen (`W + window <= newest - max_lateness`), or the clock has
+    /// closed it (flatline, spike down: `W <= clock:<rule>`).
     fn is_late(&self, rule: &StatefulRule, update: &RuleUpdate) -> bool {
+        let closed_by_clock = self
+            .closed_through
+            .get(&update.rule_index)
+            .is_some_and(|closed| update.window_start_ms <= *closed);
         let Some(newest) = self.newest.get(&update.rule_index) else {
-            return false;
+            return closed_by_clock;
         };
-        update.window_start_ms + rule.window_ms as i64 <= newest - rule.max_lateness_ms as i64
+        closed_by_clock || update.window_start_ms + rule.window_ms as i64 <= newest - rule.max_lateness_ms as i64
     }
 
     /// `any` with a cooldown: the first match fires (id `<rule>/<gk>/<ts>`); matches before
@@ -254,6 +263,9 @@ impl<'rules> Model<'rules> {
             let rule = self.stateful[rule_index].clone();
             if matches!(rule.kind, StatefulKind::Flatline | StatefulKind::Spike) {
                 for window_start in self.windows_closed_since_last_tick(rule_index, &rule, now_ms) {
+                    if rule.kind == StatefulKind::Flatline || rule.spike_down {
+                        self.closed_through.insert(rule_index, window_start);
+                    }
                     match rule.kind {
                         StatefulKind::Flatline => {
                             self.close_flatline(rule_index, &rule, window_start, now_ms, &mut written)
