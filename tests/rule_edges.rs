@@ -1,5 +1,7 @@
 //! Edges of the rule state: a window closes only once its input is settled (a backlog, a
-//! pending entry), and a lease holder paused past its lease is fenced when it wakes.
+//! pending entry), a lease holder paused past its lease is fenced when it wakes, and an
+//! event carried by two entries (an agent's re-send) counts once, in Redis as in the
+//! reference model.
 
 mod common;
 
@@ -14,6 +16,7 @@ use logsentinel::broker::lease::Lease;
 use logsentinel::event::{self, Level};
 use logsentinel::options::Transport;
 use logsentinel::police::clock::Clock;
+use logsentinel::police::rules::model::Model;
 use logsentinel::police::rules::{RuleSet, group, window};
 use logsentinel::police::settle::{self, Outcome, SettleTarget, Source};
 
@@ -447,4 +450,60 @@ fn a_lease_holder_paused_past_its_lease_never_doubles_a_record() {
     for (_, child) in police {
         stop_gracefully(child);
     }
+}
+
+/// The same encoded entry written twice (an agent's re-send), and a pack overlapping
+/// another by one event: each event counts once. With N-1 distinct events and a duplicate,
+/// a threshold of N does not fire; the reference model agrees.
+#[tokio::test]
+async fn a_duplicate_entry_counts_its_events_once_as_the_model_does() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut sync = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    let rule_text = "[[rules]]\nname = \"f\"\ntype = \"frequency\"\ngroup_by = [\"service\"]\n\
+                     threshold = 5\nwindow = \"1h\"\n";
+    let rules_path = write_rules(dir.path(), rule_text);
+    let hour = window::window_start(window::now_ms(), 3_600_000);
+    let event = |seq: u64| event_json(&format!("web-7:0123456789abcdef:{seq}"), hour + seq as i64, "api");
+    let now_ms = window::now_ms();
+    // four distinct events: one entry sent twice, a pack of (1, 2) and one of (2, 3)
+    xadd_at(&mut sync, now_ms, &[event(0)]);
+    xadd_at(&mut sync, now_ms, &[event(0)]);
+    xadd_at(&mut sync, now_ms, &[event(1), event(2)]);
+    xadd_at(&mut sync, now_ms, &[event(2), event(3)]);
+    let police = spawn_police_logging(&url, "p1", &["--rules", &rules_path], &dir.path().join("p1.log"));
+    wait_until("every entry settled", Duration::from_secs(60), || {
+        processed_events(&mut sync) == 6
+    });
+    let count_key = format!("{RULES}count:f:{}:{hour}", gk("api"));
+    assert_eq!(get_integer(&mut sync, &count_key), Some(4), "four distinct events");
+    assert!(record_keys(&mut sync).is_empty(), "4 < threshold 5");
+    // The fifth distinct event crosses the threshold; its duplicate changes nothing.
+    xadd_at(&mut sync, window::now_ms(), &[event(4)]);
+    xadd_at(&mut sync, window::now_ms(), &[event(4)]);
+    wait_until("the fifth settled", Duration::from_secs(60), || {
+        processed_events(&mut sync) == 8
+    });
+    assert_eq!(get_integer(&mut sync, &count_key), Some(5));
+    let fired = format!("f/{}/{hour}", gk("api"));
+    assert_eq!(record_keys(&mut sync), [(fired.clone(), "firing".to_string())]);
+    stop_gracefully(police);
+
+    // The model, fed the same entries in order, counts and fires the same.
+    let rules = RuleSet::parse("rules.toml", rule_text).unwrap();
+    let mut model = Model::new(&rules);
+    let mut modelled = Vec::new();
+    for (id, fields) in read_stream(&mut sync, STREAM) {
+        let fields: Vec<(String, String)> = fields.into_iter().collect();
+        let decoded = event::decode_entry(&id, &fields, Level::Unknown);
+        let plan = rules.evaluate(decoded.events, window::now_ms());
+        modelled.extend(
+            model
+                .apply(plan, window::now_ms())
+                .into_iter()
+                .map(|alert| (alert.alert_id, alert.count)),
+        );
+    }
+    assert_eq!(modelled, [(fired, 5)]);
 }

@@ -67,7 +67,16 @@ use redis::Script;
 /// item count, items; then per item with outputs: item, event count, alert count, dead
 /// count, update count, alert count × (alert id, guarded `1`|`0`, alert json), dead count ×
 /// (reason, raw), update count × (rule number from 1, draft number from 1, window start ms,
-/// matches, first event ms, last event ms).
+/// matches, first event ms, last event ms), then the item's dedup marks: bitmap count, per
+/// bitmap its name, event count and per event its bit and the numbers of the updates it
+/// counts in (comma-separated; empty: all of them).
+///
+/// Exactly once per event (our agents' ids, see [`crate::police::rules::dedup`]): an owned
+/// item's events set their bits (`BITFIELD SET u1`, the old bits returned) before its
+/// updates are applied; an event whose bit was set already counted once, so its matches are
+/// taken off the updates it counts in. The bitmaps are `rules:dedup:<run hash>:<chunk>`,
+/// type-checked with the other rule keys, expiring after the longest `3 × window +
+/// lateness` or cooldown of the rule table plus 5 minutes.
 /// Called with no items, it only validates: the police's start-up check (then also the
 /// commands of the read loop and of the clock scripts).
 /// Returns: {items settled, alerts written, duplicate alerts skipped, dead letters written,
@@ -439,6 +448,7 @@ end
 local alerts_total, dead_total, updates_total = 0, 0, 0
 local used_rules = {}
 local noisy = {}
+local bitmaps = {}
 while i <= #ARGV do
   local alert_count, dead_count, update_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   alerts_total, dead_total = alerts_total + alert_count, dead_total + dead_count
@@ -446,13 +456,25 @@ while i <= #ARGV do
   local updates_at = i + 5 + 3 * alert_count + 2 * dead_count
   for u = 0, update_count - 1 do used_rules[tonumber(ARGV[updates_at + 6 * u])] = true end
   noisy[#noisy + 1] = {at = i, alert_count = alert_count, dead_count = dead_count, updates_at = updates_at,
-    update_count = update_count, raised = {}}
+    update_count = update_count, raised = {}, marks_at = updates_at + 6 * update_count}
   i = updates_at + 6 * update_count
+  -- dedup marks: skipped here, their bitmaps type-checked below
+  local bitmap_count = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, bitmap_count do
+    bitmaps[rules_prefix .. 'dedup:' .. ARGV[i]] = true
+    i = i + 2 + 2 * tonumber(ARGV[i + 1])
+  end
 end
 if alerts_total > 0 or updates_total > 0 then expect_room(alerts) end
 if dead_total > 0 then expect_room(dead) end
 -- only the keys of the rules this call updates: checking all of them costs every call
 if updates_total > 0 then expect_rule_keys(rules, used_rules) end
+if next(bitmaps) then
+  for key in pairs(bitmaps) do expect_type(key, 'string') end
+  expect_permission(rules_prefix .. '*', 'BITFIELD', rules_prefix .. 'x', 'SET', 'u1', '0', '1')
+  expect_permission(rules_prefix .. '*', 'PEXPIRE', rules_prefix .. 'x', '1')
+end
 
 -- 3. the fence: which items with outputs this consumer holds
 local owned_entries = {}
@@ -475,7 +497,9 @@ local late = 0
 local newest = {}
 -- per draft (one rule, group key and window): what its updates share, looked up once
 local slots = {}
-local function apply(at, out)
+local function apply(at, out, duplicate_matches)
+  local matches = tonumber(ARGV[at + 3]) - duplicate_matches
+  if matches <= 0 then return end
   local draft_number = tonumber(ARGV[at + 1])
   local slot = slots[draft_number]
   if slot == nil then
@@ -488,7 +512,7 @@ local function apply(at, out)
     slots[draft_number] = slot
   end
   local rule, gk, body, ep = slot.rule, slot.gk, slot.body, slot.ep
-  local window_start, matches, last_ms = slot.window_start, tonumber(ARGV[at + 3]), tonumber(ARGV[at + 5])
+  local window_start, last_ms = slot.window_start, tonumber(ARGV[at + 5])
   -- only a firing update needs its first event time
   local function first_text() return rfc3339(tonumber(ARGV[at + 4])) end
   if rule.kind == 'any' then
@@ -556,10 +580,56 @@ local function apply(at, out)
   end
 end
 
+-- exactly once per event: sets the bits of an owned item's events; per update number,
+-- the matches of events whose bit was set already
+local dedup_ttl, expiring = 300000, {}
+for _, rule in ipairs(rules) do
+  dedup_ttl = math.max(dedup_ttl, 3 * rule.window + rule.lateness + 300000, rule.cooldown + 300000)
+end
+local function duplicates_of(item)
+  local duplicates_per_update = {}
+  local at = item.marks_at + 1
+  for _ = 1, tonumber(ARGV[item.marks_at]) do
+    local key, event_count = rules_prefix .. 'dedup:' .. ARGV[at], tonumber(ARGV[at + 1])
+    -- unpack() is limited by the Lua stack: 500 events (2000 arguments) per call
+    for first = 0, event_count - 1, 500 do
+      local last = math.min(first + 499, event_count - 1)
+      local operations = {}
+      for e = first, last do
+        local o = 4 * (e - first)
+        operations[o + 1], operations[o + 2], operations[o + 3], operations[o + 4] = 'SET', 'u1', ARGV[at + 2 + 2 * e], 1
+      end
+      local old_bits = redis.call('BITFIELD', key, unpack(operations))
+      for e = first, last do
+        if old_bits[e - first + 1] == 1 then
+          local counted_in = ARGV[at + 3 + 2 * e]
+          if counted_in == '' then
+            for u = 1, item.update_count do duplicates_per_update[u] = (duplicates_per_update[u] or 0) + 1 end
+          else
+            for u in string.gmatch(counted_in, '%d+') do
+              u = tonumber(u)
+              duplicates_per_update[u] = (duplicates_per_update[u] or 0) + 1
+            end
+          end
+        end
+      end
+    end
+    if not expiring[key] then
+      redis.call('PEXPIRE', key, dedup_ttl)
+      expiring[key] = true
+    end
+    at = at + 2 + 2 * event_count
+  end
+  return duplicates_per_update
+end
+
 for _, item in ipairs(noisy) do
   item.owned = owns(ARGV[item.at])
   if item.owned then
-    for u = 0, item.update_count - 1 do apply(item.updates_at + 6 * u, item.raised) end
+    local duplicates_per_update = duplicates_of(item)
+    for u = 0, item.update_count - 1 do
+      apply(item.updates_at + 6 * u, item.raised, duplicates_per_update[u + 1] or 0)
+    end
   end
 end
 for rule, seen_newest in pairs(newest) do
