@@ -495,6 +495,7 @@ async fn the_scripts_and_the_reference_model_raise_the_same_records() {
     let clock = logsentinel::police::clock::Clock {
         keys: keys.clone(),
         redis_url: redis.url(),
+        source: logsentinel::options::Transport::Stream,
         lease: logsentinel::broker::lease::Lease {
             key: keys.rules_lease(),
             owner: "test".into(),
@@ -502,8 +503,15 @@ async fn the_scripts_and_the_reference_model_raise_the_same_records() {
         rules: tokio::sync::watch::channel(Arc::new(rules.clone())).1,
         alert_dedup_ttl_s: 600,
     };
+    // The clock scripts act only for the lease's holder.
+    let _: () = redis::cmd("SET")
+        .arg(keys.rules_lease())
+        .arg("test")
+        .query(&mut sync)
+        .unwrap();
     let tick_at = now_ms();
-    clock.tick(&mut connection, tick_at).await.unwrap();
+    let totals = clock.tick(&mut connection, tick_at).await.unwrap();
+    assert!(!totals.fenced && totals.postponed == 0, "{totals:?}");
     for alert in model.tick(tick_at) {
         expected.push((alert.alert_id.clone(), status_of(alert.status), alert.count));
     }

@@ -67,7 +67,16 @@ use redis::Script;
 /// item count, items; then per item with outputs: item, event count, alert count, dead
 /// count, update count, alert count × (alert id, guarded `1`|`0`, alert json), dead count ×
 /// (reason, raw), update count × (rule number from 1, draft number from 1, window start ms,
-/// matches, first event ms, last event ms).
+/// matches, first event ms, last event ms), then the item's dedup marks: bitmap count, per
+/// bitmap its name, event count and per event its bit and the numbers of the updates it
+/// counts in (comma-separated; empty: all of them).
+///
+/// Exactly once per event (our agents' ids, see [`crate::police::rules::dedup`]): an owned
+/// item's events set their bits (`BITFIELD SET u1`, the old bits returned) before its
+/// updates are applied; an event whose bit was set already counted once, so its matches are
+/// taken off the updates it counts in. The bitmaps are `rules:dedup:<run hash>:<chunk>`,
+/// type-checked with the other rule keys, expiring after the longest `3 × window +
+/// lateness` or cooldown of the rule table plus 5 minutes.
 /// Called with no items, it only validates: the police's start-up check (then also the
 /// commands of the read loop and of the clock scripts).
 /// Returns: {items settled, alerts written, duplicate alerts skipped, dead letters written,
@@ -424,7 +433,9 @@ if quiet_count == 0 and first_noisy > #ARGV then
     expect_permission(source, 'XINFO', 'GROUPS', source)
     expect_permission(source, 'XTRIM', source, 'MINID', '0-1')
     expect_permission(source, 'XGROUP', 'DELCONSUMER', source, group, consumer)
+    expect_permission(source, 'XRANGE', source, '-', '+', 'COUNT', '1')
   else
+    expect_permission(label, 'LLEN', label)
     expect_permission(label, 'LMOVE', label, source, 'RIGHT', 'LEFT')
     expect_permission(label, 'BLMOVE', label, source, 'RIGHT', 'LEFT', '1')
     expect_permission(source, 'LRANGE', source, '0', '-1')
@@ -437,6 +448,7 @@ end
 local alerts_total, dead_total, updates_total = 0, 0, 0
 local used_rules = {}
 local noisy = {}
+local bitmaps = {}
 while i <= #ARGV do
   local alert_count, dead_count, update_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   alerts_total, dead_total = alerts_total + alert_count, dead_total + dead_count
@@ -444,13 +456,25 @@ while i <= #ARGV do
   local updates_at = i + 5 + 3 * alert_count + 2 * dead_count
   for u = 0, update_count - 1 do used_rules[tonumber(ARGV[updates_at + 6 * u])] = true end
   noisy[#noisy + 1] = {at = i, alert_count = alert_count, dead_count = dead_count, updates_at = updates_at,
-    update_count = update_count, raised = {}}
+    update_count = update_count, raised = {}, marks_at = updates_at + 6 * update_count}
   i = updates_at + 6 * update_count
+  -- dedup marks: skipped here, their bitmaps type-checked below
+  local bitmap_count = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, bitmap_count do
+    bitmaps[rules_prefix .. 'dedup:' .. ARGV[i]] = true
+    i = i + 2 + 2 * tonumber(ARGV[i + 1])
+  end
 end
 if alerts_total > 0 or updates_total > 0 then expect_room(alerts) end
 if dead_total > 0 then expect_room(dead) end
 -- only the keys of the rules this call updates: checking all of them costs every call
 if updates_total > 0 then expect_rule_keys(rules, used_rules) end
+if next(bitmaps) then
+  for key in pairs(bitmaps) do expect_type(key, 'string') end
+  expect_permission(rules_prefix .. '*', 'BITFIELD', rules_prefix .. 'x', 'SET', 'u1', '0', '1')
+  expect_permission(rules_prefix .. '*', 'PEXPIRE', rules_prefix .. 'x', '1')
+end
 
 -- 3. the fence: which items with outputs this consumer holds
 local owned_entries = {}
@@ -473,7 +497,9 @@ local late = 0
 local newest = {}
 -- per draft (one rule, group key and window): what its updates share, looked up once
 local slots = {}
-local function apply(at, out)
+local function apply(at, out, duplicate_matches)
+  local matches = tonumber(ARGV[at + 3]) - duplicate_matches
+  if matches <= 0 then return end
   local draft_number = tonumber(ARGV[at + 1])
   local slot = slots[draft_number]
   if slot == nil then
@@ -486,7 +512,7 @@ local function apply(at, out)
     slots[draft_number] = slot
   end
   local rule, gk, body, ep = slot.rule, slot.gk, slot.body, slot.ep
-  local window_start, matches, last_ms = slot.window_start, tonumber(ARGV[at + 3]), tonumber(ARGV[at + 5])
+  local window_start, last_ms = slot.window_start, tonumber(ARGV[at + 5])
   -- only a firing update needs its first event time
   local function first_text() return rfc3339(tonumber(ARGV[at + 4])) end
   if rule.kind == 'any' then
@@ -508,9 +534,14 @@ local function apply(at, out)
   end
   if newest[rule] == nil then
     newest[rule] = {value = read_integer(rules_prefix .. 'newest:' .. rule.name) or -math.huge, dirty = false}
+    -- a window the clock has closed (flatline, spike down) is decided: later matches are late
+    if rule.kind == 'flatline' or (rule.kind == 'spike' and rule.down) then
+      newest[rule].closed = read_integer(rules_prefix .. 'clock:' .. rule.name)
+    end
   end
   local seen_newest = newest[rule]
-  if window_start + rule.window <= seen_newest.value - rule.lateness then
+  if window_start + rule.window <= seen_newest.value - rule.lateness
+      or (seen_newest.closed and window_start <= seen_newest.closed) then
     late = late + matches
     return
   end
@@ -549,10 +580,56 @@ local function apply(at, out)
   end
 end
 
+-- exactly once per event: sets the bits of an owned item's events; per update number,
+-- the matches of events whose bit was set already
+local dedup_ttl, expiring = 300000, {}
+for _, rule in ipairs(rules) do
+  dedup_ttl = math.max(dedup_ttl, 3 * rule.window + rule.lateness + 300000, rule.cooldown + 300000)
+end
+local function duplicates_of(item)
+  local duplicates_per_update = {}
+  local at = item.marks_at + 1
+  for _ = 1, tonumber(ARGV[item.marks_at]) do
+    local key, event_count = rules_prefix .. 'dedup:' .. ARGV[at], tonumber(ARGV[at + 1])
+    -- unpack() is limited by the Lua stack: 500 events (2000 arguments) per call
+    for first = 0, event_count - 1, 500 do
+      local last = math.min(first + 499, event_count - 1)
+      local operations = {}
+      for e = first, last do
+        local o = 4 * (e - first)
+        operations[o + 1], operations[o + 2], operations[o + 3], operations[o + 4] = 'SET', 'u1', ARGV[at + 2 + 2 * e], 1
+      end
+      local old_bits = redis.call('BITFIELD', key, unpack(operations))
+      for e = first, last do
+        if old_bits[e - first + 1] == 1 then
+          local counted_in = ARGV[at + 3 + 2 * e]
+          if counted_in == '' then
+            for u = 1, item.update_count do duplicates_per_update[u] = (duplicates_per_update[u] or 0) + 1 end
+          else
+            for u in string.gmatch(counted_in, '%d+') do
+              u = tonumber(u)
+              duplicates_per_update[u] = (duplicates_per_update[u] or 0) + 1
+            end
+          end
+        end
+      end
+    end
+    if not expiring[key] then
+      redis.call('PEXPIRE', key, dedup_ttl)
+      expiring[key] = true
+    end
+    at = at + 2 + 2 * event_count
+  end
+  return duplicates_per_update
+end
+
 for _, item in ipairs(noisy) do
   item.owned = owns(ARGV[item.at])
   if item.owned then
-    for u = 0, item.update_count - 1 do apply(item.updates_at + 6 * u, item.raised) end
+    local duplicates_per_update = duplicates_of(item)
+    for u = 0, item.update_count - 1 do
+      apply(item.updates_at + 6 * u, item.raised, duplicates_per_update[u + 1] or 0)
+    end
   end
 end
 for rule, seen_newest in pairs(newest) do
@@ -652,32 +729,77 @@ pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
 /// window is below the threshold and that is not firing already (id `<rule>/<gk>/<W>`);
 /// a downward `spike` fires for every candidate group where `prev >= min_count` and
 /// `cur * ratio <= prev`, unless in cooldown. Each window is handled once: the script
-/// records it in `clock:<rule>` and does nothing for a window at or before it.
+/// records it in `clock:<rule>` and does nothing for a window at or before it; SETTLE
+/// counts a later match of such a window as late.
+///
+/// The gate: a window is closed only once every input that could still hold an on-time
+/// event of it is settled, judged on Redis's clock and ids, not the caller's: with
+/// `T = W + window + max_lateness`, Redis's time is at least `T` and
+/// - stream mode: the group has delivered every entry with an id below `T-0` (none after
+///   its last-delivered id is older) and none of them is still pending (the smallest
+///   pending id is at or after `T-0`);
+/// - list mode (items carry no arrival time): the source list and every processing list
+///   named in KEYS are empty.
+///
+/// Otherwise the window is left for a later tick (`postponed`): a backlog, or entries held
+/// by a paused or dead police not yet claimed, never make a silent window out of a busy one.
+///
+/// The fence: the script does nothing unless `owner` holds the lease, so a holder paused
+/// past its lease (another took over) cannot act on what it computed before the pause.
 ///
 /// Why atomic: the checks, the records, the episode registry and the window mark must go
 /// together, or a lease taken over between them would raise or skip a record. Every record
-/// is behind the idempotency guard besides, so a holder paused past its lease cannot double
-/// one either.
-/// KEYS: alerts stream. ARGV: rules prefix, seen prefix, seen ttl (s), the rule (9 fields as
-/// in SETTLE), window start W, then per candidate group: group key id, group values JSON,
-/// draft body (clock-raised: without `event`), first and last event time. Returns {records
-/// written, duplicates}.
+/// is behind the idempotency guard besides.
+/// KEYS: alerts stream, lease, source (log stream or list), processing lists (list mode).
+/// ARGV: rules prefix, seen prefix, seen ttl (s), owner, mode (`stream`|`list`), group, the
+/// rule (9 fields as in SETTLE), window start W, then per candidate group: group key id,
+/// group values JSON, draft body (clock-raised: without `event`), first and last event
+/// time. Returns {records written, duplicates, `closed`|`done`|`postponed`|`fenced`}.
 const CLOCK_HEAD_LUA: &str = r#"
-local alerts = KEYS[1]
-local rules_prefix, seen_prefix, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local alerts, lease = KEYS[1], KEYS[2]
+local rules_prefix, seen_prefix, ttl, owner = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local fenced = redis.call('GET', lease) ~= owner
 "#;
 
 const CLOCK_CLOSE_BODY_LUA: &str = r#"
-local rules = read_rules(4, 1)
+if fenced then return {0, 0, 'fenced'} end
+local source, mode, group = KEYS[3], ARGV[5], ARGV[6]
+local rules = read_rules(7, 1)
 local rule = rules[1]
-local window_start = tonumber(ARGV[13])
+local window_start = tonumber(ARGV[16])
 local clock_key = rules_prefix .. 'clock:' .. rule.name
 expect_room(alerts)
 expect_rule_keys(rules)
 local done = read_integer(clock_key)
-if done and done >= window_start then return {0, 0} end
+if done and done >= window_start then return {0, 0, 'done'} end
+
+-- the gate: is every input that may hold an on-time event of the window settled?
+local function id_ms(id) return tonumber(string.match(id, '^(%d+)')) end
+local function settled_before(boundary)
+  if now_ms < boundary then return false end
+  if mode == 'list' then
+    for k = 3, #KEYS do
+      if redis.call('LLEN', KEYS[k]) > 0 then return false end
+    end
+    return true
+  end
+  if redis.call('EXISTS', source) == 0 then return true end
+  local delivered, has_group = '0-0', false
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', source)) do
+    local fields = {}
+    for k = 1, #info, 2 do fields[info[k]] = info[k + 1] end
+    if fields['name'] == group then delivered, has_group = fields['last-delivered-id'], true end
+  end
+  local undelivered = redis.call('XRANGE', source, '(' .. delivered, '+', 'COUNT', 1)[1]
+  if undelivered and id_ms(undelivered[1]) < boundary then return false end
+  if not has_group then return true end
+  local pending = redis.call('XPENDING', source, group)
+  return pending[1] == 0 or id_ms(pending[2]) >= boundary
+end
+if not settled_before(window_start + rule.window + rule.lateness) then return {0, 0, 'postponed'} end
+
 local out = {}
-for at = 14, #ARGV, 5 do
+for at = 17, #ARGV, 5 do
   local ep = episode(rule, ARGV[at])
   local body, first, last = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local current = count_entry(rule, ep.gk, window_start).value
@@ -694,7 +816,7 @@ for at = 14, #ARGV, 5 do
 end
 flush_state()
 redis.call('SET', clock_key, fmt(window_start))
-return {write_records(out), rule_duplicates}
+return {write_records(out), rule_duplicates, 'closed'}
 "#;
 
 pub static CLOCK_CLOSE: LazyLock<Script> = LazyLock::new(|| {
@@ -712,12 +834,14 @@ pub static CLOCK_CLOSE: LazyLock<Script> = LazyLock::new(|| {
 ///
 /// Why atomic: the due check, the record and the move between the registries go together,
 /// so a settle extending the episode in between cannot be lost under a resolve.
-/// KEYS: alerts stream. ARGV: rules prefix, seen prefix, seen ttl (s), any_quiet_ms,
-/// keep_ms, rule count, per rule 9 fields as in SETTLE. Returns {records written,
-/// duplicates, resolved entries dropped}.
+/// Fenced as [`CLOCK_CLOSE`] is: nothing is done unless `owner` holds the lease.
+/// KEYS: alerts stream, lease. ARGV: rules prefix, seen prefix, seen ttl (s), owner,
+/// any_quiet_ms, keep_ms, rule count, per rule 9 fields as in SETTLE. Returns {records
+/// written, duplicates, resolved entries dropped, `done`|`fenced`}.
 const CLOCK_RESOLVE_BODY_LUA: &str = r#"
-local any_quiet_ms, keep_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
-local rules = read_rules(7, tonumber(ARGV[6]))
+if fenced then return {0, 0, 0, 'fenced'} end
+local any_quiet_ms, keep_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rules = read_rules(8, tonumber(ARGV[7]))
 expect_room(alerts)
 expect_rule_keys(rules)
 local by_name = {}
@@ -749,7 +873,7 @@ for _, rk in ipairs(old) do
   redis.call('ZREM', rules_prefix .. 'resolved_at', rk)
   dropped = dropped + 1
 end
-return {written, rule_duplicates, dropped}
+return {written, rule_duplicates, dropped, 'done'}
 "#;
 
 pub static CLOCK_RESOLVE: LazyLock<Script> = LazyLock::new(|| {

@@ -14,6 +14,11 @@
 //! - windows close on the wall clock: `now >= W + window + max_lateness`; each tick does
 //!   every window closed since the last one done (`clock:<rule>`), oldest first, at most
 //!   [`MAX_WINDOWS_PER_TICK`]; the very first tick of a rule only the newest closed one
+//! - a window closes only once its input is settled (the gate of [`scripts::CLOCK_CLOSE`],
+//!   on Redis's clock and stream ids): a backlog, or entries held by a paused or dead
+//!   police, postpone the close (and every later window of the rule) to a later tick
+//! - every clock script checks inside itself that this process holds the lease: a holder
+//!   paused past its lease (SIGSTOP, a stalled VM) wakes up fenced and writes nothing
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::RedisError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use tokio::sync::watch;
 
@@ -30,7 +35,8 @@ use super::rules::plan::{GroupKey, StatefulKind, StatefulRule};
 use super::settle::{draft_body, push_rule, push_rules};
 use crate::broker::keys::Keys;
 use crate::broker::lease::{Lease, RENEW_INTERVAL};
-use crate::broker::{self, Connection, scripts};
+use crate::broker::{self, Connection, list, scripts};
+use crate::options::Transport;
 
 /// How often the holder looks for windows to close and episodes to resolve: a flatline
 /// fires within about a second of its window's close.
@@ -49,11 +55,18 @@ pub const MAX_WINDOWS_PER_TICK: i64 = 10_000;
 pub struct ClockTotals {
     pub records_written: u64,
     pub duplicates: u64,
+    /// Windows due by the wall clock whose close waits for their input to be settled.
+    pub postponed: u64,
+    /// A script found the lease held by another process: this one stops its clock work
+    /// until it takes the lease again.
+    pub fenced: bool,
 }
 
 pub struct Clock {
     pub keys: Keys,
     pub redis_url: String,
+    /// What the police reads: the gate of a window's close looks at its pending input.
+    pub source: Transport,
     pub lease: Lease,
     /// The rules in force (replaced on reload); read at each tick, never held across an
     /// await.
@@ -128,9 +141,22 @@ impl Clock {
             if !holding {
                 continue;
             }
-            if let Err(error) = self.tick(open, wall_clock_ms()).await {
-                warn!(error = %error, "clock work failed; retried next tick");
-                connection = None;
+            match self.tick(open, wall_clock_ms()).await {
+                Ok(totals) if totals.fenced => {
+                    info!(owner = %self.lease.owner, "rule clock lease held by another police; clock work stopped");
+                    holding = false;
+                }
+                Ok(totals) if totals.postponed > 0 => {
+                    debug!(
+                        windows = totals.postponed,
+                        "window close postponed: its input is not settled yet"
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    warn!(error = %error, "clock work failed; retried next tick");
+                    connection = None;
+                }
             }
         }
         if let (true, Some(open)) = (holding, connection.as_mut()) {
@@ -153,23 +179,39 @@ impl Clock {
                 StatefulKind::Spike => rule.spike_down,
                 StatefulKind::AnyWithCooldown | StatefulKind::Frequency => false,
             };
-            if closes {
-                for window_start in self.windows_to_close(connection, rule, now_ms).await? {
-                    let (written, duplicates) = self
-                        .close_window(connection, &rule_set, rule, index, window_start, now_ms)
-                        .await?;
-                    totals.records_written += written;
-                    totals.duplicates += duplicates;
+            if !closes {
+                continue;
+            }
+            let due = self.windows_to_close(connection, rule, now_ms).await?;
+            for (position, window_start) in due.iter().enumerate() {
+                let (written, duplicates, status): (u64, u64, String) = self
+                    .close_window(connection, &rule_set, rule, index, *window_start, now_ms)
+                    .await?;
+                totals.records_written += written;
+                totals.duplicates += duplicates;
+                match status.as_str() {
+                    "fenced" => {
+                        totals.fenced = true;
+                        return Ok(totals);
+                    }
+                    // windows close in order: the later ones wait as well
+                    "postponed" => {
+                        totals.postponed += (due.len() - position) as u64;
+                        break;
+                    }
+                    _ => {}
                 }
             }
         }
-        let (written, duplicates, _dropped): (u64, u64, u64) = {
+        let (written, duplicates, _dropped, status): (u64, u64, u64, String) = {
             let mut invocation = scripts::CLOCK_RESOLVE.prepare_invoke();
             invocation
                 .key(&self.keys.alerts)
+                .key(&self.lease.key)
                 .arg(self.keys.rules_prefix())
                 .arg(self.keys.alert_seen_prefix())
                 .arg(self.alert_dedup_ttl_s)
+                .arg(&self.lease.owner)
                 .arg(ANY_QUIET.as_millis() as u64)
                 .arg(RESOLVED_KEEP.as_millis() as u64);
             push_rules(&mut invocation, &stateful);
@@ -177,6 +219,7 @@ impl Clock {
         };
         totals.records_written += written;
         totals.duplicates += duplicates;
+        totals.fenced = status == "fenced";
         Ok(totals)
     }
 
@@ -215,7 +258,7 @@ impl Clock {
         index: usize,
         window_start: i64,
         now_ms: i64,
-    ) -> Result<(u64, u64), RedisError> {
+    ) -> Result<(u64, u64, String), RedisError> {
         let prefix = self.keys.rules_prefix();
         // Candidates: flatline, the groups first seen before the window and the expected
         // ones; spike down, every group seen.
@@ -251,11 +294,41 @@ impl Clock {
             }
         }
         let mut invocation = scripts::CLOCK_CLOSE.prepare_invoke();
+        invocation.key(&self.keys.alerts).key(&self.lease.key);
+        let mode = match self.source {
+            Transport::Stream => {
+                invocation.key(&self.keys.stream);
+                "stream"
+            }
+            Transport::List => {
+                // The gate, list mode: once the list is empty at a moment after the window's
+                // due time, every item that could hold an on-time event of it is settled or
+                // in a processing list that exists from then until it is settled, so the
+                // scan below finds it and the script checks that none holds an item.
+                let due_ms = window_start + rule.window_ms as i64 + rule.max_lateness_ms as i64;
+                let ((seconds, micros), queued): ((i64, i64), u64) = redis::pipe()
+                    .cmd("TIME")
+                    .cmd("LLEN")
+                    .arg(&self.keys.list)
+                    .query_async(connection)
+                    .await?;
+                if seconds * 1000 + micros / 1000 < due_ms || queued > 0 {
+                    return Ok((0, 0, "postponed".into()));
+                }
+                invocation.key(&self.keys.list);
+                for processing_list in list::matching_keys(connection, &self.keys.processing_list_pattern()).await? {
+                    invocation.key(processing_list);
+                }
+                "list"
+            }
+        };
         invocation
-            .key(&self.keys.alerts)
             .arg(&prefix)
             .arg(self.keys.alert_seen_prefix())
-            .arg(self.alert_dedup_ttl_s);
+            .arg(self.alert_dedup_ttl_s)
+            .arg(&self.lease.owner)
+            .arg(mode)
+            .arg(&self.keys.group);
         push_rule(&mut invocation, rule);
         invocation.arg(window_start);
         for group in &candidates {

@@ -375,6 +375,7 @@ impl Police {
         let clock = clock::Clock {
             keys,
             redis_url: self.broker.redis_url.clone(),
+            source: self.config.source,
             lease,
             rules,
             alert_dedup_ttl_s: self.config.alert_dedup_ttl_s,

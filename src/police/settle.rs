@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::alert::Alert;
 use super::rules::RuleSet;
 use super::rules::evaluate::BatchDrafts;
-use super::rules::plan::{FIGURE_MARK, RuleUpdate, StatefulKind, StatefulRule};
+use super::rules::plan::{EventMark, FIGURE_MARK, RuleUpdate, StatefulKind, StatefulRule};
 use crate::broker::{Connection, keys::Keys, scripts};
 use crate::event::{DecodedEntry, EventRef, LogEvent, Rejected};
 
@@ -37,6 +37,8 @@ pub struct Outcome {
     /// Matches of the stateful rules, folded per (rule, group key, window), for the settle
     /// script to apply to the rule state.
     pub updates: Vec<RuleUpdate>,
+    /// The events of our agents among the updates' matches, with their dedup bits.
+    pub marks: Vec<EventMark>,
 }
 
 impl Outcome {
@@ -70,6 +72,7 @@ impl Outcome {
             deduplicate_alerts: true,
             dead: decoded.rejected,
             updates: plan.updates,
+            marks: plan.marks,
         }
     }
 
@@ -82,6 +85,7 @@ impl Outcome {
             deduplicate_alerts: true,
             dead: vec![Rejected { reason, raw }],
             updates: Vec::new(),
+            marks: Vec::new(),
         }
     }
 }
@@ -261,6 +265,7 @@ async fn invoke(
                 .arg(update.first_event_ms)
                 .arg(update.last_event_ms);
         }
+        push_marks(&mut invocation, outcome);
     }
     let (items, alerts_written, duplicate_alerts, dead_written, late_matches): (u64, u64, u64, u64, u64) =
         invocation.invoke_async(connection).await?;
@@ -271,6 +276,33 @@ async fn invoke(
         dead_written,
         late_matches,
     })
+}
+
+/// Adds an item's dedup marks in the layout of SETTLE: the number of bitmaps, then per
+/// bitmap its name, the number of its events and per event its bit and the updates it
+/// counts in (numbers from 1, comma-separated; empty when it counts in every update of the
+/// item, as the only event of an entry does).
+fn push_marks(invocation: &mut redis::ScriptInvocation<'_>, outcome: &Outcome) {
+    let mut by_bitmap: Vec<(&str, Vec<&EventMark>)> = Vec::new();
+    for mark in &outcome.marks {
+        match by_bitmap.iter_mut().find(|(bitmap, _)| *bitmap == mark.slot.bitmap) {
+            Some((_, marks)) => marks.push(mark),
+            None => by_bitmap.push((&mark.slot.bitmap, vec![mark])),
+        }
+    }
+    invocation.arg(by_bitmap.len());
+    for (bitmap, marks) in by_bitmap {
+        invocation.arg(bitmap).arg(marks.len());
+        for mark in marks {
+            invocation.arg(mark.slot.bit);
+            if mark.updates.len() == outcome.updates.len() {
+                invocation.arg("");
+            } else {
+                let numbers: Vec<String> = mark.updates.iter().map(|position| (position + 1).to_string()).collect();
+                invocation.arg(numbers.join(","));
+            }
+        }
+    }
 }
 
 /// Adds the rule table in the layout of the settle and clock scripts: the count, then 9

@@ -19,7 +19,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::plan::{GroupKey, ItemPlan, RuleUpdate};
+use super::dedup;
+use super::plan::{EventMark, GroupKey, ItemPlan, RuleUpdate};
 use super::template::{Context, Counts};
 use super::{RuleKind, RuleSet, group, window};
 use crate::event::{EventRef, LogEvent};
@@ -75,8 +76,12 @@ impl RuleSet {
         let mut pending: Vec<Pending> = Vec::new();
         // (rule index, group hash, window start) → position in `pending`.
         let mut pending_by_key: HashMap<(usize, u64, i64), usize> = HashMap::new();
+        let mut marks: Vec<EventMark> = Vec::new();
+        // Positions in `pending` this event counts in (reused: no allocation per event).
+        let mut event_updates: Vec<usize> = Vec::new();
         for (event_index, event) in events.iter().enumerate() {
             let mut event_time_ms: Option<i64> = None;
+            event_updates.clear();
             for (rule_position, rule) in self.rules.iter().enumerate() {
                 if !rule.filter.matches(event) {
                     continue;
@@ -103,12 +108,16 @@ impl RuleSet {
                     group_hash,
                 };
                 if matches!(rule.kind, RuleKind::Any) {
+                    event_updates.push(pending.len());
                     pending.push(new_pending);
                     continue;
                 }
                 let key = (rule_index, group_hash, window_start_ms);
                 match pending_by_key.get(&key) {
                     Some(position) => {
+                        if !event_updates.contains(position) {
+                            event_updates.push(*position);
+                        }
                         let folded = &mut pending[*position];
                         folded.matches += 1;
                         folded.first_event_ms = folded.first_event_ms.min(ts_ms);
@@ -116,9 +125,18 @@ impl RuleSet {
                     }
                     None => {
                         pending_by_key.insert(key, pending.len());
+                        event_updates.push(pending.len());
                         pending.push(new_pending);
                     }
                 }
+            }
+            if !event_updates.is_empty()
+                && let Some(slot) = dedup::slot_of(&event.id)
+            {
+                marks.push(EventMark {
+                    slot,
+                    updates: event_updates.clone(),
+                });
             }
         }
         if pending.is_empty() && any_hits.is_empty() {
@@ -132,7 +150,7 @@ impl RuleSet {
             .map(|folded| self.update_of(folded, events, &mut owned, &raised_at, batch))
             .collect();
         let alerts = self.any_alerts(&any_hits, events, owned, &raised_at);
-        ItemPlan { alerts, updates }
+        ItemPlan { alerts, updates, marks }
     }
 
     fn update_of(

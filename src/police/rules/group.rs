@@ -69,6 +69,13 @@ fn write_json_array<'value>(out: &mut impl Write, values: impl Iterator<Item = &
     let _ = out.write_all(b"]");
 }
 
+/// FNV-1a 64 of `bytes`.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hasher = FnvWriter(FNV_OFFSET);
+    let _ = hasher.write_all(bytes);
+    hasher.0
+}
+
 /// FNV-1a 64 of the JSON array of `values`, without allocating.
 pub fn hash_of<'value>(values: impl Iterator<Item = &'value str>) -> u64 {
     let mut hasher = FnvWriter(FNV_OFFSET);

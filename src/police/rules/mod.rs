@@ -9,6 +9,7 @@
 //! - rule names are unique and match `[A-Za-z0-9_.-]+`: they appear in alert ids and keys
 //! - the rule kinds are a closed enum: a `match` shows every kind in one place
 
+pub mod dedup;
 pub mod evaluate;
 pub mod field;
 pub mod file;

@@ -28,10 +28,16 @@
 //!   so matches arriving out of order never fire an older window
 //! - flatline and spike down fire with the records built by [`RuleSet::clock_draft`]; a
 //!   flatline episode has no cooldown (it is "already firing" until it resolves)
+//! - a window the clock has closed (flatline, spike down) takes no more matches: they are
+//!   late. The model has no backlog: what it was given is settled, so the gate that
+//!   postpones a close in Redis until its input is settled is always open here
+//! - an event of our agents (see [`super::dedup`]) counts once however many items carry
+//!   it; a duplicate's matches are taken off the updates it counts in
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::RuleSet;
+use super::dedup::Slot;
 use super::plan::{FIGURE_MARK, GroupKey, ItemPlan, RuleUpdate, StatefulKind, StatefulRule};
 use super::window;
 use crate::police::alert::{Alert, AlertStatus};
@@ -72,6 +78,11 @@ pub struct Model<'rules> {
     resolved: Vec<Alert>,
     /// Per rule index, the newest window the clock has checked.
     checked_through: HashMap<usize, i64>,
+    /// Per rule index (flatline, spike down), the newest window the clock has closed: its
+    /// outcome is decided, later matches of it or an older window are late.
+    closed_through: HashMap<usize, i64>,
+    /// The dedup slots of every event of our agents counted (`dedup:<run>:<chunk>` bits).
+    seen_events: HashSet<Slot>,
     /// Matches dropped as late (the `late` counter of the stats hash).
     pub late: u64,
 }
@@ -88,6 +99,8 @@ impl<'rules> Model<'rules> {
             active: BTreeMap::new(),
             resolved: Vec::new(),
             checked_through: HashMap::new(),
+            closed_through: HashMap::new(),
+            seen_events: HashSet::new(),
             late: 0,
         }
     }
@@ -118,9 +131,24 @@ impl<'rules> Model<'rules> {
     /// What one settle does with the plan of one input item at wall clock `now_ms`: the
     /// `any` alerts pass through, each update is applied in order. Returns the records
     /// written to the outbox, in order.
+    /// An event of our agents counts once however many entries carry it: the matches of an
+    /// event seen before are taken off the updates it counts in, and an update left
+    /// without matches is dropped.
     pub fn apply(&mut self, plan: ItemPlan, now_ms: i64) -> Vec<Alert> {
         let mut written = plan.alerts;
-        for update in plan.updates {
+        let mut duplicates_per_update = vec![0u64; plan.updates.len()];
+        for mark in plan.marks {
+            if !self.seen_events.insert(mark.slot) {
+                for position in mark.updates {
+                    duplicates_per_update[position] += 1;
+                }
+            }
+        }
+        for (mut update, duplicates) in plan.updates.into_iter().zip(duplicates_per_update) {
+            update.matches = update.matches.saturating_sub(duplicates);
+            if update.matches == 0 {
+                continue;
+            }
             let Some(rule) = self.stateful.get(update.rule_index).cloned() else {
                 continue;
             };
@@ -147,12 +175,17 @@ impl<'rules> Model<'rules> {
     }
 
     /// Lateness: the update's window closed more than `max_lateness` before the newest
-    /// event the rule has seen (`W + window <= newest - max_lateness`).
+    /// event the rule has seen (`W + window <= newest - max_lateness`), or the clock has
+    /// closed it (flatline, spike down: `W <= clock:<rule>`).
     fn is_late(&self, rule: &StatefulRule, update: &RuleUpdate) -> bool {
+        let closed_by_clock = self
+            .closed_through
+            .get(&update.rule_index)
+            .is_some_and(|closed| update.window_start_ms <= *closed);
         let Some(newest) = self.newest.get(&update.rule_index) else {
-            return false;
+            return closed_by_clock;
         };
-        update.window_start_ms + rule.window_ms as i64 <= newest - rule.max_lateness_ms as i64
+        closed_by_clock || update.window_start_ms + rule.window_ms as i64 <= newest - rule.max_lateness_ms as i64
     }
 
     /// `any` with a cooldown: the first match fires (id `<rule>/<gk>/<ts>`); matches before
@@ -255,6 +288,9 @@ impl<'rules> Model<'rules> {
             let rule = self.stateful[rule_index].clone();
             if matches!(rule.kind, StatefulKind::Flatline | StatefulKind::Spike) {
                 for window_start in self.windows_closed_since_last_tick(rule_index, &rule, now_ms) {
+                    if rule.kind == StatefulKind::Flatline || rule.spike_down {
+                        self.closed_through.insert(rule_index, window_start);
+                    }
                     match rule.kind {
                         StatefulKind::Flatline => {
                             self.close_flatline(rule_index, &rule, window_start, now_ms, &mut written)

@@ -2,6 +2,7 @@
 //! [`super`] (filters, group keys, windows, templates: pure Rust) and the rule state kept in
 //! Redis by [`crate::broker::scripts::SETTLE`]. See `docs/ALERTING.md` for the semantics.
 
+use super::dedup::Slot;
 use crate::police::alert::Alert;
 
 /// Rule parameters the settle script needs, sent once per settle call (indexed by
@@ -76,4 +77,15 @@ pub struct ItemPlan {
     /// The script drops an update whose window closed more than `max_lateness` before the
     /// newest event the rule has seen, and counts its matches as late.
     pub updates: Vec<RuleUpdate>,
+    /// The events of our agents among the updates' matches, each with its dedup bit (see
+    /// [`super::dedup`]): SETTLE takes a duplicate's matches off its updates.
+    pub marks: Vec<EventMark>,
+}
+
+/// One event of our agents that feeds stateful rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMark {
+    pub slot: Slot,
+    /// Positions in [`ItemPlan::updates`] of the updates it is one match of (each once).
+    pub updates: Vec<usize>,
 }
