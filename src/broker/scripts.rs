@@ -798,7 +798,9 @@ pub static CLOCK_CLOSE: LazyLock<Script> = LazyLock::new(|| {
 /// window after the last firing one has closed, `now >= mark + 2 × window + lateness`),
 /// each with a record of status `resolved`, the same `alert_id`, guard `<id>#resolved`,
 /// moved from `active` to `resolved`; then drops `resolved` entries older than `keep_ms`.
-/// Episodes of rules not in the table are left alone (another police may run a newer file).
+/// It reads only what is due (`resolve_at`, at most 1000 per tick). Episodes of rules not in
+/// the table are looked at again a minute later (another police may run a newer file), and
+/// resolved (annotation `resolve_reason`) once their mark is a day old.
 ///
 /// Why atomic: the due check, the record and the move between the registries go together,
 /// so a settle extending the episode in between cannot be lost under a resolve.
