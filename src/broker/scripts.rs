@@ -60,9 +60,9 @@ use redis::Script;
 /// KEYS: source (stream or processing list), alerts stream, dead stream, stats hash.
 /// ARGV: mode (`stream`|`list`), group, consumer, seen prefix, seen ttl (s), source label,
 /// rules prefix, first and last id of the items with outputs (stream mode, else empty),
-/// number of stateful rules, per rule 9 fields (name, kind `any`|`frequency`|`spike`|
+/// number of stateful rules, per rule 10 fields (name, kind `any`|`frequency`|`spike`|
 /// `flatline`, window ms, threshold, cooldown ms, max lateness ms, ratio, min count,
-/// spike directions `u`|`d`|`b`|`-`), number of drafts, per draft (group key id, group
+/// spike directions `u`|`d`|`b`|`-`, max groups), number of drafts, per draft (group key id, group
 /// values JSON, draft body, first and last event time), number of quiet groups, then per quiet group: events per item,
 /// item count, items; then per item with outputs: item, event count, alert count, dead
 /// count, update count, alert count × (alert id, guarded `1`|`0`, alert json), dead count ×
@@ -142,7 +142,7 @@ local function rfc3339(ms)
 end
 local now_text = rfc3339(now_ms)
 
--- the rule table: 9 fields per rule from ARGV[at]
+-- the rule table: 10 fields per rule from ARGV[at]
 local function read_rules(at, count)
   local rules = {}
   for r = 1, count do
@@ -153,8 +153,9 @@ local function read_rules(at, count)
       lateness = tonumber(ARGV[at + 5]), ratio = tonumber(ARGV[at + 6]),
       min_count = tonumber(ARGV[at + 7]),
       up = directions == 'u' or directions == 'b', down = directions == 'd' or directions == 'b',
+      max_groups = tonumber(ARGV[at + 9]),
     }
-    at = at + 9
+    at = at + 10
   end
   return rules, at
 end
@@ -163,12 +164,14 @@ local function expect_rule_keys(rules, used)
   expect_type(rules_prefix .. 'resolved', 'hash')
   expect_type(rules_prefix .. 'episodes', 'hash')
   expect_type(rules_prefix .. 'resolved_at', 'zset')
+  expect_type(rules_prefix .. 'resolve_at', 'zset')
   for r, rule in ipairs(rules) do
     if used == nil or used[r] then
       expect_type(rules_prefix .. 'newest:' .. rule.name, 'string')
       expect_type(rules_prefix .. 'clock:' .. rule.name, 'string')
       expect_type(rules_prefix .. 'groups:' .. rule.name, 'zset')
       expect_type(rules_prefix .. 'groupvals:' .. rule.name, 'hash')
+      expect_type(rules_prefix .. 'seen:' .. rule.name, 'zset')
     end
   end
   local any_key, probe = rules_prefix .. '*', rules_prefix .. 'x'
@@ -183,6 +186,9 @@ local function expect_rule_keys(rules, used)
   expect_permission(any_key, 'ZSCORE', probe, 'm')
   expect_permission(any_key, 'ZREM', probe, 'm')
   expect_permission(any_key, 'ZRANGEBYSCORE', probe, '-inf', '+inf')
+  expect_permission(any_key, 'ZCARD', probe)
+  expect_permission(any_key, 'ZCOUNT', probe, '-inf', '+inf')
+  expect_permission(any_key, 'DEL', probe)
   expect_permission(alerts, 'XADD', alerts, '*', 'id', 'x')
   expect_permission(seen_prefix .. '*', 'SET', seen_prefix .. 'x', '1', 'EX', '1')
   expect_permission(seen_prefix .. '*', 'EXISTS', seen_prefix .. 'x')
@@ -229,7 +235,8 @@ local function count_entry(rule, gk, window_start)
   local key = rules_prefix .. 'count:' .. rule.name .. ':' .. gk .. ':' .. fmt(window_start)
   local entry = counts[key]
   if entry == nil then
-    entry = {value = read_integer(key) or 0, window = window_start, rule = rule, dirty = false}
+    local stored = read_integer(key)
+    entry = {value = stored or 0, stored = stored ~= nil, window = window_start, rule = rule, dirty = false}
     counts[key] = entry
   end
   return entry
@@ -272,6 +279,70 @@ local function set_mark(ep, value)
   ep.mark, ep.mark_dirty = value, true
 end
 
+-- bounds of the rule state (docs/ALERTING.md, "Bounds"): `seen:<rule>` tracks each group
+-- (gk -> wall ms of its last match), at most max_groups of them; `resolve_at` holds each
+-- episode the clock resolves by its due time, so the clock reads only what is due
+local over_limit, over_maxmemory, memory_full = 0, 0, false
+local function tracked(ep)
+  if ep.tracked == nil then
+    ep.tracked = redis.call('ZSCORE', rules_prefix .. 'seen:' .. ep.rule.name, ep.gk) ~= false
+  end
+  return ep.tracked
+end
+-- whether an update of ep (window counter `entry`, nil for `any`) may be applied: over
+-- maxmemory only if it creates no group and no counter; never for a group beyond the limit
+local function admitted(ep, entry, matches)
+  if memory_full and (not tracked(ep) or (entry and not entry.stored)) then
+    over_maxmemory = over_maxmemory + matches
+    return false
+  end
+  if not tracked(ep) then
+    local rule = ep.rule
+    rule.groups = rule.groups or redis.call('ZCARD', rules_prefix .. 'seen:' .. rule.name)
+    if rule.groups >= rule.max_groups then
+      over_limit = over_limit + matches
+      return false
+    end
+    rule.groups, ep.tracked = rule.groups + 1, true
+  end
+  ep.seen_dirty = true
+  return true
+end
+-- = clock::ANY_QUIET (a test checks it)
+local any_quiet_ms = 300000
+local function resolve_due(rule, mark)
+  if rule.kind == 'any' then return mark + any_quiet_ms end
+  if rule.kind == 'frequency' or rule.kind == 'spike' then return mark + 2 * rule.window + rule.lateness end
+  return nil
+end
+local function with_reason(body, reason)
+  local at = string.find(body, '"annotations":{', 1, true)
+  if not at then return body end
+  local rest = string.sub(body, at + 15)
+  local separator = string.sub(rest, 1, 1) == '}' and '' or ','
+  return string.sub(body, 1, at + 14) .. '"resolve_reason":' .. cjson.encode(reason) .. separator .. rest
+end
+-- writes of the bounds for ep, from flush_state
+local function flush_bounds(rk, ep)
+  local rule = ep.rule
+  if ep.forget then
+    redis.call('ZREM', rules_prefix .. 'seen:' .. rule.name, ep.gk)
+    redis.call('ZREM', rules_prefix .. 'groups:' .. rule.name, ep.gk)
+    redis.call('HDEL', rules_prefix .. 'groupvals:' .. rule.name, ep.gk)
+    redis.call('DEL', rules_prefix .. 'cooldown:' .. rule.name .. ':' .. ep.gk)
+  elseif ep.seen_dirty then
+    redis.call('ZADD', rules_prefix .. 'seen:' .. rule.name, fmt(now_ms), ep.gk)
+  end
+  if ep.mark_dirty then
+    local due = ep.mark and resolve_due(rule, ep.mark)
+    if due then
+      redis.call('ZADD', rules_prefix .. 'resolve_at', fmt(due), rk)
+    else
+      redis.call('ZREM', rules_prefix .. 'resolve_at', rk)
+    end
+  end
+end
+
 -- raises a record of ep's rule and group (behind the guard) and makes it the episode,
 -- fired by window (or event time) `fired_at`
 local function fire(ep, id, fired_at, count, previous, body, first, last, out)
@@ -306,13 +377,16 @@ local function crossing(ep, window_start, count, previous, body, first, last, ou
   end
 end
 -- ends ep's firing episode with a resolved record (guard `<id>#resolved`)
-local function resolve(ep, out)
+-- `reason` (optional) becomes the annotation `resolve_reason`
+local function resolve(ep, out, reason)
   local record = active_of(ep)
   if not record then return false end
   if record.id then
     local resolved_id = record.id .. '#resolved'
+    local body = without_event(record.body)
+    if reason then body = with_reason(body, reason) end
     local resolved = record_json({id = record.id, status = 'resolved', count = record.count, raised = now_text,
-      first = record.first, last = record.last, body = without_event(record.body)})
+      first = record.first, last = record.last, body = body})
     if fired[resolved_id] or redis.call('EXISTS', seen_prefix .. resolved_id) == 1 then
       rule_duplicates = rule_duplicates + 1
     else
@@ -355,10 +429,11 @@ local function flush_state()
         redis.call('HDEL', rules_prefix .. 'episodes', rk)
       end
     end
-    if ep.first_dirty then
+    if ep.first_dirty and not ep.forget then
       redis.call('ZADD', rules_prefix .. 'groups:' .. rule.name, 'LT', fmt(ep.first), ep.gk)
       if ep.values then redis.call('HSET', rules_prefix .. 'groupvals:' .. rule.name, ep.gk, ep.values) end
     end
+    flush_bounds(rk, ep)
   end
   for rk, resolved in pairs(resolved_now) do
     redis.call('HSET', rules_prefix .. 'resolved', rk, resolved)
@@ -374,11 +449,14 @@ local function write_records(out)
 end
 "#;
 
+/// The shared rule-state Lua, for tests that check its constants.
+pub const RULE_STATE_SOURCE: &str = RULE_STATE_LUA;
+
 /// The rest of SETTLE, after [`RULE_STATE_LUA`].
 const SETTLE_BODY_LUA: &str = r#"
 -- counters are incremented last: they must be integers HINCRBY can add to
 local function expect_counters(key)
-  local fields = {'events', 'alerts', 'dead', 'duplicate_alerts', 'late'}
+  local fields = {'events', 'alerts', 'dead', 'duplicate_alerts', 'late', 'over_limit', 'over_maxmemory'}
   local values = redis.call('HMGET', key, unpack(fields))
   for k = 1, #fields do
     local value = values[k]
@@ -441,7 +519,7 @@ if quiet_count == 0 and first_noisy > #ARGV then
     expect_permission(source, 'LRANGE', source, '0', '-1')
   end
   if #rules > 0 then expect_rule_keys(rules) end
-  return {0, 0, 0, 0, 0}
+  return {0, 0, 0, 0, 0, 0, 0}
 end
 
 -- the streams written to must have ids left; the rule keys must have their types
@@ -474,6 +552,13 @@ if next(bitmaps) then
   for key in pairs(bitmaps) do expect_type(key, 'string') end
   expect_permission(rules_prefix .. '*', 'BITFIELD', rules_prefix .. 'x', 'SET', 'u1', '0', '1')
   expect_permission(rules_prefix .. '*', 'PEXPIRE', rules_prefix .. 'x', '1')
+-- bounds: allowed to run over maxmemory (allow-oom), the rule state must not grow there
+if updates_total > 0 then
+  local info = redis.call('INFO', 'memory')
+  local limit = tonumber(string.match(info, 'maxmemory:(%d+)')) or 0
+  local used = tonumber(string.match(info, 'used_memory:(%d+)')) or 0
+  local uncounted = tonumber(string.match(info, 'mem_not_counted_for_evict:(%d+)')) or 0
+  memory_full = limit > 0 and used - uncounted >= limit
 end
 
 -- 3. the fence: which items with outputs this consumer holds
@@ -518,6 +603,7 @@ local function apply(at, out, duplicate_matches)
   if rule.kind == 'any' then
     -- window_start is the event time; no windows, no lateness; the mark is the wall
     -- clock of the last match
+    if not admitted(ep, nil, matches) then return end
     local until_ms = cooldown_of(ep)
     if until_ms and window_start < until_ms then
       local record = active_of(ep)
@@ -545,8 +631,9 @@ local function apply(at, out, duplicate_matches)
     late = late + matches
     return
   end
-  if last_ms > seen_newest.value then seen_newest.value, seen_newest.dirty = last_ms, true end
   if slot.entry == nil then slot.entry = count_entry(rule, gk, window_start) end
+  if not admitted(ep, slot.entry, matches) then return end
+  if last_ms > seen_newest.value then seen_newest.value, seen_newest.dirty = last_ms, true end
   local entry = slot.entry
   local before = entry.value
   local after = before + matches
@@ -715,7 +802,9 @@ if settled > 0 then
   if duplicates > 0 then redis.call('HINCRBY', stats, 'duplicate_alerts', duplicates) end
 end
 if late > 0 then redis.call('HINCRBY', stats, 'late', late) end
-return {settled, written, duplicates, dead_written, late}
+if over_limit > 0 then redis.call('HINCRBY', stats, 'over_limit', over_limit) end
+if over_maxmemory > 0 then redis.call('HINCRBY', stats, 'over_maxmemory', over_maxmemory) end
+return {settled, written, duplicates, dead_written, late, over_limit, over_maxmemory}
 "#;
 
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
@@ -752,7 +841,7 @@ pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
 /// is behind the idempotency guard besides.
 /// KEYS: alerts stream, lease, source (log stream or list), processing lists (list mode).
 /// ARGV: rules prefix, seen prefix, seen ttl (s), owner, mode (`stream`|`list`), group, the
-/// rule (9 fields as in SETTLE), window start W, then per candidate group: group key id,
+/// rule (10 fields as in SETTLE), window start W, then per candidate group: group key id,
 /// group values JSON, draft body (clock-raised: without `event`), first and last event
 /// time. Returns {records written, duplicates, `closed`|`done`|`postponed`|`fenced`}.
 const CLOCK_HEAD_LUA: &str = r#"
@@ -766,7 +855,7 @@ if fenced then return {0, 0, 'fenced'} end
 local source, mode, group = KEYS[3], ARGV[5], ARGV[6]
 local rules = read_rules(7, 1)
 local rule = rules[1]
-local window_start = tonumber(ARGV[16])
+local window_start = tonumber(ARGV[17])
 local clock_key = rules_prefix .. 'clock:' .. rule.name
 expect_room(alerts)
 expect_rule_keys(rules)
@@ -799,7 +888,7 @@ end
 if not settled_before(window_start + rule.window + rule.lateness) then return {0, 0, 'postponed'} end
 
 local out = {}
-for at = 17, #ARGV, 5 do
+for at = 18, #ARGV, 5 do
   local ep = episode(rule, ARGV[at])
   local body, first, last = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local current = count_entry(rule, ep.gk, window_start).value
@@ -830,38 +919,51 @@ pub static CLOCK_CLOSE: LazyLock<Script> = LazyLock::new(|| {
 /// window after the last firing one has closed, `now >= mark + 2 × window + lateness`),
 /// each with a record of status `resolved`, the same `alert_id`, guard `<id>#resolved`,
 /// moved from `active` to `resolved`; then drops `resolved` entries older than `keep_ms`.
-/// Episodes of rules not in the table are left alone (another police may run a newer file).
+/// It reads only what is due (`resolve_at`, at most 1000 per tick). Episodes of rules not in
+/// the table are looked at again a minute later (another police may run a newer file), and
+/// resolved (annotation `resolve_reason`) once their mark is a day old.
 ///
 /// Why atomic: the due check, the record and the move between the registries go together,
 /// so a settle extending the episode in between cannot be lost under a resolve.
 /// Fenced as [`CLOCK_CLOSE`] is: nothing is done unless `owner` holds the lease.
 /// KEYS: alerts stream, lease. ARGV: rules prefix, seen prefix, seen ttl (s), owner,
-/// any_quiet_ms, keep_ms, rule count, per rule 9 fields as in SETTLE. Returns {records
+/// any_quiet_ms, keep_ms, rule count, per rule 10 fields as in SETTLE. Returns {records
 /// written, duplicates, resolved entries dropped, `done`|`fenced`}.
 const CLOCK_RESOLVE_BODY_LUA: &str = r#"
 if fenced then return {0, 0, 0, 'fenced'} end
-local any_quiet_ms, keep_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local keep_ms, abandoned_ms = tonumber(ARGV[6]), 86400000
+any_quiet_ms = tonumber(ARGV[5])
 local rules = read_rules(8, tonumber(ARGV[7]))
 expect_room(alerts)
 expect_rule_keys(rules)
 local by_name = {}
 for _, rule in ipairs(rules) do by_name[rule.name] = rule end
 local out = {}
-local marks = redis.call('HGETALL', rules_prefix .. 'episodes')
-for k = 1, #marks, 2 do
-  local name, gk = string.match(marks[k], '^(.*)/([^/]*)$')
-  local rule, mark = name and by_name[name], tonumber(marks[k + 1])
-  if rule and mark then
-    local due = false
-    if rule.kind == 'any' then
-      due = now_ms - mark >= any_quiet_ms
-    elseif rule.kind == 'frequency' or rule.kind == 'spike' then
-      due = now_ms >= mark + 2 * rule.window + rule.lateness
-    end
-    if due then
+-- only what is due (`resolve_at`), at most 1000 per tick
+local resolve_at = rules_prefix .. 'resolve_at'
+local due_now = redis.call('ZRANGEBYSCORE', resolve_at, '-inf', fmt(now_ms), 'LIMIT', 0, 1000)
+for _, rk in ipairs(due_now) do
+  local name, gk = string.match(rk, '^(.*)/([^/]*)$')
+  local rule = name and by_name[name]
+  local mark = tonumber(redis.call('HGET', rules_prefix .. 'episodes', rk))
+  if not mark or not name then
+    redis.call('ZREM', resolve_at, rk)
+  elseif rule then
+    local due = resolve_due(rule, mark)
+    if due and due > now_ms then
+      -- the rule's window changed since: due later
+      redis.call('ZADD', resolve_at, fmt(due), rk)
+    else
       local ep = episode(rule, gk)
       if not resolve(ep, out) then set_mark(ep, false) end
     end
+  elseif now_ms - mark > abandoned_ms then
+    -- a rule no police has loaded for a day: its episode is closed, not left firing
+    local ep = episode({name = name, kind = 'unknown'}, gk)
+    if not resolve(ep, out, 'rule ' .. name .. ' is no longer loaded') then set_mark(ep, false) end
+  else
+    -- another police may run a file with this rule: looked at again in a minute
+    redis.call('ZADD', resolve_at, fmt(now_ms + 60000), rk)
   end
 end
 flush_state()
@@ -879,6 +981,64 @@ return {written, rule_duplicates, dropped, 'done'}
 pub static CLOCK_RESOLVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "#!lua flags=allow-oom\n{CLOCK_HEAD_LUA}{RULE_STATE_LUA}{CLOCK_RESOLVE_BODY_LUA}"
+    ))
+});
+
+/// Forgets groups of one rule, run by the lease holder: `keep` mode, every group whose
+/// last match (`seen:<rule>`) is at or before the cutoff, except the listed ones (a
+/// flatline's `expect`, whose last match is set to now so they are looked at again one
+/// `forget_after` later); `close` mode (a rule a reload removed or changed), every group of
+/// the rule and the listed ones, and once none is left the rule's own keys. A forgotten
+/// group's firing episode resolves with `reason` as the annotation `resolve_reason`; its
+/// cooldown, first-seen entry and values go with it (its counters expire by themselves).
+/// At most 1000 groups per call: the caller repeats while some are left.
+///
+/// Why atomic: a settle between the check and the removal would count a match for a group
+/// then forgotten; in one script the group is either seen again (kept) or gone.
+/// Fenced as [`CLOCK_CLOSE`] is: nothing is done unless `owner` holds the lease.
+/// KEYS: alerts stream, lease. ARGV: rules prefix, seen prefix, seen ttl (s), owner, the
+/// rule (10 fields as in SETTLE), cutoff ms (or `+inf`), reason, `keep`|`close`, then group
+/// key ids. Returns {records written, duplicates, groups forgotten, groups left at or
+/// before the cutoff} (all 0 when fenced).
+const FORGET_GROUPS_BODY_LUA: &str = r#"
+if fenced then return {0, 0, 0, 0} end
+local rule = read_rules(5, 1)[1]
+local cutoff, reason, closing = ARGV[15], ARGV[16], ARGV[17] == 'close'
+expect_room(alerts)
+expect_rule_keys({rule})
+local seen_key = rules_prefix .. 'seen:' .. rule.name
+local listed = {}
+for at = 18, #ARGV do listed[ARGV[at]] = true end
+local out, forgotten, kept = {}, 0, {}
+local function forget(gk)
+  local ep = episode(rule, gk)
+  resolve(ep, out, reason)
+  ep.forget = true
+  forgotten = forgotten + 1
+end
+for _, gk in ipairs(redis.call('ZRANGEBYSCORE', seen_key, '-inf', cutoff, 'LIMIT', 0, 1000)) do
+  if listed[gk] and not closing then kept[#kept + 1] = gk else forget(gk) end
+end
+if closing then
+  for gk in pairs(listed) do
+    if not episodes[rule.name .. '/' .. gk] then forget(gk) end
+  end
+end
+flush_state()
+for _, gk in ipairs(kept) do redis.call('ZADD', seen_key, fmt(now_ms), gk) end
+local written = write_records(out)
+local left = redis.call('ZCOUNT', seen_key, '-inf', cutoff)
+if closing and left == 0 then
+  for _, name in ipairs({'seen:', 'groups:', 'groupvals:', 'newest:', 'clock:'}) do
+    redis.call('DEL', rules_prefix .. name .. rule.name)
+  end
+end
+return {written, rule_duplicates, forgotten, left}
+"#;
+
+pub static FORGET_GROUPS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "#!lua flags=allow-oom\n{CLOCK_HEAD_LUA}{RULE_STATE_LUA}{FORGET_GROUPS_BODY_LUA}"
     ))
 });
 

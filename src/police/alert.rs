@@ -69,6 +69,18 @@ impl Alert {
         }
     }
 
+    /// Whether this is an alert for one event of an `any` rule without cooldown (id
+    /// `<event id>/<rule>`): it has no episode in Redis, so nothing re-sends or resolves it.
+    pub fn is_per_event(&self) -> bool {
+        self.rule_type == "any"
+            && self.event.as_ref().is_some_and(|event| {
+                self.alert_id
+                    .strip_prefix(event.id.as_str())
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    == Some(self.rule.as_str())
+            })
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("serialising an Alert into memory cannot fail")
     }

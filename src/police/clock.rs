@@ -19,6 +19,10 @@
 //!   police, postpone the close (and every later window of the rule) to a later tick
 //! - every clock script checks inside itself that this process holds the lease: a holder
 //!   paused past its lease (SIGSTOP, a stalled VM) wakes up fenced and writes nothing
+//! - each tick's work is proportional to what is due, not to the state kept: resolves read
+//!   `resolve_at` up to now, forgetting reads `seen:<rule>` up to now − `forget_after`
+//! - a reload that removes a rule, or changes its type, window or `group_by`, closes the
+//!   old rule's state (its firing episodes resolve, with the reason) in the lease holder
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -96,6 +100,8 @@ impl Clock {
         let mut holding = false;
         let mut next_renew = Instant::now();
         let mut next_tick = Instant::now();
+        // The rule set the last tick ran under: a reload retires the rules it dropped.
+        let mut previous_rules: Arc<RuleSet> = self.rules.borrow().clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -113,6 +119,15 @@ impl Clock {
                     }
                 },
             };
+            let current_rules: Arc<RuleSet> = self.rules.borrow().clone();
+            if !Arc::ptr_eq(&current_rules, &previous_rules) {
+                // Only the holder closes, once; a police without the lease leaves it to the
+                // holder's own reload (or to the abandoned-episode resolve a day later).
+                if holding && let Err(error) = self.retire(open, &previous_rules, &current_rules).await {
+                    warn!(error = %error, "cannot close the state of retired rules; their episodes resolve later");
+                }
+                previous_rules = current_rules;
+            }
             let has_state = !self.rules.borrow().stateful_rules().is_empty();
             if !has_state {
                 // Nothing timed to do: leave the lease to a police that has work.
@@ -203,6 +218,23 @@ impl Clock {
                 }
             }
         }
+        for (index, rule) in stateful.iter().enumerate() {
+            let cutoff = now_ms.saturating_sub(rule.forget_after_ms as i64);
+            let expected: Vec<&str> = rule_set
+                .expected_groups(index)
+                .iter()
+                .map(|group| group.id.as_str())
+                .collect();
+            let reason = format!(
+                "forgotten: no match for {}",
+                humantime::format_duration(Duration::from_millis(rule.forget_after_ms))
+            );
+            let (written, duplicates, _forgotten, _left) = self
+                .forget_groups(connection, rule, &cutoff.to_string(), &reason, false, &expected)
+                .await?;
+            totals.records_written += written;
+            totals.duplicates += duplicates;
+        }
         let (written, duplicates, _dropped, status): (u64, u64, u64, String) = {
             let mut invocation = scripts::CLOCK_RESOLVE.prepare_invoke();
             invocation
@@ -221,6 +253,62 @@ impl Clock {
         totals.duplicates += duplicates;
         totals.fenced = status == "fenced";
         Ok(totals)
+    }
+
+    /// One call of [`scripts::FORGET_GROUPS`]: groups of `rule` last matched at or before
+    /// `cutoff` forgotten (`close`: every group, then the rule's keys), except `listed` ones
+    /// (`close`: the listed ones as well). Returns (records, duplicates, forgotten, left).
+    async fn forget_groups(
+        &self,
+        connection: &mut Connection,
+        rule: &StatefulRule,
+        cutoff: &str,
+        reason: &str,
+        close: bool,
+        listed: &[&str],
+    ) -> Result<(u64, u64, u64, u64), RedisError> {
+        let mut invocation = scripts::FORGET_GROUPS.prepare_invoke();
+        invocation
+            .key(&self.keys.alerts)
+            .key(&self.lease.key)
+            .arg(self.keys.rules_prefix())
+            .arg(self.keys.alert_seen_prefix())
+            .arg(self.alert_dedup_ttl_s)
+            .arg(&self.lease.owner);
+        push_rule(&mut invocation, rule);
+        invocation
+            .arg(cutoff)
+            .arg(reason)
+            .arg(if close { "close" } else { "keep" })
+            .arg(listed);
+        invocation.invoke_async(connection).await
+    }
+
+    /// Closes the state of the rules of `old` that `new` drops or changes (type, window,
+    /// `group_by`): their firing episodes resolve with the reason, their keys go.
+    async fn retire(&self, connection: &mut Connection, old: &RuleSet, new: &RuleSet) -> Result<(), RedisError> {
+        let old_stateful = old.stateful_rules();
+        for (index, reason) in old.retired_by(new) {
+            let rule = &old_stateful[index];
+            let expected: Vec<&str> = old
+                .expected_groups(index)
+                .iter()
+                .map(|group| group.id.as_str())
+                .collect();
+            let mut records = 0;
+            // 1000 groups per call; bounded so that a peer re-adding groups cannot loop us
+            for _ in 0..1_000 {
+                let (written, _, _, left) = self
+                    .forget_groups(connection, rule, "+inf", reason, true, &expected)
+                    .await?;
+                records += written;
+                if left == 0 {
+                    break;
+                }
+            }
+            info!(rule = %rule.name, reason, resolved = records, "rule state closed after a reload");
+        }
+        Ok(())
     }
 
     /// Windows of `rule` closed at `now_ms` and not done yet, oldest first.
@@ -352,4 +440,17 @@ fn wall_clock_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_resolve_any_episodes_after_any_quiet() {
+        assert!(
+            scripts::RULE_STATE_SOURCE.contains(&format!("local any_quiet_ms = {}\n", ANY_QUIET.as_millis())),
+            "the due time SETTLE writes to resolve_at must use ANY_QUIET"
+        );
+    }
 }

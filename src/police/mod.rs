@@ -67,6 +67,8 @@ pub struct Police {
     pub resend_sinks: Vec<Arc<AlertmanagerSink>>,
     /// What this police settled; shared cells so that a settle can run beside a read.
     pub totals: settle::Totals,
+    /// When the rule-state bounds were last reported in the log (at most once a minute).
+    pub bounds_reported: std::cell::Cell<Option<std::time::Instant>>,
     pub shutdown: CancellationToken,
     /// The watchdog's view of the read loop (see [`crate::observability::health`]).
     pub beat: Arc<health::Beat>,
@@ -220,6 +222,7 @@ impl Police {
             sink_workers,
             resend_sinks,
             totals: settle::Totals::default(),
+            bounds_reported: std::cell::Cell::new(None),
             shutdown,
             beat: health::beat("police"),
             metrics: PoliceMetrics::new(),
@@ -450,7 +453,40 @@ impl Police {
                 "input sent to the dead-letter stream"
             );
         }
+        self.report_bounds(settled);
         Ok(())
+    }
+
+    /// Logs matches the rule state could not take (see `docs/ALERTING.md`, "Bounds"), at
+    /// most once a minute; the stats hash counts every one of them.
+    fn report_bounds(&self, settled: Settled) {
+        if settled.over_limit == 0 && settled.over_maxmemory == 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .bounds_reported
+            .get()
+            .is_some_and(|last| now.duration_since(last) < std::time::Duration::from_secs(60))
+        {
+            return;
+        }
+        self.bounds_reported.set(Some(now));
+        let totals = self.totals.get();
+        if settled.over_maxmemory > 0 {
+            tracing::error!(
+                matches = settled.over_maxmemory,
+                total = totals.over_maxmemory,
+                "redis is over maxmemory: matches that need new rule state are not counted (stats field over_maxmemory)"
+            );
+        }
+        if settled.over_limit > 0 {
+            tracing::warn!(
+                matches = settled.over_limit,
+                total = totals.over_limit,
+                "a rule tracks max_groups groups: matches of new groups are not counted (stats field over_limit)"
+            );
+        }
     }
 }
 

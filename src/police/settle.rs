@@ -103,6 +103,8 @@ impl Totals {
         totals.duplicate_alerts += settled.duplicate_alerts;
         totals.dead_written += settled.dead_written;
         totals.late_matches += settled.late_matches;
+        totals.over_limit += settled.over_limit;
+        totals.over_maxmemory += settled.over_maxmemory;
         self.0.set(totals);
     }
 
@@ -127,6 +129,11 @@ pub struct Settled {
     pub dead_written: u64,
     /// Matches of windows closed longer than the rule's `max_lateness`: not counted.
     pub late_matches: u64,
+    /// Matches of new groups beyond a rule's `max_groups`: not counted.
+    pub over_limit: u64,
+    /// Matches that would have created rule state while Redis was over `maxmemory`: not
+    /// counted (see `docs/ALERTING.md`, "Bounds").
+    pub over_maxmemory: u64,
 }
 
 /// What a settle needs besides the outcomes.
@@ -267,14 +274,23 @@ async fn invoke(
         }
         push_marks(&mut invocation, outcome);
     }
-    let (items, alerts_written, duplicate_alerts, dead_written, late_matches): (u64, u64, u64, u64, u64) =
-        invocation.invoke_async(connection).await?;
+    let (items, alerts_written, duplicate_alerts, dead_written, late_matches, over_limit, over_maxmemory): (
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+    ) = invocation.invoke_async(connection).await?;
     Ok(Settled {
         items,
         alerts_written,
         duplicate_alerts,
         dead_written,
         late_matches,
+        over_limit,
+        over_maxmemory,
     })
 }
 
@@ -305,7 +321,7 @@ fn push_marks(invocation: &mut redis::ScriptInvocation<'_>, outcome: &Outcome) {
     }
 }
 
-/// Adds the rule table in the layout of the settle and clock scripts: the count, then 9
+/// Adds the rule table in the layout of the settle and clock scripts: the count, then 10
 /// fields per rule.
 pub(crate) fn push_rules(invocation: &mut redis::ScriptInvocation<'_>, rules: &[StatefulRule]) {
     invocation.arg(rules.len());
@@ -314,8 +330,8 @@ pub(crate) fn push_rules(invocation: &mut redis::ScriptInvocation<'_>, rules: &[
     }
 }
 
-/// One rule's 9 fields: name, kind, window ms, threshold, cooldown ms, max lateness ms,
-/// ratio, min count, spike directions.
+/// One rule's 10 fields: name, kind, window ms, threshold, cooldown ms, max lateness ms,
+/// ratio, min count, spike directions, max groups.
 pub(crate) fn push_rule(invocation: &mut redis::ScriptInvocation<'_>, rule: &StatefulRule) {
     let kind = match rule.kind {
         StatefulKind::AnyWithCooldown => "any",
@@ -338,7 +354,8 @@ pub(crate) fn push_rule(invocation: &mut redis::ScriptInvocation<'_>, rule: &Sta
         .arg(rule.max_lateness_ms)
         .arg(rule.ratio.to_string())
         .arg(rule.min_count)
-        .arg(directions);
+        .arg(directions)
+        .arg(rule.max_groups);
 }
 
 /// First and last of a batch's stream ids (`ms-seq`, compared as numbers), the range of

@@ -15,7 +15,10 @@
 //!   a re-send and a resolve of an episode carry the very labels of its first send. The
 //!   alert id travels as an annotation
 //! - firing: `endsAt` = now + 4 re-send intervals, so an alert survives three lost
-//!   re-sends; resolved: `endsAt` = the resolve time, never before `startsAt` (Alertmanager
+//!   re-sends; a per-event alert (an `any` rule without cooldown, such as the built-in
+//!   `critical`) has no episode to re-send or resolve, so it is sent with `endsAt` = its
+//!   raise + [`PER_EVENT_QUIET`]: Alertmanager resolves it by itself 5 min after the last
+//!   match of its label set (every match of the set pushes `endsAt` on); resolved: `endsAt` = the resolve time, never before `startsAt` (Alertmanager
 //!   rejects such an alert with 400)
 //! - re-sends run in one police at a time, the holder of this sink's lease
 //!   (`<rules_prefix>lease:sink:<name>`, its own lease so the re-sends need nothing from
@@ -51,6 +54,10 @@ const ENDS_AT_INTERVALS: u32 = 4;
 /// Resolved alerts are re-sent this long after their resolve, so an instance that was
 /// down or restarted at the resolve learns it (the resolved registry keeps them as long).
 pub const RESOLVED_RESEND_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// A per-event alert ends this long after it was raised (the issue's "an `any` alert
+/// resolves after 5 min without new matches"); the clock resolves `any` episodes after as
+/// long.
+pub const PER_EVENT_QUIET: Duration = crate::police::clock::ANY_QUIET;
 /// Default `summary` when the rule has none.
 const DEFAULT_SUMMARY_PREFIX: &str = "LogSentinel rule";
 
@@ -266,6 +273,12 @@ impl PostableAlert {
         let raised_at = parse_time(&alert.raised_at).unwrap_or(now);
         let first_event = parse_time(&alert.first_event_time).unwrap_or(raised_at);
         let (starts_at, ends_at) = match alert.status {
+            AlertStatus::Firing if alert.is_per_event() => {
+                let starts_at = first_event.min(now);
+                let quiet = chrono::Duration::from_std(PER_EVENT_QUIET).unwrap_or(chrono::Duration::MAX);
+                let ends_at = raised_at.checked_add_signed(quiet).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                (starts_at, ends_at.max(starts_at))
+            }
             AlertStatus::Firing => {
                 // An event time ahead of our clock (a skewed host) would make an alert
                 // that starts in the future: start it now at the latest.
@@ -590,6 +603,27 @@ mod tests {
             resolved.labels, firing.labels,
             "a resolve must carry the labels of the firing alert"
         );
+    }
+
+    #[test]
+    fn a_per_event_alert_ends_five_minutes_after_its_raise() {
+        let event = crate::event::LogEvent {
+            id: "a:1:7".into(),
+            timestamp: "2026-12-01T12:00:00Z".into(),
+            level: crate::event::Level::Critical,
+            service: "api".into(),
+            host: "h1".into(),
+            message: "down".into(),
+            extra: BTreeMap::new(),
+        };
+        let mut per_event = Alert::for_event("critical", "critical", &["am".into()], event);
+        per_event.raised_at = "2026-12-01T12:00:01Z".into();
+        assert!(per_event.is_per_event());
+        let now = parse_time("2026-12-01T12:03:00Z").unwrap();
+        let posted = PostableAlert::new(&per_event, now, Duration::from_secs(60));
+        assert_eq!(posted.ends_at, "2026-12-01T12:05:01.000Z");
+        // an episode of a rule with a cooldown is re-sent instead
+        assert!(!alert(AlertStatus::Firing).is_per_event());
     }
 
     #[test]

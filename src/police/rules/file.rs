@@ -24,7 +24,10 @@ use super::filter::Filter;
 use super::group;
 use super::plan::GroupKey;
 use super::template::{Names, Template};
-use super::{DEFAULT_COOLDOWN_MS, DEFAULT_MAX_LATENESS_MS, DEFAULT_SEVERITY, Direction, Rule, RuleKind, RuleSet};
+use super::{
+    DEFAULT_COOLDOWN_MS, DEFAULT_MAX_GROUPS, DEFAULT_MAX_LATENESS_MS, DEFAULT_SEVERITY, Direction,
+    MIN_DEFAULT_FORGET_AFTER_MS, Rule, RuleKind, RuleSet,
+};
 use crate::delivery::config::SinkConfig;
 use crate::event::Level;
 
@@ -203,6 +206,8 @@ struct RawRule {
     direction: Option<Spanned<RawDirection>>,
     min_count: Option<Spanned<u64>>,
     expect: Option<Vec<Spanned<RawExpected>>>,
+    max_groups: Option<Spanned<u64>>,
+    forget_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +247,7 @@ fn compile_document(text: &str, errors: &mut Errors<'_>) -> Option<RuleSet> {
         }
     };
     let mut max_lateness_ms = DEFAULT_MAX_LATENESS_MS;
+    let mut bounds = Bounds::default();
     let mut sinks = BTreeMap::new();
     let mut raw_rules = Vec::new();
     for (key, value) in root {
@@ -251,6 +257,16 @@ fn compile_document(text: &str, errors: &mut Errors<'_>) -> Option<RuleSet> {
                     max_lateness_ms = ms;
                 }
             }
+            "max_groups" => match value.get_ref() {
+                DeValue::Integer(number) => {
+                    match u64::from_str_radix(&number.as_str().replace('_', ""), number.radix()) {
+                        Ok(limit) if limit >= 1 => bounds.max_groups = limit,
+                        _ => errors.at(value.span(), "max_groups must be a whole number of at least 1"),
+                    }
+                }
+                _ => errors.at(value.span(), "max_groups must be a whole number of at least 1"),
+            },
+            "forget_after" => bounds.forget_after_ms = duration_value(&value, "forget_after", errors),
             "sinks" => sinks = compile_sinks(value, errors),
             "rules" => {
                 let span = value.span();
@@ -261,7 +277,7 @@ fn compile_document(text: &str, errors: &mut Errors<'_>) -> Option<RuleSet> {
             }
             other => errors.at(
                 key.span(),
-                format!("unknown key {other:?} (expected max_lateness, sinks, rules)"),
+                format!("unknown key {other:?} (expected max_lateness, max_groups, forget_after, sinks, rules)"),
             ),
         }
     }
@@ -276,7 +292,7 @@ fn compile_document(text: &str, errors: &mut Errors<'_>) -> Option<RuleSet> {
         if !names_seen.insert(raw.name.get_ref().clone()) {
             errors.at(raw.name.span(), format!("duplicate rule name {:?}", raw.name.get_ref()));
         }
-        if let Some(rule) = compile_rule(raw, &dropped_keys, &sink_names, &mut regex_budget, errors) {
+        if let Some(rule) = compile_rule(raw, &dropped_keys, &sink_names, &bounds, &mut regex_budget, errors) {
             rules.push(rule);
         }
     }
@@ -284,7 +300,7 @@ fn compile_document(text: &str, errors: &mut Errors<'_>) -> Option<RuleSet> {
 }
 
 /// Keys of a rule table.
-const RULE_KEYS: [&str; 15] = [
+const RULE_KEYS: [&str; 17] = [
     "name",
     "type",
     "filter",
@@ -300,6 +316,8 @@ const RULE_KEYS: [&str; 15] = [
     "direction",
     "min_count",
     "expect",
+    "max_groups",
+    "forget_after",
 ];
 /// Keys of a filter table.
 const FILTER_KEYS: [&str; 9] = [
@@ -469,10 +487,35 @@ const TYPE_KEYS: [(&str, &[&str]); 4] = [
     ("flatline", &["threshold", "window", "expect"]),
 ];
 
+/// The file's defaults for the bounds of the rule state (`max_groups`, `forget_after`).
+struct Bounds {
+    max_groups: u64,
+    /// `None`: [`default_forget_after_ms`] of each rule.
+    forget_after_ms: Option<u64>,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds {
+            max_groups: DEFAULT_MAX_GROUPS,
+            forget_after_ms: None,
+        }
+    }
+}
+
+/// A group not seen for this long is forgotten unless the file says otherwise: ten
+/// windows (`any`: ten cooldowns), at least an hour, so that a group quiet for a few
+/// windows still counts as known (flatline keeps expecting it).
+pub fn default_forget_after_ms(kind: &RuleKind, cooldown_ms: u64) -> u64 {
+    let period = kind.window_ms().unwrap_or(cooldown_ms);
+    period.saturating_mul(10).max(MIN_DEFAULT_FORGET_AFTER_MS)
+}
+
 fn compile_rule(
     raw: RawRule,
     dropped_keys: &[String],
     sink_names: &[String],
+    bounds: &Bounds,
     regex_budget: &mut RegexBudget,
     errors: &mut Errors<'_>,
 ) -> Option<Rule> {
@@ -600,6 +643,25 @@ fn compile_rule(
         Some(cooldown) => duration(cooldown, "cooldown", errors).unwrap_or(DEFAULT_COOLDOWN_MS),
         None => DEFAULT_COOLDOWN_MS,
     };
+    let max_groups = match &raw.max_groups {
+        Some(limit) if *limit.get_ref() == 0 => {
+            errors.at(limit.span(), "max_groups must be at least 1");
+            bounds.max_groups
+        }
+        Some(limit) => *limit.get_ref(),
+        None => bounds.max_groups,
+    };
+    let forget_after_ms = match &raw.forget_after {
+        Some(text) => duration(text, "forget_after", errors),
+        None => bounds.forget_after_ms,
+    }
+    .unwrap_or_else(|| default_forget_after_ms(&kind, cooldown_ms));
+    if let Some(window_ms) = kind.window_ms()
+        && forget_after_ms < window_ms
+    {
+        let span = raw.forget_after.as_ref().map_or(rule_span.clone(), Spanned::span);
+        errors.at(span, "forget_after must be at least the window");
+    }
     let severity = match &raw.severity {
         Some(severity) if severity.get_ref().trim().is_empty() => {
             errors.at(severity.span(), "severity must not be empty");
@@ -652,6 +714,8 @@ fn compile_rule(
         labels,
         annotations,
         cooldown_ms,
+        max_groups,
+        forget_after_ms,
         sinks,
         stateful_index: None,
     })
@@ -912,7 +976,7 @@ annotations = { summary = \"{nope}\" }
             [
                 "r.toml:4:10: bad duration \"5 parsecs\" for window",
                 "r.toml:6:1: unknown key \"colour\" in a rule (expected one of name, type, filter, group_by, \
-                 severity, labels, annotations, cooldown, sinks, threshold, window, ratio, direction, min_count, expect)",
+                 severity, labels, annotations, cooldown, sinks, threshold, window, ratio, direction, min_count, expect, max_groups, forget_after)",
                 "r.toml:11:22: bad regex \"(unclosed\"",
                 "r.toml:12:10: unknown sink \"nowhere\" (not a [sinks.NAME] of this file)",
                 "r.toml:15:8: duplicate rule name \"b\"",
@@ -948,7 +1012,7 @@ annotations = { summary = \"{nope}\" }
         let errors = errors_of("max_lateness = \"1m\"\nrulez = []\n");
         assert_eq!(
             errors,
-            ["r.toml:2:1: unknown key \"rulez\" (expected max_lateness, sinks, rules)"]
+            ["r.toml:2:1: unknown key \"rulez\" (expected max_lateness, max_groups, forget_after, sinks, rules)"]
         );
         let errors = errors_of("[[rules]\n");
         assert_eq!(errors.len(), 1);
@@ -957,6 +1021,38 @@ annotations = { summary = \"{nope}\" }
         assert!(
             errors[0].starts_with("r.toml:1:16: max_lateness must be a duration"),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn group_bounds_have_file_defaults_and_rule_overrides() {
+        let text = "max_groups = 500\nforget_after = \"2h\"\n\
+            [[rules]]\nname = \"a\"\ntype = \"frequency\"\nthreshold = 1\nwindow = \"1m\"\n\
+            [[rules]]\nname = \"b\"\ntype = \"frequency\"\nthreshold = 1\nwindow = \"1m\"\nmax_groups = 3\nforget_after = \"10m\"\n";
+        let rules = RuleSet::parse("r.toml", text).expect("compiles");
+        let stateful = rules.stateful_rules();
+        assert_eq!((stateful[0].max_groups, stateful[0].forget_after_ms), (500, 7_200_000));
+        assert_eq!((stateful[1].max_groups, stateful[1].forget_after_ms), (3, 600_000));
+
+        let defaults = RuleSet::parse(
+            "r.toml",
+            "[[rules]]\nname = \"a\"\ntype = \"frequency\"\nthreshold = 1\nwindow = \"10m\"\n",
+        )
+        .expect("compiles");
+        let stateful = defaults.stateful_rules();
+        assert_eq!(stateful[0].max_groups, DEFAULT_MAX_GROUPS);
+        assert_eq!(stateful[0].forget_after_ms, 6_000_000, "ten windows, above the hour");
+
+        let errors = errors_of(
+            "max_groups = 0\n[[rules]]\nname = \"a\"\ntype = \"frequency\"\nthreshold = 1\nwindow = \"1h\"\nforget_after = \"1m\"\nmax_groups = 0\n",
+        );
+        assert_eq!(
+            errors,
+            [
+                "r.toml:1:14: max_groups must be a whole number of at least 1",
+                "r.toml:7:16: forget_after must be at least the window",
+                "r.toml:8:14: max_groups must be at least 1",
+            ]
         );
     }
 

@@ -38,6 +38,11 @@ pub use file::{Located, RuleFileError};
 pub const DEFAULT_MAX_LATENESS_MS: u64 = 60_000;
 /// Per rule and group key, unless the rule sets `cooldown`.
 pub const DEFAULT_COOLDOWN_MS: u64 = 60_000;
+/// Group keys tracked per rule unless the file sets `max_groups`: beyond it the matches of
+/// new groups are not counted (counted as `over_limit` instead).
+pub const DEFAULT_MAX_GROUPS: u64 = 10_000;
+/// The least default `forget_after` (see [`file::default_forget_after_ms`]).
+pub const MIN_DEFAULT_FORGET_AFTER_MS: u64 = 60 * 60_000;
 /// Severity of a rule that sets none.
 pub const DEFAULT_SEVERITY: &str = "warning";
 /// Name of the built-in rule used when no rule file is given.
@@ -107,6 +112,11 @@ pub struct Rule {
     pub labels: Vec<(String, Template)>,
     pub annotations: Vec<(String, Template)>,
     pub cooldown_ms: u64,
+    /// Group keys tracked at most; the matches of further groups are counted as over the
+    /// limit, not evaluated.
+    pub max_groups: u64,
+    /// A group without a match for this long (wall clock) is forgotten.
+    pub forget_after_ms: u64,
     /// Sinks the alerts are routed to.
     pub sinks: Vec<String>,
     /// Index into [`RuleSet::stateful_rules`] for rules with Redis state.
@@ -173,6 +183,8 @@ impl RuleSet {
             labels: Vec::new(),
             annotations: Vec::new(),
             cooldown_ms: 0,
+            max_groups: DEFAULT_MAX_GROUPS,
+            forget_after_ms: MIN_DEFAULT_FORGET_AFTER_MS,
             sinks,
             stateful_index: None,
         };
@@ -230,6 +242,8 @@ impl RuleSet {
             min_count: 0,
             spike_up: false,
             spike_down: false,
+            max_groups: rule.max_groups,
+            forget_after_ms: rule.forget_after_ms,
         };
         match &rule.kind {
             RuleKind::Any => {}
@@ -264,6 +278,34 @@ impl RuleSet {
             Some(RuleKind::Flatline { expect, .. }) => expect,
             _ => &[],
         }
+    }
+
+    /// The stateful rules of `self` whose state `new` can no longer use, by index in
+    /// [`Self::stateful_rules`], with the reason their episodes resolve: removed (or no
+    /// longer stateful), or changed in type, window or `group_by` (counts and group keys
+    /// of the old rule mean something else under the new one).
+    pub fn retired_by(&self, new: &RuleSet) -> Vec<(usize, &'static str)> {
+        let identity = |rule: &Rule| {
+            let group_by: Vec<&str> = rule.group_by.iter().map(|(name, _)| name.as_str()).collect();
+            (rule.stateful_kind(), rule.kind.window_ms(), group_by.join("\u{1}"))
+        };
+        let mut retired = Vec::new();
+        for (index, position) in self.stateful_positions.iter().enumerate() {
+            let old = &self.rules[*position];
+            let successor = new
+                .stateful_positions
+                .iter()
+                .map(|position| &new.rules[*position])
+                .find(|rule| rule.name == old.name);
+            match successor {
+                None => retired.push((index, "rule removed by a reload")),
+                Some(rule) if identity(rule) != identity(old) => {
+                    retired.push((index, "rule changed by a reload (type, window or group_by)"))
+                }
+                Some(_) => {}
+            }
+        }
+        retired
     }
 
     /// A draft record raised by the clock (flatline, spike down) for `group` of the stateful

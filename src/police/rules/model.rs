@@ -13,6 +13,10 @@
 //! - `newest`: per rule, the newest event time seen (`newest:<rule>`)
 //! - `active`: the firing episode of each (rule, group key), at most one (`active`)
 //! - `resolved`: every resolve record written (`resolved`)
+//! - `tracked`: per rule, the groups tracked, with the wall clock of their last match
+//!   (`seen:<rule>`): at most `max_groups`; a new group beyond it is not counted
+//!   (`over_limit`); the clock forgets those without a match for `forget_after` (not the
+//!   `expect`ed ones) and resolves their episode (annotation `resolve_reason`)
 //!
 //! Choices the doc leaves open, made here and to be made the same way in Redis:
 //! - a group is "seen before W" when the first window it was seen in is before W
@@ -85,6 +89,10 @@ pub struct Model<'rules> {
     seen_events: HashSet<Slot>,
     /// Matches dropped as late (the `late` counter of the stats hash).
     pub late: u64,
+    /// Per rule index, group id → wall clock of its last match.
+    tracked: HashMap<usize, BTreeMap<String, i64>>,
+    /// Matches of new groups beyond `max_groups` (the `over_limit` counter).
+    pub over_limit: u64,
 }
 
 impl<'rules> Model<'rules> {
@@ -102,6 +110,8 @@ impl<'rules> Model<'rules> {
             closed_through: HashMap::new(),
             seen_events: HashSet::new(),
             late: 0,
+            tracked: HashMap::new(),
+            over_limit: 0,
         }
     }
 
@@ -153,10 +163,17 @@ impl<'rules> Model<'rules> {
                 continue;
             };
             match rule.kind {
-                StatefulKind::AnyWithCooldown => self.apply_any(&rule, update, now_ms, &mut written),
+                StatefulKind::AnyWithCooldown => {
+                    if self.admit(&rule, &update, now_ms) {
+                        self.apply_any(&rule, update, now_ms, &mut written)
+                    }
+                }
                 StatefulKind::Frequency | StatefulKind::Spike | StatefulKind::Flatline => {
                     if self.is_late(&rule, &update) {
                         self.late += update.matches;
+                        continue;
+                    }
+                    if !self.admit(&rule, &update, now_ms) {
                         continue;
                     }
                     self.newest
@@ -172,6 +189,59 @@ impl<'rules> Model<'rules> {
             }
         }
         written
+    }
+
+    /// The group limit: a tracked group's match is taken (its last match set to `now_ms`);
+    /// a new one only while the rule tracks fewer than `max_groups`, else it counts as
+    /// `over_limit`.
+    fn admit(&mut self, rule: &StatefulRule, update: &RuleUpdate, now_ms: i64) -> bool {
+        let tracked = self.tracked.entry(update.rule_index).or_default();
+        if !tracked.contains_key(&update.group.id) && tracked.len() as u64 >= rule.max_groups {
+            self.over_limit += update.matches;
+            return false;
+        }
+        tracked.insert(update.group.id.clone(), now_ms);
+        true
+    }
+
+    /// Forgets the groups of rule `rule_index` without a match since `forget_after`
+    /// (wall clock), except the `expect`ed ones: their firing episode resolves with the
+    /// reason, their first-seen window and cooldown go (counts are left to expire).
+    fn forget_groups(&mut self, rule_index: usize, rule: &StatefulRule, now_ms: i64, written: &mut Vec<Alert>) {
+        let cutoff = now_ms.saturating_sub(rule.forget_after_ms as i64);
+        let expected: Vec<String> = self
+            .rules
+            .expected_groups(rule_index)
+            .iter()
+            .map(|group| group.id.clone())
+            .collect();
+        let stale: Vec<String> = self
+            .tracked
+            .get(&rule_index)
+            .into_iter()
+            .flatten()
+            .filter(|(_, last)| **last <= cutoff)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let reason = format!(
+            "forgotten: no match for {}",
+            humantime::format_duration(std::time::Duration::from_millis(rule.forget_after_ms))
+        );
+        for id in stale {
+            if expected.contains(&id) {
+                self.tracked.entry(rule_index).or_default().insert(id, now_ms);
+                continue;
+            }
+            let episode_key = (rule_index, id.clone());
+            self.resolve_with_reason(&episode_key, now_ms, Some(&reason), written);
+            self.cooldown_until.remove(&episode_key);
+            if let Some(groups) = self.groups.get_mut(&rule_index) {
+                groups.remove(&id);
+            }
+            if let Some(tracked) = self.tracked.get_mut(&rule_index) {
+                tracked.remove(&id);
+            }
+        }
     }
 
     /// Lateness: the update's window closed more than `max_lateness` before the newest
@@ -302,6 +372,10 @@ impl<'rules> Model<'rules> {
                     }
                 }
             }
+        }
+        for rule_index in 0..self.stateful.len() {
+            let rule = self.stateful[rule_index].clone();
+            self.forget_groups(rule_index, &rule, now_ms, &mut written);
         }
         self.resolve_due(now_ms, &mut written);
         written
@@ -498,10 +572,26 @@ impl<'rules> Model<'rules> {
     /// Ends the firing episode of `episode_key`, if any: a record with the same id and
     /// `status = "resolved"`, moved to the resolved set.
     fn resolve(&mut self, episode_key: &(usize, String), now_ms: i64, written: &mut Vec<Alert>) {
+        self.resolve_with_reason(episode_key, now_ms, None, written);
+    }
+
+    /// [`Self::resolve`], with `reason` as the annotation `resolve_reason` when given.
+    fn resolve_with_reason(
+        &mut self,
+        episode_key: &(usize, String),
+        now_ms: i64,
+        reason: Option<&str>,
+        written: &mut Vec<Alert>,
+    ) {
         let Some(episode) = self.active.remove(episode_key) else {
             return;
         };
         let mut record = episode.alert;
+        if let Some(reason) = reason {
+            record
+                .annotations
+                .insert("resolve_reason".to_string(), reason.to_string());
+        }
         record.status = AlertStatus::Resolved;
         record.raised_at = window::rfc3339(now_ms);
         record.event = None;
@@ -642,6 +732,38 @@ mod tests {
         }
         assert_eq!(written.len(), 2);
         assert_eq!(model.late, 1);
+    }
+
+    #[test]
+    fn groups_beyond_max_groups_are_not_counted_and_silent_ones_are_forgotten() {
+        let rules = rules(
+            "max_lateness = \"0s\"\n[[rules]]\nname = \"q\"\ntype = \"flatline\"\ngroup_by = [\"service\"]\n\
+             threshold = 1\nwindow = \"1m\"\nmax_groups = 2\nforget_after = \"3m\"\nexpect = [\"db\"]\n",
+        );
+        let mut model = Model::new(&rules);
+        model.start_clock(NOON);
+        for (id, service) in ["api", "db", "web"].iter().enumerate() {
+            model.apply(rules.evaluate(vec![event(id, NOON, service, Level::Info)], NOON), NOON);
+        }
+        assert_eq!(model.over_limit, 1, "web is a third group");
+        // api and db go silent: both fire at the close of the next window
+        let fired = model.tick(NOON + 2 * MINUTE);
+        assert_eq!(fired.len(), 2);
+        // three minutes after its last match api is forgotten (and resolved), db is expected
+        let later = model.tick(NOON + 3 * MINUTE);
+        let resolved: Vec<&Alert> = later
+            .iter()
+            .filter(|alert| alert.status == AlertStatus::Resolved)
+            .collect();
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].group["service"], "api");
+        assert_eq!(resolved[0].annotations["resolve_reason"], "forgotten: no match for 3m");
+        // the limit has room again: web is tracked now
+        model.apply(
+            rules.evaluate(vec![event(9, NOON + 3 * MINUTE, "web", Level::Info)], NOON + 3 * MINUTE),
+            NOON + 3 * MINUTE,
+        );
+        assert_eq!(model.over_limit, 1);
     }
 
     #[test]

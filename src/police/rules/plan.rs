@@ -24,6 +24,10 @@ pub struct StatefulRule {
     pub spike_up: bool,
     /// spike only: whether a downward spike fires at window close (down, both).
     pub spike_down: bool,
+    /// Group keys tracked at most (`seen:<rule>`); matches of further groups are not counted.
+    pub max_groups: u64,
+    /// A group without a match for this long (wall clock) is forgotten by the clock.
+    pub forget_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
