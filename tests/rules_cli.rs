@@ -91,7 +91,7 @@ filter = { in = ["a"], not = { field = "host" } }
         format!("{file}:23:8: flatline rule \"no threshold\" needs threshold"),
         format!(
             "{file}:26:1: unknown key \"colour\" in a rule (expected one of name, type, filter, group_by, severity, \
-             labels, annotations, cooldown, sinks, threshold, window, ratio, direction, min_count, expect)"
+             labels, annotations, cooldown, sinks, threshold, window, ratio, direction, min_count, expect, max_groups, forget_after)"
         ),
         format!("{file}:27:17: in needs field"),
         format!("{file}:27:40: field needs one of equals, in, regex"),
