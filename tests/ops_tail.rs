@@ -452,3 +452,46 @@ fn a_password_in_the_url_never_appears_in_tail_or_dlq_output() {
         assert!(all.contains("***"), "{args:?} names the redacted URL: {all}");
     }
 }
+
+#[test]
+fn tail_goes_on_after_redis_restarts() {
+    let mut redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut tail = logsentinel(&url)
+        .args(["tail", "logs", "--format", "json", "--from", "0", "--limit", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_sender, lines) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_sender.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    xadd(
+        &mut redis.connection(),
+        "logsentinel:logs",
+        &[
+            ("v", "1"),
+            ("event", &event_json("r:1:0", "INFO", "api", "h", "before")),
+        ],
+    );
+    let first: Value = serde_json::from_str(&lines.recv_timeout(DEADLINE).expect("first record")).unwrap();
+    assert_eq!(first["message"], "before");
+
+    redis.server.kill();
+    redis.server.restart().expect("redis restarts");
+    xadd(
+        &mut redis.connection(),
+        "logsentinel:logs",
+        &[("v", "1"), ("event", &event_json("r:1:1", "INFO", "api", "h", "after"))],
+    );
+    let second: Value = serde_json::from_str(&lines.recv_timeout(DEADLINE).expect("second record")).unwrap();
+    assert_eq!(second["message"], "after");
+    let status = wait_with_deadline(&mut tail, DEADLINE);
+    assert!(status.success(), "tail exited with {status}");
+}
