@@ -344,12 +344,13 @@ fn tail_follows_new_entries_and_takes_nothing_from_the_police() {
 /// `tail … | head -1`, the pipeline's status (pipefail) and tail's stderr.
 fn tail_into_head(url: &str, tail_args: &str) -> (std::process::ExitStatus, String) {
     let binary = env!("CARGO_BIN_EXE_logsentinel");
+    let work_dir = tempfile::tempdir().unwrap();
     let output = Command::new("bash")
         .arg("-c")
         .arg(format!(
             "set -o pipefail; '{binary}' --redis-url '{url}' tail {tail_args} 2>tail.err | head -1 >/dev/null; status=$?; cat tail.err; exit $status"
         ))
-        .current_dir(tempfile::tempdir().unwrap().keep())
+        .current_dir(work_dir.path())
         .stdin(Stdio::null())
         .output()
         .unwrap();
