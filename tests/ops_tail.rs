@@ -344,12 +344,13 @@ fn tail_follows_new_entries_and_takes_nothing_from_the_police() {
 /// `tail … | head -1`, the pipeline's status (pipefail) and tail's stderr.
 fn tail_into_head(url: &str, tail_args: &str) -> (std::process::ExitStatus, String) {
     let binary = env!("CARGO_BIN_EXE_logsentinel");
+    let work_dir = tempfile::tempdir().unwrap();
     let output = Command::new("bash")
         .arg("-c")
         .arg(format!(
             "set -o pipefail; '{binary}' --redis-url '{url}' tail {tail_args} 2>tail.err | head -1 >/dev/null; status=$?; cat tail.err; exit $status"
         ))
-        .current_dir(tempfile::tempdir().unwrap().keep())
+        .current_dir(work_dir.path())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -451,4 +452,47 @@ fn a_password_in_the_url_never_appears_in_tail_or_dlq_output() {
         assert!(!all.contains("hunter2-secret"), "{args:?} printed the password: {all}");
         assert!(all.contains("***"), "{args:?} names the redacted URL: {all}");
     }
+}
+
+#[test]
+fn tail_goes_on_after_redis_restarts() {
+    let mut redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut tail = logsentinel(&url)
+        .args(["tail", "logs", "--format", "json", "--from", "0", "--limit", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_sender, lines) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_sender.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    xadd(
+        &mut redis.connection(),
+        "logsentinel:logs",
+        &[
+            ("v", "1"),
+            ("event", &event_json("r:1:0", "INFO", "api", "h", "before")),
+        ],
+    );
+    let first: Value = serde_json::from_str(&lines.recv_timeout(DEADLINE).expect("first record")).unwrap();
+    assert_eq!(first["message"], "before");
+
+    redis.server.kill();
+    redis.server.restart().expect("redis restarts");
+    xadd(
+        &mut redis.connection(),
+        "logsentinel:logs",
+        &[("v", "1"), ("event", &event_json("r:1:1", "INFO", "api", "h", "after"))],
+    );
+    let second: Value = serde_json::from_str(&lines.recv_timeout(DEADLINE).expect("second record")).unwrap();
+    assert_eq!(second["message"], "after");
+    let status = wait_with_deadline(&mut tail, DEADLINE);
+    assert!(status.success(), "tail exited with {status}");
 }

@@ -618,6 +618,27 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_entry_decodes_like_the_original() {
+        let document = r#"{"msg":"boom","severity":"crit","app":"db","ts":"2026-11-27T10:00:00Z"}"#;
+        let original = decode_entry("7-0", &pairs(&[("data", document)]), Level::Trace);
+        let replayed_fields = pairs(&[("data", document), ("replayed_from", "9-0"), ("replay_count", "1")]);
+        let replayed = decode_entry("7-0", &replayed_fields, Level::Trace);
+        assert_eq!(
+            replayed.events, original.events,
+            "no replay field in extra, the document read whole"
+        );
+        assert!(replayed.rejected.is_empty());
+    }
+
+    #[test]
+    fn a_one_event_entry_is_dead_lettered_whole() {
+        let fields = pairs(&[("v", "1"), ("event", "not json"), ("replay_count", "2")]);
+        let decoded = decode_entry("1-0", &fields, Level::Critical);
+        assert_eq!(decoded.rejected.len(), 1);
+        assert_eq!(decoded.rejected[0].raw, fields_as_json(&fields), "the count survives");
+    }
+
+    #[test]
     fn unknown_version_is_rejected_with_raw_fields() {
         let fields = pairs(&[("v", "9"), ("event", "{}")]);
         let decoded = decode_entry("1-0", &fields, Level::Trace);

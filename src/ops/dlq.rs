@@ -6,6 +6,8 @@
 //!   or one JSON string (a line of a packed entry, a list item); an oversized entry's raw is
 //!   cut to 4096 bytes
 //! - a sink writes `alert_id`, `alert` (the record as read), `status`, `attempts`, `entry`
+//! - an agent writes `reason`, `source` (its agent id) and the first 64 KiB of an event
+//!   larger than Redis's `proto-max-bulk-len`: never replayable
 //!
 //! Invariants:
 //! - a replay re-adds the entry in the shape it had: the same fields (plus `replayed_from`
@@ -405,6 +407,11 @@ fn replay_target(dead: &DeadStream, entry: &StreamEntry, force: bool) -> Result<
     let source = field(entry, "source").ok_or_else(|| missing("source"))?;
     let raw_text = field(entry, "raw").ok_or_else(|| missing("raw"))?;
     let reason = field(entry, "reason").unwrap_or("");
+    if reason.contains("proto-max-bulk-len") {
+        return Err(Refusal::Unrebuildable(
+            "an agent's event larger than Redis takes: its raw is cut, and Redis would refuse it whole".into(),
+        ));
+    }
     let raw: Value = serde_json::from_str(raw_text)
         .map_err(|error| Refusal::Unrebuildable(format!("its raw field is not JSON: {error}")))?;
     // Stream mode writes the entry id, list mode does not.
@@ -630,6 +637,18 @@ mod tests {
             ("raw", r#"{"v":"1"}"#),
         ]);
         assert!(replay_target(&dead, &small, false).is_ok());
+    }
+
+    #[test]
+    fn an_agents_oversized_event_is_not_replayed() {
+        let keys = Keys::default();
+        let dead = police_dead(&keys);
+        let reason = "event of 600000000 bytes is over redis proto-max-bulk-len (536870912 bytes)";
+        let letter = entry(&[("reason", reason), ("source", "agent-1"), ("raw", r#"{"id":"a"#)]);
+        assert!(matches!(
+            replay_target(&dead, &letter, true),
+            Err(Refusal::Unrebuildable(_))
+        ));
     }
 
     #[test]
