@@ -15,6 +15,8 @@
 //! - [`delivery`]: outbox readers per sink (retries, rate limit and digests, sink dead
 //!   letters) and the sinks: console, jsonl, webhook, slack, alertmanager, email
 //! - [`status`]: stream, group, consumer, lag and dead-letter figures
+//! - [`ops`]: operators' views: `top` (live figures in the terminal)
+//! - [`progress`]: progress of long runs on stderr, and their one-line summaries
 //! - [`local_redis`]: a private `redis-server` on a free loopback port (demo and tests)
 //! - [`demo`]: Redis, 3 agents and 2 police in one command
 //! - [`bench`]: throughput, latency and memory scenarios against a private Redis
@@ -30,8 +32,10 @@ pub mod delivery;
 pub mod demo;
 pub mod event;
 pub mod local_redis;
+pub mod ops;
 pub mod options;
 pub mod police;
+pub mod progress;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

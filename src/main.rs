@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use logsentinel::cli::{Cli, Command, RulesAction};
 use logsentinel::config::{self, ConfigError, FileConfig};
-use logsentinel::{agent, bench, broker, demo, police, shutdown, status, telemetry};
+use logsentinel::{agent, bench, broker, demo, ops, police, shutdown, status, telemetry};
 
 fn main() -> ExitCode {
     logsentinel::cli::accept_old_variable_names();
@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    telemetry::init();
+    // A full-screen `top` owns the terminal: a log line would tear its screen.
+    let full_screen = matches!(&cli.command, Command::Top(args) if !args.once);
+    telemetry::init(cli.common.log_format, full_screen);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -63,8 +65,12 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
         Command::Agent(args) => {
             let agent_config = config::agent_config(&args, sub_matches, &file)?;
             let summary_json = agent_config.summary_json;
+            let counted = agent_config.count.is_some();
             let summary = agent::run(broker_config, agent_config, shutdown).await?;
             summary.print(summary_json);
+            if counted {
+                eprintln!("{}", broker::errors::redact_credentials(&summary.key_value_line()));
+            }
             if let Some(error) = &summary.error {
                 eprintln!("logsentinel: {error}");
             }
@@ -106,6 +112,10 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
         }
         Command::Bench(args) => {
             bench::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top(args) => {
+            ops::top::run(args, broker_config, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules(_) => unreachable!("handled before the config is read"),

@@ -1,0 +1,3 @@
+//! Read-only views and repair tools for operators.
+
+pub mod top;
