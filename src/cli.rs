@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::ops::filter::{LevelFilter, StartAt};
-use crate::options::{AgentSource, ReadFrom, Transport, WhenFull};
+use crate::options::{AgentSource, LogFormat, ReadFrom, Transport, WhenFull};
 use crate::options::{DurationMs, DurationS, Size, one_or_many};
 
 #[derive(Debug, Parser)]
@@ -33,6 +33,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput, latency and memory against a private Redis
     Bench(BenchArgs),
+    /// Live view of streams, groups, consumers, dead letters and sink backlogs (reads Redis only)
+    Top(TopArgs),
     /// Exit 0 if Redis answers PING (and, with a health file, the police loop is alive)
     Healthcheck(HealthcheckArgs),
     /// Check a rule file, or replay sample events through it offline (no Redis)
@@ -115,6 +117,10 @@ pub struct CommonArgs {
     /// List key used in list mode
     #[arg(long, global = true, env = "LOGSENTINEL_KEY", default_value = "log_queue")]
     pub key: String,
+    /// Log lines on stderr: text or json (one object per line, the same field names)
+    #[arg(long, global = true, env = "LOGSENTINEL_LOG_FORMAT", default_value = "text")]
+    #[serde(skip)] // logging starts before the file is read
+    pub log_format: LogFormat,
 }
 
 /// Options of `agent`; in the config file, the `[agent]` table.
@@ -413,6 +419,23 @@ pub struct BenchArgs {
     /// Where to write the JSON results
     #[arg(long, default_value = "bench-results.json")]
     pub json_out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Time between readings
+    #[arg(long, default_value = "1s")]
+    pub refresh: DurationMs,
+    /// Consumers idle longer than this with entries pending are flagged STALLED (the
+    /// police's --claim-idle)
+    #[arg(long, env = "LOGSENTINEL_CLAIM_IDLE", default_value = "30s")]
+    pub claim_idle: DurationMs,
+    /// Print one reading and exit: the screen as text, or JSON with --json
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: print the reading as JSON
+    #[arg(long, requires = "once")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ use crate::broker::{self, errors::redact_url, keys::Keys};
 use crate::cli::DemoArgs;
 use crate::config::{BrokerConfig, ConfigError};
 use crate::local_redis::{self, LocalRedis};
+use crate::progress::{Progress, summary_line};
 use crate::status::{self, Status};
 
 const AGENTS: usize = 3;
@@ -85,7 +86,7 @@ pub async fn run(
     watched.and(stopped)
 }
 
-/// The live line of figures, once a second, until `--duration` has passed or a stop request.
+/// The live figures, read once a second (shown as progress), until `--duration` has passed or a stop request.
 async fn watch(
     args: &DemoArgs,
     connection: &mut broker::Connection,
@@ -95,6 +96,7 @@ async fn watch(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let run_for = args.duration.0;
+    let mut progress = Progress::new("[demo]", "s", Some(run_for.as_secs()));
     let mut previous_processed = 0;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
@@ -106,9 +108,8 @@ async fn watch(
         let figures = status::collect(connection, keys).await?;
         let totals = Totals::of(&figures).since(baseline);
         let group = figures.stream.groups.iter().find(|group| group.name == keys.group);
-        eprintln!(
-            "[demo] t={:>3}s  ingested {:>8}  processed {:>8} ({:>6} ev/s)  lag {:>5}  pending {:>4}  alerts {:>5}  dead {}",
-            started.elapsed().as_secs(),
+        let note = format!(
+            "ingested {} processed {} ({} ev/s) lag {} pending {} alerts {} dead {}",
             totals.entries_added * args.pack as u64,
             totals.processed,
             totals.processed.saturating_sub(previous_processed),
@@ -117,8 +118,10 @@ async fn watch(
             totals.alerts,
             totals.dead,
         );
+        progress.update(started.elapsed().as_secs(), &note);
         previous_processed = totals.processed;
     }
+    progress.finish();
     Ok(())
 }
 
@@ -158,6 +161,19 @@ async fn stop(
     println!("  events processed by police  {}", totals.processed);
     println!("  alerts raised               {}", totals.alerts);
     println!("  dead letters                {}", totals.dead);
+    eprintln!(
+        "{}",
+        summary_line(
+            "demo",
+            &[
+                ("sent", sent_events.to_string()),
+                ("processed", totals.processed.to_string()),
+                ("alerts", totals.alerts.to_string()),
+                ("dead", totals.dead.to_string()),
+                ("elapsed_s", format!("{:.1}", started.elapsed().as_secs_f64())),
+            ],
+        )
+    );
     if let Some(error) = first_failure {
         return Err(error);
     }

@@ -17,8 +17,9 @@
 //! - [`observability`]: the admin listener (`/metrics`, `/healthz`, `/readyz`), metric
 //!   names declared once, the loops' watchdog, the police's sampled group figures
 //! - [`status`]: stream, group, consumer, lag and dead-letter figures
-//! - [`ops`]: operating tools: `tail` (a live view of any stream) and `dlq` (dead-letter
-//!   repair)
+//! - [`ops`]: operating tools: `top` (live figures in the terminal), `tail` (a live view of
+//!   any stream) and `dlq` (dead-letter repair)
+//! - [`progress`]: progress of long runs on stderr, and their one-line summaries
 //! - [`local_redis`]: a private `redis-server` on a free loopback port (demo and tests)
 //! - [`demo`]: Redis, 3 agents and 2 police in one command
 //! - [`bench`]: throughput, latency and memory scenarios against a private Redis
@@ -38,6 +39,7 @@ pub mod observability;
 pub mod ops;
 pub mod options;
 pub mod police;
+pub mod progress;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

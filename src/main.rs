@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    telemetry::init();
+    // A full-screen `top` owns the terminal: a log line would tear its screen.
+    let full_screen = matches!(&cli.command, Command::Top(args) if !args.once);
+    telemetry::init(cli.common.log_format, full_screen);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -86,8 +88,12 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
                 .await?;
             }
             let summary_json = agent_config.summary_json;
+            let counted = agent_config.count.is_some();
             let summary = agent::run(broker_config, agent_config, shutdown).await?;
             summary.print(summary_json);
+            if counted {
+                eprintln!("{}", broker::errors::redact_credentials(&summary.key_value_line()));
+            }
             if let Some(error) = &summary.error {
                 eprintln!("logsentinel: {error}");
             }
@@ -152,6 +158,10 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
         }
         Command::Rules(_) | Command::Completions(_) | Command::Manpage(_) => {
             unreachable!("handled before the config is read")
+        }
+        Command::Top(args) => {
+            ops::top::run(args, broker_config, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Tail(args) => {
             ops::tail::run(args, &broker_config.redis_url, &broker_config.keys, shutdown).await?;

@@ -45,6 +45,8 @@ pub struct GroupStatus {
     pub lag: Option<u64>,
     pub oldest_pending_id: Option<String>,
     pub oldest_pending_age_ms: Option<u64>,
+    /// Entries ever delivered to the group; `None` when Redis cannot tell.
+    pub entries_read: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,36 +67,10 @@ pub async fn collect(connection: &mut Connection, keys: &Keys) -> Result<Status,
     let (mut first_id, mut last_id, mut entries_added) = (None, None, 0);
     let mut groups = Vec::new();
     if exists {
-        let info: redis::Value = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&keys.stream)
-            .query_async(connection)
-            .await?;
-        entries_added = crate::broker::value_pairs(&info)
-            .into_iter()
-            .find(|(name, _)| name == "entries-added")
-            .and_then(|(_, value)| crate::broker::value_int(value))
-            .unwrap_or(0)
-            .max(0) as u64;
+        entries_added = stream::entries_added(connection, &keys.stream).await?;
         first_id = boundary_id(connection, &keys.stream, "XRANGE", "-", "+").await?;
         last_id = boundary_id(connection, &keys.stream, "XREVRANGE", "+", "-").await?;
-        for group in stream::groups(connection, &keys.stream).await? {
-            let consumers = stream::consumers(connection, keys, &group.name).await?;
-            let oldest_pending_id = stream::oldest_pending_id(connection, &keys.stream, &group.name).await?;
-            let oldest_pending_age_ms = oldest_pending_id
-                .as_deref()
-                .and_then(stream_id_millis)
-                .map(|created_ms| now_ms.saturating_sub(created_ms));
-            groups.push(GroupStatus {
-                name: group.name,
-                consumers,
-                pending: group.pending,
-                last_delivered_id: group.last_delivered_id,
-                lag: group.lag,
-                oldest_pending_id,
-                oldest_pending_age_ms,
-            });
-        }
+        groups = group_statuses(connection, &keys.stream, now_ms).await?;
     }
     let mut processing = BTreeMap::new();
     let prefix = keys.processing_list("");
@@ -127,6 +103,39 @@ pub async fn collect(connection: &mut Connection, keys: &Keys) -> Result<Status,
     })
 }
 
+/// Every group on `stream` with its consumers and oldest pending entry (the police's group on
+/// the log stream, the sinks' groups on the alerts stream); none for a missing stream.
+pub async fn group_statuses(
+    connection: &mut Connection,
+    stream: &str,
+    now_ms: u64,
+) -> Result<Vec<GroupStatus>, RedisError> {
+    let mut statuses = Vec::new();
+    let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(connection).await?;
+    if !exists {
+        return Ok(statuses);
+    }
+    for group in stream::groups(connection, stream).await? {
+        let consumers = stream::consumers_of(connection, stream, &group.name).await?;
+        let oldest_pending_id = stream::oldest_pending_id(connection, stream, &group.name).await?;
+        let oldest_pending_age_ms = oldest_pending_id
+            .as_deref()
+            .and_then(stream_id_millis)
+            .map(|created_ms| now_ms.saturating_sub(created_ms));
+        statuses.push(GroupStatus {
+            name: group.name,
+            consumers,
+            pending: group.pending,
+            last_delivered_id: group.last_delivered_id,
+            lag: group.lag,
+            oldest_pending_id,
+            oldest_pending_age_ms,
+            entries_read: group.entries_read,
+        });
+    }
+    Ok(statuses)
+}
+
 async fn boundary_id(
     connection: &mut Connection,
     stream: &str,
@@ -148,7 +157,7 @@ async fn boundary_id(
         .and_then(crate::broker::value_text))
 }
 
-async fn key_length(connection: &mut Connection, command: &str, key: &str) -> Result<KeyLength, RedisError> {
+pub async fn key_length(connection: &mut Connection, command: &str, key: &str) -> Result<KeyLength, RedisError> {
     let length: u64 = redis::cmd(command).arg(key).query_async(connection).await?;
     Ok(KeyLength {
         key: key.to_string(),

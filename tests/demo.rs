@@ -58,7 +58,7 @@ fn ctrl_c_in_the_terminal_stops_the_demo_cleanly() {
         });
         let mut seen = Vec::new();
         // Running: Redis, agents and police are up and a line of figures was printed.
-        while !seen.iter().any(|line: &String| line.starts_with("[demo] t=")) {
+        while !seen.iter().any(|line: &String| line.starts_with("[demo] progress:")) {
             match lines.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => seen.push(line),
                 Err(error) => {

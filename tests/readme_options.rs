@@ -125,4 +125,10 @@ fn readme_option_tables_match_the_cli() {
         1,
         "dlq",
     );
+    check_table(
+        &subcommand("top"),
+        &table_after(&readme, "`logsentinel top` options"),
+        1,
+        "top",
+    );
 }

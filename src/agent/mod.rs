@@ -71,6 +71,25 @@ impl Summary {
         self.unsent_events == 0 && self.dropped_events == 0 && self.corrupt_spool_segments == 0 && self.error.is_none()
     }
 
+    /// The one `key=value` line that ends a counted run (`--count`), on stderr.
+    pub fn key_value_line(&self) -> String {
+        let mut pairs = vec![
+            ("agent_id", self.agent_id.clone()),
+            ("events", self.events.to_string()),
+            ("entries", self.entries.to_string()),
+            ("unsent", self.unsent_events.to_string()),
+            ("spooled", self.spooled_events.to_string()),
+            ("dropped", self.dropped_events.to_string()),
+            ("dead_lettered", self.dead_lettered_events.to_string()),
+            ("elapsed_s", format!("{:.3}", self.elapsed_s)),
+            ("events_per_s", format!("{:.0}", self.events_per_s)),
+        ];
+        if let Some(error) = &self.error {
+            pairs.push(("error", error.clone()));
+        }
+        crate::progress::summary_line("agent", &pairs)
+    }
+
     pub fn print(&self, as_json: bool) {
         if as_json {
             println!("{}", serde_json::to_string(self).expect("summary serialises"));
@@ -196,8 +215,12 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
     info!(agent_id = %config.agent_id, run_id = %run_id, sources = ?config.sources, pack = config.pack, "agent started");
 
     let mut file_source = None;
+    // Events taken in, of `--count`; the summary says how many were stored.
+    let mut progress = config
+        .count
+        .map(|count| crate::progress::Progress::new("[agent]", "events", Some(count)));
     if has(AgentSource::Synthetic) {
-        generate(&config, &run_id, batch_sender, &shutdown).await;
+        generate(&config, &run_id, batch_sender, progress.as_mut(), &shutdown).await;
     } else {
         let (message_sender, message_receiver) = mpsc::channel(sources::SOURCE_QUEUE_MESSAGES);
         let line_parser = sources::LineParser::new(&config, unknown_level_lines.clone());
@@ -263,7 +286,18 @@ pub async fn run(broker: BrokerConfig, config: AgentConfig, shutdown: Cancellati
             ));
         }
         drop(message_sender); // the sources hold the only senders: the loop ends when they do
-        sources::ship_events(message_receiver, &config, &run_id, batch_sender, &shutdown).await;
+        sources::ship_events(
+            message_receiver,
+            &config,
+            &run_id,
+            batch_sender,
+            progress.as_mut(),
+            &shutdown,
+        )
+        .await;
+    }
+    if let Some(progress) = progress {
+        progress.finish();
     }
     let joined = shipper_task.await;
     if let Some(file_source) = file_source {
@@ -325,7 +359,13 @@ fn run_id() -> String {
 }
 
 /// Generates events at the configured rate into batches.
-async fn generate(config: &AgentConfig, run_id: &str, batch_sender: mpsc::Sender<Batch>, shutdown: &CancellationToken) {
+async fn generate(
+    config: &AgentConfig,
+    run_id: &str,
+    batch_sender: mpsc::Sender<Batch>,
+    mut progress: Option<&mut crate::progress::Progress>,
+    shutdown: &CancellationToken,
+) {
     let seed = config.seed.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -361,6 +401,9 @@ async fn generate(config: &AgentConfig, run_id: &str, batch_sender: mpsc::Sender
             if batcher.room() == 0 {
                 break; // full by bytes before the count
             }
+        }
+        if let Some(progress) = progress.as_deref_mut() {
+            progress.update(generated, "");
         }
         let now = Instant::now();
         if batcher.is_due(now) || (generated == limit) {

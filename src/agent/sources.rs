@@ -221,6 +221,7 @@ pub async fn ship_events(
     config: &AgentConfig,
     run_id: &str,
     batch_sender: mpsc::Sender<Batch>,
+    mut progress: Option<&mut crate::progress::Progress>,
     shutdown: &CancellationToken,
 ) {
     let id_prefix = format!("{}:{run_id}:", config.agent_id);
@@ -263,6 +264,9 @@ pub async fn ship_events(
             }
         };
         let mut closed = false;
+        if let Some(progress) = progress.as_deref_mut() {
+            progress.update(next_sequence, "");
+        }
         for mut event in single.into_iter().chain(chunk) {
             if next_sequence >= limit {
                 break;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, Connection, keys::Keys};
 use crate::cli::BenchArgs;
 use crate::local_redis::LocalRedis;
+use crate::progress::{Progress, summary_line};
 use processes::{Fleet, wait_processed};
 use report::{Latency, Report, SpoolWrite, Throughput};
 
@@ -107,6 +108,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bench.plan.events,
         bench.plan.repeat
     );
+    let started = std::time::Instant::now();
     let outcome = bench.run_all(args.aof).await;
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
@@ -115,6 +117,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", args.json_out.display()))?;
     eprintln!("[bench] JSON written to {}", args.json_out.display());
+    eprintln!(
+        "{}",
+        summary_line(
+            "bench",
+            &[
+                ("scenarios", report.throughput.len().to_string()),
+                ("latency_rates", report.latency.len().to_string()),
+                ("events_per_run", report.events_per_run.to_string()),
+                ("elapsed_s", format!("{:.1}", started.elapsed().as_secs_f64())),
+                ("json", args.json_out.display().to_string()),
+            ],
+        )
+    );
     Ok(())
 }
 
@@ -180,9 +195,12 @@ impl Bench {
             "webhook delivery, 1 police (alerts/s to a local receiver)".to_string(),
             Scenario::WebhookDelivery,
         ));
+        let latency_rates = self.plan.latency_rates.clone();
+        let total_runs = (scenarios.len() * self.plan.repeat + latency_rates.len()) as u64;
+        let mut progress = Progress::new("[bench]", "runs", Some(total_runs));
         let mut throughput = Vec::new();
         for (name, scenario) in &scenarios {
-            throughput.push(self.repeat(name, scenario).await?);
+            throughput.push(self.repeat(name, scenario, &mut progress).await?);
         }
         for pair in throughput.windows(2) {
             if pair[1].scenario == format!("{}, 20 rules", pair[0].scenario) && pair[0].median > 0.0 {
@@ -194,16 +212,21 @@ impl Bench {
             }
         }
         let mut latency = Vec::new();
-        for rate in self.plan.latency_rates.clone() {
+        for rate in latency_rates {
+            let note = format!("latency at {rate} events/s");
+            progress.update(progress.done(), &note);
             latency.push(self.latency(rate).await?);
+            progress.update(progress.done() + 1, &note);
         }
+        progress.finish();
         let spool = self.spool_write()?;
         Ok(Report::new(ceiling, throughput, latency, spool, aof, self.plan.events))
     }
 
-    async fn repeat(&mut self, name: &str, scenario: &Scenario) -> anyhow::Result<Throughput> {
+    async fn repeat(&mut self, name: &str, scenario: &Scenario, progress: &mut Progress) -> anyhow::Result<Throughput> {
         let mut runs = Vec::new();
         for _ in 0..self.plan.repeat {
+            progress.update(progress.done(), name);
             self.flush().await?;
             let run = match *scenario {
                 Scenario::Ingest { pack } => self.ingest(pack).await,
@@ -219,6 +242,7 @@ impl Bench {
                 } => self.end_to_end(agents, police, pack, list).await,
             };
             runs.push(run.with_context(|| format!("scenario {name}"))?);
+            progress.update(progress.done() + 1, name);
         }
         let throughput = Throughput::from_runs(name, &runs);
         eprintln!("[bench] {name}: median {:.0} events/s", throughput.median);

@@ -67,7 +67,7 @@ pub fn redact_url(url: &str) -> String {
                 None => format!("{}***{}", &url[..scheme_end + 3], &url[at..]),
             }
         }
-        _ => url.to_string(),
+        _ => redact_credentials(url),
     }
 }
 
@@ -87,12 +87,16 @@ pub fn redact_credentials(text: &str) -> String {
     static CREDENTIALS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r#"://(?:([^:@/\s"']*):)?[^@/\s"']+@"#).expect("the credentials pattern is valid")
     });
-    CREDENTIALS
-        .replace_all(text, |captures: &regex::Captures| match captures.get(1) {
-            Some(user) => format!("://{}:***@", user.as_str()),
-            None => "://***@".to_string(),
-        })
-        .into_owned()
+    let with_scheme = CREDENTIALS.replace_all(text, |captures: &regex::Captures| match captures.get(1) {
+        Some(user) => format!("://{}:***@", user.as_str()),
+        None => "://***@".to_string(),
+    });
+    // A mistyped URL (`redis//user:password@host`) has no `://`, but its password is one all
+    // the same: `user:password@` after a start, a space, a quote or a slash.
+    static BARE_CREDENTIALS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(^|[\s"'/])([^\s"'/:@*]+):([^@/\s"'*]+)@"#).expect("the bare credentials pattern is valid")
+    });
+    BARE_CREDENTIALS.replace_all(&with_scheme, "${1}${2}:***@").into_owned()
 }
 
 #[cfg(test)]
@@ -139,6 +143,25 @@ mod tests {
         assert_eq!(
             redact_url("redis+unix:///run/redis.sock?db=1&pass=secret"),
             "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+    }
+}
+
+#[cfg(test)]
+mod bare_credentials_tests {
+    use super::*;
+
+    #[test]
+    fn a_mistyped_url_keeps_no_password() {
+        assert_eq!(
+            redact_credentials(r#"redis_url: "redis//app:s3cret@127.0.0.1:6379" is not usable"#),
+            r#"redis_url: "redis//app:***@127.0.0.1:6379" is not usable"#
+        );
+        assert_eq!(redact_url("app:s3cret@db:6379"), "app:***@db:6379");
+        assert_eq!(redact_credentials("redis://app:***@db"), "redis://app:***@db");
+        assert_eq!(
+            redact_credentials("mail oncall@example.com at 10:30"),
+            "mail oncall@example.com at 10:30"
         );
     }
 }

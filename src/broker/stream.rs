@@ -212,9 +212,18 @@ pub struct ConsumerInfo {
 }
 
 pub async fn consumers(connection: &mut Connection, keys: &Keys, group: &str) -> Result<Vec<ConsumerInfo>, RedisError> {
+    consumers_of(connection, &keys.stream, group).await
+}
+
+/// Consumers of `group` on any stream (the sinks' groups live on the alerts stream).
+pub async fn consumers_of(
+    connection: &mut Connection,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<ConsumerInfo>, RedisError> {
     let reply: Value = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg(&keys.stream)
+        .arg(stream)
         .arg(group)
         .query_async(connection)
         .await?;
@@ -272,6 +281,8 @@ pub struct GroupInfo {
     pub last_delivered_id: String,
     /// `None` when Redis cannot tell (after some deletions); see XINFO GROUPS.
     pub lag: Option<u64>,
+    /// Entries ever delivered to the group (Redis 7's `entries-read`); `None` when unknown.
+    pub entries_read: Option<u64>,
 }
 
 pub async fn groups(connection: &mut Connection, stream: &str) -> Result<Vec<GroupInfo>, RedisError> {
@@ -293,9 +304,33 @@ pub async fn groups(connection: &mut Connection, stream: &str) -> Result<Vec<Gro
                     .get("lag")
                     .and_then(|lag| value_int(lag))
                     .map(|lag| lag.max(0) as u64),
+                entries_read: fields
+                    .get("entries-read")
+                    .and_then(|read| value_int(read))
+                    .map(|read| read.max(0) as u64),
             })
         })
         .collect())
+}
+
+/// Entries ever added to `stream` (XINFO STREAM's `entries-added`; trimming does not lower
+/// it), 0 for a missing stream.
+pub async fn entries_added(connection: &mut Connection, stream: &str) -> Result<u64, RedisError> {
+    let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(connection).await?;
+    if !exists {
+        return Ok(0);
+    }
+    let info: Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(connection)
+        .await?;
+    Ok(value_pairs(&info)
+        .into_iter()
+        .find(|(name, _)| name == "entries-added")
+        .and_then(|(_, value)| value_int(value))
+        .unwrap_or(0)
+        .max(0) as u64)
 }
 
 /// Oldest pending id of a group (XPENDING summary), if any entry is pending.
