@@ -552,6 +552,7 @@ if next(bitmaps) then
   for key in pairs(bitmaps) do expect_type(key, 'string') end
   expect_permission(rules_prefix .. '*', 'BITFIELD', rules_prefix .. 'x', 'SET', 'u1', '0', '1')
   expect_permission(rules_prefix .. '*', 'PEXPIRE', rules_prefix .. 'x', '1')
+end
 -- bounds: allowed to run over maxmemory (allow-oom), the rule state must not grow there
 if updates_total > 0 then
   local info = redis.call('INFO', 'memory')
