@@ -238,7 +238,7 @@ fn demo_runs_and_prints_totals() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "demo failed: {stderr}");
-    assert!(stderr.contains("[demo] t=  1s"), "live line shown: {stderr}");
+    assert!(stderr.contains("[demo] progress: "), "live line shown: {stderr}");
     let figure = |label: &str| -> u64 {
         let line = stdout
             .lines()
