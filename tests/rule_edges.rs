@@ -507,3 +507,57 @@ async fn a_duplicate_entry_counts_its_events_once_as_the_model_does() {
     }
     assert_eq!(modelled, [(fired, 5)]);
 }
+
+/// A close postponed past the life of a window's counts must not read an expired count as
+/// 0: the group that spoke in W is passed over, not flatlined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_postponed_past_the_counts_life_raises_nothing_for_a_group_that_spoke() {
+    let redis = TestRedis::start(&[]);
+    let mut sync = redis.connection();
+    create_group(&mut sync, "police");
+    let rules = RuleSet::parse(
+        "rules.toml",
+        "max_lateness = \"1s\"\n[[rules]]\nname = \"quiet\"\ntype = \"flatline\"\ngroup_by = [\"service\"]\n\
+         threshold = 1\nwindow = \"2s\"\nexpect = [\"api\"]\n",
+    )
+    .unwrap();
+    let stateful = rules.stateful_rules();
+    let window_ms = 2_000i64;
+    // W lies 10 min + 5 windows back: its counts (W + 3 windows + lateness + 10 min, the
+    // hold of windows the clock closes) are past their life
+    let closed = window::window_start(window::now_ms(), window_ms as u64) - 5 * window_ms - 600_000;
+    set(
+        &mut sync,
+        &format!("{RULES}clock:quiet"),
+        &(closed - window_ms).to_string(),
+    );
+    xadd_at(
+        &mut sync,
+        closed + 100,
+        &[event_json("api-agent:00000000000000cc:0", closed + 100, "api")],
+    );
+    let outcomes: Vec<Outcome> = read_as(&mut sync, "a", &rules)
+        .into_iter()
+        .map(|(outcome, _)| outcome)
+        .collect();
+    let mut connection = logsentinel::broker::connect(&redis.url()).await.unwrap();
+    let keys = Keys::default();
+    settle::settle(&mut connection, &target(&keys, "a", &stateful), &outcomes)
+        .await
+        .unwrap();
+    // the count of W expires while the close waits (held input), as a long wait makes it
+    let count_key = format!("{RULES}count:quiet:{}:{closed}", gk("api"));
+    let removed: i64 = redis::cmd("DEL").arg(&count_key).query(&mut sync).unwrap();
+    assert_eq!(removed, 1, "the settle counted api in W under {count_key}");
+
+    let holder = clock(&redis, &rules, Transport::Stream, "the-holder");
+    set(&mut sync, &format!("{RULES}lease"), "the-holder");
+    let totals = holder.tick(&mut connection, window::now_ms()).await.unwrap();
+    assert!(!totals.fenced, "{totals:?}");
+    assert!(totals.expired >= 1, "W passed over: {totals:?}");
+    let written: Vec<String> = record_keys(&mut sync).into_iter().map(|(id, _)| id).collect();
+    assert!(
+        !written.contains(&format!("quiet/{}/{closed}", gk("api"))),
+        "api spoke in W, its expired count is not a 0: {written:?}"
+    );
+}

@@ -399,14 +399,21 @@ local function resolve(ep, out, reason)
   set_mark(ep, false)
   return true
 end
+-- how much longer the counts of windows the clock closes live: a close postponed (held
+-- input) reads them within this, or passes the group over
+local function close_hold(rule)
+  if rule.kind == 'flatline' or (rule.kind == 'spike' and rule.down) then return 600000 end
+  return 0
+end
 local function flush_state()
   for key, entry in pairs(counts) do
     if entry.dirty then
       local rule = entry.rule
       -- alive until the window's end + 2 windows + lateness, on event time or, if events
-      -- lag the wall clock, on wall time: an expiry in the past would delete the count
+      -- lag the wall clock, on wall time: an expiry in the past would delete the count;
+      -- windows the clock closes keep theirs CLOSE_HOLD longer, for a close that waits
       local base = math.max(entry.window, math.floor(now_ms / rule.window) * rule.window)
-      redis.call('SET', key, fmt(entry.value), 'PXAT', fmt(base + 3 * rule.window + rule.lateness))
+      redis.call('SET', key, fmt(entry.value), 'PXAT', fmt(base + 3 * rule.window + rule.lateness + close_hold(rule)))
     end
   end
   for rk, ep in pairs(episodes) do
@@ -844,7 +851,7 @@ pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
 /// ARGV: rules prefix, seen prefix, seen ttl (s), owner, mode (`stream`|`list`), group, the
 /// rule (10 fields as in SETTLE), window start W, then per candidate group: group key id,
 /// group values JSON, draft body (clock-raised: without `event`), first and last event
-/// time. Returns {records written, duplicates, `closed`|`done`|`postponed`|`fenced`}.
+/// time. Returns {records written, duplicates, `closed`|`done`|`postponed`|`expired`|`fenced`}.
 const CLOCK_HEAD_LUA: &str = r#"
 local alerts, lease = KEYS[1], KEYS[2]
 local rules_prefix, seen_prefix, ttl, owner = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -887,26 +894,39 @@ local function settled_before(boundary)
   return pending[1] == 0 or id_ms(pending[2]) >= boundary
 end
 if not settled_before(window_start + rule.window + rule.lateness) then return {0, 0, 'postponed'} end
+-- a close postponed past the life of the window's counts (window end + 2 windows +
+-- lateness + 10 min from their last write) would read an expired count as 0 and raise for
+-- a group that had events: a group whose count is missing that late is passed over
+-- (`expired`)
+local counts_expire = window_start + 3 * rule.window + rule.lateness + close_hold(rule)
+local passed_over = 0
+local function known(entry, expires)
+  if entry.stored or now_ms < expires then return true end
+  passed_over = passed_over + 1
+  return false
+end
 
 local out = {}
 for at = 18, #ARGV, 5 do
   local ep = episode(rule, ARGV[at])
   local body, first, last = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-  local current = count_entry(rule, ep.gk, window_start).value
+  local entry = count_entry(rule, ep.gk, window_start)
+  local current = entry.value
   if rule.kind == 'flatline' then
-    if current < rule.threshold and not active_of(ep) then
+    if current < rule.threshold and known(entry, counts_expire) and not active_of(ep) then
       fire(ep, rule.name .. '/' .. ep.gk .. '/' .. fmt(window_start), window_start, current, 0, body, first, last, out)
     end
   elseif rule.kind == 'spike' and rule.down then
     local previous = count_entry(rule, ep.gk, window_start - rule.window).value
-    if previous >= rule.min_count and current * rule.ratio <= previous then
+    if previous >= rule.min_count and current * rule.ratio <= previous
+        and known(entry, counts_expire) then
       crossing(ep, window_start, current, previous, body, first, last, out)
     end
   end
 end
 flush_state()
 redis.call('SET', clock_key, fmt(window_start))
-return {write_records(out), rule_duplicates, 'closed'}
+return {write_records(out), rule_duplicates, passed_over > 0 and 'expired' or 'closed'}
 "#;
 
 pub static CLOCK_CLOSE: LazyLock<Script> = LazyLock::new(|| {

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use tokio::sync::watch;
 
-use super::rules::RuleSet;
+use super::rules::{RuleSet, window};
 use super::rules::plan::{GroupKey, StatefulKind, StatefulRule};
 use super::settle::{draft_body, push_rule, push_rules};
 use crate::broker::keys::Keys;
@@ -61,6 +61,8 @@ pub struct ClockTotals {
     pub duplicates: u64,
     /// Windows due by the wall clock whose close waits for their input to be settled.
     pub postponed: u64,
+    /// Windows closed so late that counts of some groups had expired: those groups passed over.
+    pub expired: u64,
     /// A script found the lease held by another process: this one stops its clock work
     /// until it takes the lease again.
     pub fenced: bool,
@@ -213,6 +215,14 @@ impl Clock {
                     "postponed" => {
                         totals.postponed += (due.len() - position) as u64;
                         break;
+                    }
+                    "expired" => {
+                        totals.expired += 1;
+                        warn!(
+                            rule = %rule.name,
+                            window_start = %window::rfc3339(*window_start),
+                            "window closed after counts of it expired (its input was held that long): those groups passed over"
+                        );
                     }
                     _ => {}
                 }
