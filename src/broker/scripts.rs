@@ -47,27 +47,31 @@ use redis::Script;
 /// write never leaves a key behind that would hide the alert on retry.
 ///
 /// Rule state (keys under the rules prefix, semantics in `docs/ALERTING.md`): updates are
-/// applied in item order, one after the other, exactly as the reference model applies them;
-/// each key is read once per call (`GET`, `HGET`, `ZSCORE`) and written once. Records raised
+/// applied in item order, one after the other, exactly as the reference model applies them,
+/// or where provably the same (all items with updates owned, a windowed rule with one
+/// window in the call, no threshold crossed) the updates of one (rule, group key, window)
+/// at once, from their sums; each key is read once per call (`GET`, `HGET`, `ZSCORE`) and written once. Records raised
 /// here are built from a draft body (the alert record's JSON without `alert_id`, `status`,
 /// `count`, `raised_at`, `first_event_time` and `last_event_time`, see
 /// [`crate::police::settle::draft_body`]) as `{"alert_id":…,"status":…,"count":…,
 /// "raised_at":…,"first_event_time":…,"last_event_time":…,<body>`, so that the scripts can
 /// read and rewrite those six fields of a stored record with one anchored pattern; the
-/// figure marks in the body are replaced by the figures. A batch sends one draft per (rule,
-/// group key, window); the event times of a record are those of the update that fired it.
+/// figure marks in the body are replaced by the figures. A batch sends one slot per (rule,
+/// group key, window), with its draft and the sums of its updates; the event times of a
+/// record are those of the update that fired it.
 ///
 /// KEYS: source (stream or processing list), alerts stream, dead stream, stats hash.
 /// ARGV: mode (`stream`|`list`), group, consumer, seen prefix, seen ttl (s), source label,
 /// rules prefix, first and last id of the items with outputs (stream mode, else empty),
 /// number of stateful rules, per rule 9 fields (name, kind `any`|`frequency`|`spike`|
 /// `flatline`, window ms, threshold, cooldown ms, max lateness ms, ratio, min count,
-/// spike directions `u`|`d`|`b`|`-`), number of drafts, per draft (group key id, group
-/// values JSON, draft body, first and last event time), number of quiet groups, then per quiet group: events per item,
-/// item count, items; then per item with outputs: item, event count, alert count, dead
-/// count, update count, alert count × (alert id, guarded `1`|`0`, alert json), dead count ×
-/// (reason, raw), update count × (rule number from 1, draft number from 1, window start ms,
-/// matches, first event ms, last event ms).
+/// spike directions `u`|`d`|`b`|`-`), number of slots, per slot (group key id, group
+/// values JSON, draft body, first and last event time, rule number from 1, window start ms,
+/// matches, newest last event ms, last event ms of its last update), number of quiet
+/// groups, then per quiet group: events per item, item count, items; then per item with
+/// outputs: item, event count, alert count, dead count, its updates in one argument
+/// (`<slot number>,<matches>,<first event ms>,<last event ms>;` each, in the item's order),
+/// alert count × (alert id, guarded `1`|`0`, alert json), dead count × (reason, raw).
 /// Called with no items, it only validates: the police's start-up check (then also the
 /// commands of the read loop and of the clock scripts).
 /// Returns: {items settled, alerts written, duplicate alerts skipped, dead letters written,
@@ -401,8 +405,18 @@ expect_permission(seen_prefix .. '*', 'SET', seen_prefix .. 'x', '1', 'EX', '1')
 expect_permission(seen_prefix .. '*', 'EXISTS', seen_prefix .. 'x')
 
 local rules, i = read_rules(11, tonumber(ARGV[10]))
-local drafts_at = i + 1
-i = drafts_at + 5 * tonumber(ARGV[i])
+-- the slots: one per (rule, group key, window) of the call, with its draft and the sums
+-- of its updates
+local slots = {}
+local slot_count = tonumber(ARGV[i])
+i = i + 1
+for d = 1, slot_count do
+  local rule_number = tonumber(ARGV[i + 5])
+  slots[d] = {gk = ARGV[i], values = ARGV[i + 1], body = ARGV[i + 2], rule_number = rule_number, rule = rules[rule_number],
+    window_start = tonumber(ARGV[i + 6]), total = tonumber(ARGV[i + 7]), newest_ms = tonumber(ARGV[i + 8]),
+    last_ms = tonumber(ARGV[i + 9])}
+  i = i + 10
+end
 local quiet_count = tonumber(ARGV[i])
 i = i + 1
 -- 2. skip the quiet groups, acknowledged at the end
@@ -438,15 +452,13 @@ local alerts_total, dead_total, updates_total = 0, 0, 0
 local used_rules = {}
 local noisy = {}
 while i <= #ARGV do
-  local alert_count, dead_count, update_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local alert_count, dead_count, updates = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
   alerts_total, dead_total = alerts_total + alert_count, dead_total + dead_count
-  updates_total = updates_total + update_count
-  local updates_at = i + 5 + 3 * alert_count + 2 * dead_count
-  for u = 0, update_count - 1 do used_rules[tonumber(ARGV[updates_at + 6 * u])] = true end
-  noisy[#noisy + 1] = {at = i, alert_count = alert_count, dead_count = dead_count, updates_at = updates_at,
-    update_count = update_count, raised = {}}
-  i = updates_at + 6 * update_count
+  if updates ~= '' then updates_total = updates_total + 1 end
+  noisy[#noisy + 1] = {at = i, alert_count = alert_count, dead_count = dead_count, updates = updates, raised = {}}
+  i = i + 5 + 3 * alert_count + 2 * dead_count
 end
+for _, slot in ipairs(slots) do used_rules[slot.rule_number] = true end
 if alerts_total > 0 or updates_total > 0 then expect_room(alerts) end
 if dead_total > 0 then expect_room(dead) end
 -- only the keys of the rules this call updates: checking all of them costs every call
@@ -468,27 +480,35 @@ local function owns(item)
   return redis.call('LPOS', source, item) ~= false
 end
 
--- 4. rule updates of owned items, in item order, computed on the cached state
+-- 4. rule updates of owned items, computed on the cached state. Applied one after the
+-- other in item order, as the reference model does; or, where that gives the same result,
+-- a slot's updates at once (its sums): when every item with updates is owned, for a
+-- windowed rule whose slots of the call all share one window. Then its slots differ in
+-- group key only: they share nothing but the rule's newest event time, which none of
+-- them can make late (their events lie inside the window). A slot whose sums cross a
+-- threshold (or a spike condition) is walked update by update instead, so the crossing
+-- happens at the same update, with the same figures and in the same item, as one by one.
 local late = 0
 local newest = {}
--- per draft (one rule, group key and window): what its updates share, looked up once
-local slots = {}
-local function apply(at, out)
-  local draft_number = tonumber(ARGV[at + 1])
-  local slot = slots[draft_number]
-  if slot == nil then
-    local rule = rules[tonumber(ARGV[at])]
-    local draft_at = drafts_at + 5 * (draft_number - 1)
-    -- a draft's updates share its window: parsed once (tonumber is most of a call's cost)
-    slot = {rule = rule, gk = ARGV[draft_at], values = ARGV[draft_at + 1], body = ARGV[draft_at + 2],
-      window_start = tonumber(ARGV[at + 2])}
-    slot.ep = episode(rule, slot.gk)
-    slots[draft_number] = slot
+local function newest_of(rule)
+  if newest[rule] == nil then
+    newest[rule] = {value = read_integer(rules_prefix .. 'newest:' .. rule.name) or -math.huge, dirty = false}
   end
-  local rule, gk, body, ep = slot.rule, slot.gk, slot.body, slot.ep
-  local window_start, matches, last_ms = slot.window_start, tonumber(ARGV[at + 3]), tonumber(ARGV[at + 5])
-  -- only a firing update needs its first event time
-  local function first_text() return rfc3339(tonumber(ARGV[at + 4])) end
+  return newest[rule]
+end
+local function slot_state(slot)
+  if slot.ep == nil then slot.ep = episode(slot.rule, slot.gk) end
+  if slot.entry == nil and slot.rule.kind ~= 'any' then
+    slot.entry = count_entry(slot.rule, slot.gk, slot.window_start)
+  end
+  return slot.ep, slot.entry
+end
+-- `matches` updates of `slot` with the first event time `first_ms` (needed only to fire),
+-- the newest `newest_ms` and the last in item order `last_ms`
+local function apply(slot, matches, first_ms, newest_ms, last_ms, out)
+  local rule, gk, body, window_start = slot.rule, slot.gk, slot.body, slot.window_start
+  local ep, entry = slot_state(slot)
+  local function first_text() return rfc3339(first_ms) end
   if rule.kind == 'any' then
     -- window_start is the event time; no windows, no lateness; the mark is the wall
     -- clock of the last match
@@ -506,17 +526,12 @@ local function apply(at, out)
     end
     return
   end
-  if newest[rule] == nil then
-    newest[rule] = {value = read_integer(rules_prefix .. 'newest:' .. rule.name) or -math.huge, dirty = false}
-  end
-  local seen_newest = newest[rule]
+  local seen_newest = newest_of(rule)
   if window_start + rule.window <= seen_newest.value - rule.lateness then
     late = late + matches
     return
   end
-  if last_ms > seen_newest.value then seen_newest.value, seen_newest.dirty = last_ms, true end
-  if slot.entry == nil then slot.entry = count_entry(rule, gk, window_start) end
-  local entry = slot.entry
+  if newest_ms > seen_newest.value then seen_newest.value, seen_newest.dirty = newest_ms, true end
   local before = entry.value
   local after = before + matches
   entry.value, entry.dirty = after, true
@@ -548,11 +563,101 @@ local function apply(at, out)
     if before < rule.threshold and after >= rule.threshold then resolve(ep, out) end
   end
 end
+-- whether the sums of a foldable slot may cross (true where unsure: walking is exact)
+local function may_cross(slot)
+  local rule = slot.rule
+  if slot.window_start + rule.window <= newest_of(rule).value - rule.lateness then return false end
+  local _, entry = slot_state(slot)
+  local before, after = entry.value, entry.value + slot.total
+  if rule.kind == 'spike' then
+    if not rule.up then return false end
+    if slot.previous == nil then slot.previous = count_entry(rule, slot.gk, slot.window_start - rule.window) end
+    local previous = slot.previous.value
+    local function holds(count) return count >= rule.min_count and count >= rule.ratio * previous end
+    return not holds(before) and holds(after)
+  end
+  return before < rule.threshold and after >= rule.threshold
+end
+-- the records an update raises go to its item, ordered by the update's position there
+local function applied(item, position, out)
+  if #out > 0 then item.raised[#item.raised + 1] = {position, out} end
+end
+-- an item's updates: {slot number, matches, first ms, last ms} in the item's order
+local function updates_of(item)
+  local list = {}
+  for d, m, f, l in string.gmatch(item.updates, '(%d+),(%d+),(-?%d+),(-?%d+);') do
+    list[#list + 1] = {tonumber(d), tonumber(m), tonumber(f), tonumber(l)}
+  end
+  return list
+end
 
+local all_owned = true
 for _, item in ipairs(noisy) do
   item.owned = owns(ARGV[item.at])
-  if item.owned then
-    for u = 0, item.update_count - 1 do apply(item.updates_at + 6 * u, item.raised) end
+  if not item.owned and item.updates ~= '' then all_owned = false end
+end
+local rule_window = {}
+for _, slot in ipairs(slots) do
+  local seen = rule_window[slot.rule]
+  if seen == nil then
+    rule_window[slot.rule] = slot.window_start
+  elseif seen ~= slot.window_start then
+    rule_window[slot.rule] = false
+  end
+end
+local function folds(slot)
+  return all_owned and slot.rule.kind ~= 'any' and rule_window[slot.rule] ~= false
+end
+local one_by_one = false
+for _, slot in ipairs(slots) do
+  if not folds(slot) then one_by_one = true end
+end
+-- per slot, its updates in item order: {item, position, matches, first ms, last ms}
+local walks = nil
+for _, slot in ipairs(slots) do
+  if folds(slot) and may_cross(slot) then
+    if walks == nil then
+      walks = {}
+      for _, item in ipairs(noisy) do
+        if item.owned and item.updates ~= '' then
+          for position, u in ipairs(updates_of(item)) do
+            local walk = walks[u[1]]
+            if walk == nil then walk = {}; walks[u[1]] = walk end
+            walk[#walk + 1] = {item, position, u[2], u[3], u[4]}
+          end
+        end
+      end
+    end
+    slot.walk = walks
+  end
+end
+for d, slot in ipairs(slots) do
+  if folds(slot) then
+    if slot.walk then
+      for _, step in ipairs(walks[d] or {}) do
+        local out = {}
+        apply(slot, step[3], step[4], step[5], step[5], out)
+        applied(step[1], step[2], out)
+      end
+    else
+      local out = {}
+      apply(slot, slot.total, nil, slot.newest_ms, slot.last_ms, out)
+      if #out > 0 then error({err = 'ERR logsentinel settle: folded updates raised a record'}) end
+    end
+  end
+end
+if one_by_one then
+  for _, item in ipairs(noisy) do
+    if item.owned and item.updates ~= '' then
+      for position, u in ipairs(updates_of(item)) do
+        local slot = slots[u[1]]
+        if not folds(slot) then
+          local out = {}
+          apply(slot, u[2], u[3], u[4], u[4], out)
+          applied(item, position, out)
+        end
+      end
+    end
   end
 end
 for rule, seen_newest in pairs(newest) do
@@ -593,7 +698,10 @@ for _, noisy_item in ipairs(noisy) do
       end
       k = k + 3
     end
-    written = written + write_records(noisy_item.raised)
+    if #noisy_item.raised > 0 then
+      table.sort(noisy_item.raised, function(a, b) return a[1] < b[1] end)
+      for _, piece in ipairs(noisy_item.raised) do written = written + write_records(piece[2]) end
+    end
     for _ = 1, dead_count do
       if mode == 'stream' then
         redis.call('XADD', dead, '*', 'reason', ARGV[k], 'source', label, 'entry', item, 'raw', ARGV[k + 1])

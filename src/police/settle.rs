@@ -6,10 +6,13 @@
 //!   only if this consumer owns it (see [`scripts::SETTLE`]): a count is never applied
 //!   twice nor for an entry another police settles
 //! - items without alerts, dead letters or updates travel as bare ids (the cheap path)
-//! - a batch sends each draft once per (rule, group key, window): the script needs a draft
-//!   only where a window fires, so later updates of the same window refer to the first one
+//! - a batch sends each draft once per (rule, group key, window) (its slot), with the sums
+//!   of the slot's updates: the script needs a draft only where a window fires, and mostly
+//!   the sums only; each item lists its updates (slot number, matches, event times) in one
+//!   argument, read by the script where it must apply them one by one
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 
 use redis::RedisError;
 use serde::Serialize;
@@ -187,42 +190,51 @@ async fn invoke(
         .arg(last_id);
     push_rules(&mut invocation, target.rules);
 
-    // One draft per (rule, group key, window) of the call; updates refer to it by number.
-    // The draft is the first one an update of it carries (the first, when the items were
-    // evaluated as one batch).
-    let mut draft_numbers: HashMap<(usize, &str, i64), usize> = HashMap::new();
-    let mut drafts: Vec<Option<&Alert>> = Vec::new();
-    let mut draft_groups: Vec<&RuleUpdate> = Vec::new();
-    let mut update_drafts: Vec<usize> = Vec::new();
-    for update in noisy.iter().flat_map(|outcome| &outcome.updates) {
-        let number = *draft_numbers
-            .entry((update.rule_index, update.group.id.as_str(), update.window_start_ms))
-            .or_insert_with(|| {
-                drafts.push(None);
-                draft_groups.push(update);
-                drafts.len()
-            });
-        let slot = &mut drafts[number - 1];
-        if slot.is_none() {
-            *slot = update.draft.as_ref();
+    // One slot per (rule, group key, window) of the call: its draft (the first one an update
+    // of it carries: the first update's, when the items were evaluated as one batch) and the
+    // sums of its updates. Each item lists its updates in one argument, by slot number.
+    let mut slot_numbers: HashMap<(usize, &str, i64), usize> = HashMap::new();
+    let mut slots: Vec<Slot<'_>> = Vec::new();
+    let mut packed_updates: Vec<String> = Vec::with_capacity(noisy.len());
+    for outcome in &noisy {
+        let mut packed = String::new();
+        for update in &outcome.updates {
+            let number = *slot_numbers
+                .entry((update.rule_index, update.group.id.as_str(), update.window_start_ms))
+                .or_insert_with(|| {
+                    slots.push(Slot::of(update));
+                    slots.len()
+                });
+            slots[number - 1].add(update);
+            // Writing into a String cannot fail.
+            let _ = write!(
+                packed,
+                "{number},{},{},{};",
+                update.matches, update.first_event_ms, update.last_event_ms
+            );
         }
-        update_drafts.push(number);
+        packed_updates.push(packed);
     }
-    invocation.arg(drafts.len());
-    for (draft, update) in drafts.iter().zip(&draft_groups) {
-        let Some(draft) = draft else {
+    invocation.arg(slots.len());
+    for slot in &slots {
+        let Some(draft) = slot.draft else {
             return Err(RedisError::from((
                 redis::ErrorKind::Client,
                 "settle: no update of a (rule, group key, window) carries its draft",
-                format!("rule {} group {}", update.rule_index, update.group.id),
+                format!("rule {} group {}", slot.first.rule_index, slot.first.group.id),
             )));
         };
         invocation
-            .arg(&update.group.id)
-            .arg(&update.group.values_json)
+            .arg(&slot.first.group.id)
+            .arg(&slot.first.group.values_json)
             .arg(draft_body(draft))
             .arg(&draft.first_event_time)
-            .arg(&draft.last_event_time);
+            .arg(&draft.last_event_time)
+            .arg(slot.first.rule_index + 1)
+            .arg(slot.first.window_start_ms)
+            .arg(slot.matches)
+            .arg(slot.newest_ms)
+            .arg(slot.last_ms);
     }
 
     let mut quiet_by_event_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
@@ -236,30 +248,19 @@ async fn invoke(
     for (event_count, items) in &quiet_by_event_count {
         invocation.arg(event_count).arg(items.len()).arg(items);
     }
-    let mut next_draft = update_drafts.iter();
-    for outcome in noisy {
+    for (outcome, packed) in noisy.iter().zip(&packed_updates) {
         invocation
             .arg(&outcome.item)
             .arg(outcome.event_count)
             .arg(outcome.alerts.len())
             .arg(outcome.dead.len())
-            .arg(outcome.updates.len());
+            .arg(packed);
         let guarded = if outcome.deduplicate_alerts { "1" } else { "0" };
         for alert in &outcome.alerts {
             invocation.arg(&alert.alert_id).arg(guarded).arg(alert.to_json());
         }
         for rejected in &outcome.dead {
             invocation.arg(&rejected.reason).arg(&rejected.raw);
-        }
-        for update in &outcome.updates {
-            let draft_number = next_draft.next().expect("one draft number per update, counted above");
-            invocation
-                .arg(update.rule_index + 1)
-                .arg(draft_number)
-                .arg(update.window_start_ms)
-                .arg(update.matches)
-                .arg(update.first_event_ms)
-                .arg(update.last_event_ms);
         }
     }
     let (items, alerts_written, duplicate_alerts, dead_written, late_matches): (u64, u64, u64, u64, u64) =
@@ -271,6 +272,38 @@ async fn invoke(
         dead_written,
         late_matches,
     })
+}
+
+/// The updates of one (rule, group key, window) within a settle call.
+struct Slot<'a> {
+    first: &'a RuleUpdate,
+    draft: Option<&'a Alert>,
+    matches: u64,
+    /// The latest last event time of its updates.
+    newest_ms: i64,
+    /// The last event time of its last update (item order).
+    last_ms: i64,
+}
+
+impl<'a> Slot<'a> {
+    fn of(first: &'a RuleUpdate) -> Slot<'a> {
+        Slot {
+            first,
+            draft: None,
+            matches: 0,
+            newest_ms: i64::MIN,
+            last_ms: first.last_event_ms,
+        }
+    }
+
+    fn add(&mut self, update: &'a RuleUpdate) {
+        if self.draft.is_none() {
+            self.draft = update.draft.as_ref();
+        }
+        self.matches += update.matches;
+        self.newest_ms = self.newest_ms.max(update.last_event_ms);
+        self.last_ms = update.last_event_ms;
+    }
 }
 
 /// Adds the rule table in the layout of the settle and clock scripts: the count, then 9
