@@ -48,6 +48,21 @@ pub struct BatchDrafts {
     groups: HashMap<(usize, u64), GroupKey>,
     /// (rule index, group hash, window start) of the updates given a draft.
     drafted: HashSet<(usize, u64, i64)>,
+    /// `raised_at` of the batch's records at wall clock `.0`: formatted once.
+    raised_at: Option<(i64, String)>,
+}
+
+impl BatchDrafts {
+    fn raised_at(&mut self, now_ms: i64) -> String {
+        match &self.raised_at {
+            Some((at_ms, text)) if *at_ms == now_ms => text.clone(),
+            _ => {
+                let text = window::rfc3339(now_ms);
+                self.raised_at = Some((now_ms, text.clone()));
+                text
+            }
+        }
+    }
 }
 
 impl RuleSet {
@@ -124,8 +139,8 @@ impl RuleSet {
         if pending.is_empty() && any_hits.is_empty() {
             return ItemPlan::default();
         }
-        // Formatted once per item: every record of it is raised at the same moment.
-        let raised_at = window::rfc3339(now_ms);
+        // Formatted once per batch: its records are raised at the same moment.
+        let raised_at = batch.raised_at(now_ms);
         let mut owned: Vec<Option<LogEvent>> = vec![None; events.len()];
         let updates = pending
             .into_iter()
