@@ -69,7 +69,8 @@ use redis::Script;
 /// values JSON, draft body, first and last event time, rule number from 1, window start ms,
 /// matches, newest last event ms, last event ms of its last update), number of quiet
 /// groups, then per quiet group: events per item, item count, items; then the number of
-/// dedup bitmaps and their names; then per item with outputs: item, event count, alert
+/// dedup bitmaps, per bitmap its name and its operations when every item is owned
+/// (`<first bit>,<width>;` each, covering the items' runs on it in item order); then per item with outputs: item, event count, alert
 /// count, dead count, its updates in one argument (`<slot number>,<matches>,<first event
 /// ms>,<last event ms>;` each, in the item's order), its dedup marks in one argument (runs
 /// of consecutive bits of its events in the events' order, `<bitmap number>,<first
@@ -82,7 +83,8 @@ use redis::Script;
 /// owned items' events set their bits before any update is applied, with one `BITFIELD`
 /// per bitmap and call: consecutive bits of the items (in item order) go as one `SET u<n>`
 /// of all ones over at most 48 bits (exact in Lua's numbers), whose old value is zero
-/// unless some event was seen before. An event whose bit was set already (also by an
+/// unless some event was seen before. When every item is owned the call's operations are
+/// used as sent, else they are made of the owned items' runs. An event whose bit was set already (also by an
 /// earlier item or event of the same call: the operations run in order) counted once, so
 /// its matches are taken off the updates it counts in, and the call applies its updates
 /// one by one. The bitmaps are `rules:dedup:<run hash>:<chunk>`, type-checked with the
@@ -443,9 +445,11 @@ for _ = 1, quiet_count do
   i = i + 2 + item_count
 end
 -- the dedup bitmaps of the call's marks, by number
-local bitmap_names = {}
-for b = 1, tonumber(ARGV[i]) do bitmap_names[b] = ARGV[i + b] end
-i = i + 1 + #bitmap_names
+local bitmap_names, bitmap_operations = {}, {}
+for b = 1, tonumber(ARGV[i]) do
+  bitmap_names[b], bitmap_operations[b] = ARGV[i + 2 * b - 1], ARGV[i + 2 * b]
+end
+i = i + 1 + 2 * #bitmap_names
 local first_noisy = i
 
 if quiet_count == 0 and first_noisy > #ARGV then
@@ -660,16 +664,51 @@ local function duplicate(item, event)
   end
 end
 local duplicates_found = false
--- per bitmap number, the operations {first bit, width} and per operation its pieces
--- {item, first event number, first bit, length}, in item order
+-- per bitmap number, the owned items' runs in item order, {item, first event number,
+-- length, flattened start}: where a bit of an operation belongs (built where needed)
+local flattened = nil
+local function flatten()
+  flattened = {}
+  for b = 1, #bitmap_names do flattened[b] = {} end
+  for _, item in ipairs(noisy) do
+    if item.owned and item.marks ~= '' then
+      local event = 1
+      for b, first, length in string.gmatch(item.marks, '(%d+),(%d+),(%d+);') do
+        local runs = flattened[tonumber(b)]
+        local last = runs[#runs]
+        length = tonumber(length)
+        runs[#runs + 1] = {item, event, length, last and last[4] + last[3] or 0, tonumber(first)}
+        event = event + length
+      end
+    end
+  end
+end
+-- the event at flattened position `at` of bitmap `b` was counted before
+local function duplicate_at(b, at)
+  local runs = flattened[b]
+  local low, high = 1, #runs
+  while low < high do
+    local middle = math.floor((low + high + 1) / 2)
+    if runs[middle][4] <= at then low = middle else high = middle - 1 end
+  end
+  local run = runs[low]
+  duplicate(run[1], run[2] + at - run[4])
+end
+-- per bitmap number, its operations {first bit, width}: the call's when every item is
+-- owned (the common case: nothing to parse per item), else made of the owned items' runs
 local operations_of = {}
-for _, item in ipairs(noisy) do
-  if item.owned and item.marks ~= '' then
-    local event = 1
-    for b, first, length in string.gmatch(item.marks, '(%d+),(%d+),(%d+);') do
-      b, first, length = tonumber(b), tonumber(first), tonumber(length)
-      local ops = operations_of[b]
-      if ops == nil then ops = {}; operations_of[b] = ops end
+if all_owned then
+  for b = 1, #bitmap_names do
+    local ops = {}
+    for first, width in string.gmatch(bitmap_operations[b], '(%d+),(%d+);') do ops[#ops + 1] = {tonumber(first), tonumber(width)} end
+    operations_of[b] = ops
+  end
+else
+  flatten()
+  for b = 1, #bitmap_names do
+    local ops = {}
+    for _, run in ipairs(flattened[b]) do
+      local first, length = run[5], run[3]
       while length > 0 do
         local op, take = ops[#ops], nil
         if op and op[1] + op[2] == first and op[2] < 48 then
@@ -677,17 +716,18 @@ for _, item in ipairs(noisy) do
           op[2] = op[2] + take
         else
           take = math.min(length, 48)
-          op = {first, take, {}}
-          ops[#ops + 1] = op
+          ops[#ops + 1] = {first, take}
         end
-        op[3][#op[3] + 1] = {item, event, first, take}
-        event, first, length = event + take, first + take, length - take
+        first, length = first + take, length - take
       end
     end
+    operations_of[b] = ops
   end
 end
-for b, ops in pairs(operations_of) do
+for b, ops in ipairs(operations_of) do
   local key = rules_prefix .. 'dedup:' .. bitmap_names[b]
+  -- the operations cover the bitmap's runs in order: `at` is the flattened position
+  local at = 0
   -- unpack() is limited by the Lua stack: 500 operations (2000 arguments) per command
   for from = 1, #ops, 500 do
     local to = math.min(from + 499, #ops)
@@ -698,23 +738,21 @@ for b, ops in pairs(operations_of) do
     end
     local old = redis.call('BITFIELD', key, unpack(arguments))
     for o = from, to do
-      local value, op = old[o - from + 1], ops[o]
+      local value, width = old[o - from + 1], ops[o][2]
       if value ~= 0 then
         duplicates_found = true
-        -- the least significant bit is the last of the operation's bits
-        for bit = op[1] + op[2] - 1, op[1], -1 do
+        if flattened == nil then flatten() end
+        -- the least significant bit is the operation's last
+        for offset = width - 1, 0, -1 do
           local set = value % 2
           value = (value - set) / 2
-          if set == 1 then
-            for _, piece in ipairs(op[3]) do
-              if bit >= piece[3] and bit < piece[3] + piece[4] then duplicate(piece[1], piece[2] + bit - piece[3]) end
-            end
-          end
+          if set == 1 then duplicate_at(b, at + offset) end
         end
       end
+      at = at + width
     end
   end
-  redis.call('PEXPIRE', key, dedup_ttl)
+  if #ops > 0 then redis.call('PEXPIRE', key, dedup_ttl) end
 end
 
 local rule_window = {}

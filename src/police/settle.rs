@@ -202,11 +202,10 @@ async fn invoke(
     let mut slots: Vec<Slot<'_>> = Vec::new();
     let mut packed_updates: Vec<String> = Vec::with_capacity(noisy.len());
     // The dedup bitmaps of the call, numbered from 1, and each item's marks on them.
-    let mut bitmaps: Vec<(u64, u64)> = Vec::new();
-    let mut bitmap_numbers: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut bitmaps = Bitmaps::default();
     let mut packed_marks: Vec<(String, String)> = Vec::with_capacity(noisy.len());
     for outcome in &noisy {
-        packed_marks.push(pack_marks(outcome, &mut bitmaps, &mut bitmap_numbers));
+        packed_marks.push(pack_marks(outcome, &mut bitmaps));
         let mut packed = String::new();
         for update in &outcome.updates {
             let number = *slot_numbers
@@ -258,9 +257,10 @@ async fn invoke(
     for (event_count, items) in &quiet_by_event_count {
         invocation.arg(event_count).arg(items.len()).arg(items);
     }
+    let bitmaps = bitmaps.finish();
     invocation.arg(bitmaps.len());
-    for (run, chunk) in &bitmaps {
-        invocation.arg(dedup::bitmap_name(*run, *chunk));
+    for ((run, chunk), operations) in &bitmaps {
+        invocation.arg(dedup::bitmap_name(*run, *chunk)).arg(operations);
     }
     for ((outcome, packed), (marks, partial)) in noisy.iter().zip(&packed_updates).zip(&packed_marks) {
         invocation
@@ -327,11 +327,7 @@ impl<'a> Slot<'a> {
 /// call's bitmaps in `bitmaps`) and the events that count in only some of its updates
 /// (`<event number from 1>:<update numbers from 1>;`). One event per entry, or a run of
 /// an agent's events, is one run: the script sets it with one operation.
-fn pack_marks(
-    outcome: &Outcome,
-    bitmaps: &mut Vec<(u64, u64)>,
-    numbers: &mut HashMap<(u64, u64), usize>,
-) -> (String, String) {
+fn pack_marks(outcome: &Outcome, bitmaps: &mut Bitmaps) -> (String, String) {
     let mut runs = String::new();
     let mut partial = String::new();
     // The run being extended: (bitmap, its number, first bit, length).
@@ -343,14 +339,12 @@ fn pack_marks(
             _ => {
                 let number = match run {
                     Some((of, number, ..)) if of == bitmap => number,
-                    _ => *numbers.entry(bitmap).or_insert_with(|| {
-                        bitmaps.push(bitmap);
-                        bitmaps.len()
-                    }),
+                    _ => bitmaps.number_of(bitmap),
                 };
                 if let Some((_, done, first, length)) = run.replace((bitmap, number, mark.slot.bit, 1)) {
                     // Writing into a String cannot fail.
                     let _ = write!(runs, "{done},{first},{length};");
+                    bitmaps.add_run(done, first, length);
                 }
             }
         }
@@ -365,8 +359,71 @@ fn pack_marks(
     }
     if let Some((_, done, first, length)) = run {
         let _ = write!(runs, "{done},{first},{length};");
+        bitmaps.add_run(done, first, length);
     }
     (runs, partial)
+}
+
+/// Widest `BITFIELD` operation of SETTLE: its old value stays exact in Lua's numbers.
+const OPERATION_BITS: u32 = 48;
+
+/// The dedup bitmaps of a settle call, numbered from 1, each with the operations that set
+/// its runs: the items' runs in item order, merged where consecutive, at most
+/// [`OPERATION_BITS`] wide (`<first bit>,<width>;` each). SETTLE uses them as they are
+/// when every item is owned.
+#[derive(Default)]
+struct Bitmaps {
+    numbers: HashMap<(u64, u64), usize>,
+    /// Per bitmap: its (run hash, chunk), its written operations and the open one.
+    bitmaps: Vec<(Bitmap, String, Option<Operation>)>,
+}
+
+/// A dedup bitmap: (run hash, chunk).
+type Bitmap = (u64, u64);
+/// A `BITFIELD` operation: (first bit, width).
+type Operation = (u32, u32);
+
+impl Bitmaps {
+    fn number_of(&mut self, bitmap: (u64, u64)) -> usize {
+        *self.numbers.entry(bitmap).or_insert_with(|| {
+            self.bitmaps.push((bitmap, String::new(), None));
+            self.bitmaps.len()
+        })
+    }
+
+    fn add_run(&mut self, number: usize, mut first: u32, mut length: u32) {
+        let (_, written, open) = &mut self.bitmaps[number - 1];
+        while length > 0 {
+            let take = match open {
+                Some((start, width)) if *start + *width == first && *width < OPERATION_BITS => {
+                    let take = length.min(OPERATION_BITS - *width);
+                    *width += take;
+                    take
+                }
+                _ => {
+                    let take = length.min(OPERATION_BITS);
+                    if let Some((start, width)) = open.replace((first, take)) {
+                        let _ = write!(written, "{start},{width};");
+                    }
+                    take
+                }
+            };
+            first += take;
+            length -= take;
+        }
+    }
+
+    fn finish(self) -> Vec<((u64, u64), String)> {
+        self.bitmaps
+            .into_iter()
+            .map(|(bitmap, mut written, open)| {
+                if let Some((start, width)) = open {
+                    let _ = write!(written, "{start},{width};");
+                }
+                (bitmap, written)
+            })
+            .collect()
+    }
 }
 
 /// Adds the rule table in the layout of the settle and clock scripts: the count, then 9
