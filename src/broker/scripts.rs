@@ -47,36 +47,49 @@ use redis::Script;
 /// write never leaves a key behind that would hide the alert on retry.
 ///
 /// Rule state (keys under the rules prefix, semantics in `docs/ALERTING.md`): updates are
-/// applied in item order, one after the other, exactly as the reference model applies them;
-/// each key is read once per call (`GET`, `HGET`, `ZSCORE`) and written once. Records raised
+/// applied in item order, one after the other, exactly as the reference model applies them,
+/// or where provably the same (all items with updates owned, a windowed rule with one
+/// window in the call, no threshold crossed) the updates of one (rule, group key, window)
+/// at once, from their sums; each key is read once per call (`GET`, `HGET`, `ZSCORE`) and written once. Records raised
 /// here are built from a draft body (the alert record's JSON without `alert_id`, `status`,
 /// `count`, `raised_at`, `first_event_time` and `last_event_time`, see
 /// [`crate::police::settle::draft_body`]) as `{"alert_id":…,"status":…,"count":…,
 /// "raised_at":…,"first_event_time":…,"last_event_time":…,<body>`, so that the scripts can
 /// read and rewrite those six fields of a stored record with one anchored pattern; the
-/// figure marks in the body are replaced by the figures. A batch sends one draft per (rule,
-/// group key, window); the event times of a record are those of the update that fired it.
+/// figure marks in the body are replaced by the figures. A batch sends one slot per (rule,
+/// group key, window), with its draft and the sums of its updates; the event times of a
+/// record are those of the update that fired it.
 ///
 /// KEYS: source (stream or processing list), alerts stream, dead stream, stats hash.
 /// ARGV: mode (`stream`|`list`), group, consumer, seen prefix, seen ttl (s), source label,
 /// rules prefix, first and last id of the items with outputs (stream mode, else empty),
 /// number of stateful rules, per rule 10 fields (name, kind `any`|`frequency`|`spike`|
 /// `flatline`, window ms, threshold, cooldown ms, max lateness ms, ratio, min count,
-/// spike directions `u`|`d`|`b`|`-`, max groups), number of drafts, per draft (group key id, group
-/// values JSON, draft body, first and last event time), number of quiet groups, then per quiet group: events per item,
-/// item count, items; then per item with outputs: item, event count, alert count, dead
-/// count, update count, alert count × (alert id, guarded `1`|`0`, alert json), dead count ×
-/// (reason, raw), update count × (rule number from 1, draft number from 1, window start ms,
-/// matches, first event ms, last event ms), then the item's dedup marks: bitmap count, per
-/// bitmap its name, event count and per event its bit and the numbers of the updates it
-/// counts in (comma-separated; empty: all of them).
+/// spike directions `u`|`d`|`b`|`-`, max groups), number of slots, per slot (group key id, group
+/// values JSON, draft body, first and last event time, rule number from 1, window start ms,
+/// matches, newest last event ms, last event ms of its last update), number of quiet
+/// groups, then per quiet group: events per item, item count, items; then the number of
+/// dedup bitmaps, per bitmap its name and its operations when every item is owned
+/// (`<first bit>,<width>;` each, covering the items' runs on it in item order); then per item with outputs: item, event count, alert
+/// count, dead count, its updates in one argument (`<slot number>,<matches>,<first event
+/// ms>,<last event ms>;` each, in the item's order), its dedup marks in one argument (runs
+/// of consecutive bits of its events in the events' order, `<bitmap number>,<first
+/// bit>,<length>;` each), the events among them that count in only some of its updates
+/// (`<event number from 1>:<update numbers from 1, comma-separated>;` each; an event not
+/// listed counts in every update of the item), alert count × (alert id, guarded `1`|`0`,
+/// alert json), dead count × (reason, raw).
 ///
-/// Exactly once per event (our agents' ids, see [`crate::police::rules::dedup`]): an owned
-/// item's events set their bits (`BITFIELD SET u1`, the old bits returned) before its
-/// updates are applied; an event whose bit was set already counted once, so its matches are
-/// taken off the updates it counts in. The bitmaps are `rules:dedup:<run hash>:<chunk>`,
-/// type-checked with the other rule keys, expiring after the longest `3 × window +
-/// lateness` or cooldown of the rule table plus 5 minutes.
+/// Exactly once per event (our agents' ids, see [`crate::police::rules::dedup`]): the
+/// owned items' events set their bits before any update is applied, with one `BITFIELD`
+/// per bitmap and call: consecutive bits of the items (in item order) go as one `SET u<n>`
+/// of all ones over at most 48 bits (exact in Lua's numbers), whose old value is zero
+/// unless some event was seen before. When every item is owned the call's operations are
+/// used as sent, else they are made of the owned items' runs. An event whose bit was set already (also by an
+/// earlier item or event of the same call: the operations run in order) counted once, so
+/// its matches are taken off the updates it counts in, and the call applies its updates
+/// one by one. The bitmaps are `rules:dedup:<run hash>:<chunk>`, type-checked with the
+/// other rule keys, expiring after the longest `3 × window + lateness` or cooldown of the
+/// rule table plus 5 minutes.
 /// Called with no items, it only validates: the police's start-up check (then also the
 /// commands of the read loop and of the clock scripts).
 /// Returns: {items settled, alerts written, duplicate alerts skipped, dead letters written,
@@ -495,8 +508,18 @@ expect_permission(seen_prefix .. '*', 'SET', seen_prefix .. 'x', '1', 'EX', '1')
 expect_permission(seen_prefix .. '*', 'EXISTS', seen_prefix .. 'x')
 
 local rules, i = read_rules(11, tonumber(ARGV[10]))
-local drafts_at = i + 1
-i = drafts_at + 5 * tonumber(ARGV[i])
+-- the slots: one per (rule, group key, window) of the call, with its draft and the sums
+-- of its updates
+local slots = {}
+local slot_count = tonumber(ARGV[i])
+i = i + 1
+for d = 1, slot_count do
+  local rule_number = tonumber(ARGV[i + 5])
+  slots[d] = {gk = ARGV[i], values = ARGV[i + 1], body = ARGV[i + 2], rule_number = rule_number, rule = rules[rule_number],
+    window_start = tonumber(ARGV[i + 6]), total = tonumber(ARGV[i + 7]), newest_ms = tonumber(ARGV[i + 8]),
+    last_ms = tonumber(ARGV[i + 9])}
+  i = i + 10
+end
 local quiet_count = tonumber(ARGV[i])
 i = i + 1
 -- 2. skip the quiet groups, acknowledged at the end
@@ -506,6 +529,12 @@ for _ = 1, quiet_count do
   quiet[#quiet + 1] = {events_per_item, i + 2, i + 1 + item_count}
   i = i + 2 + item_count
 end
+-- the dedup bitmaps of the call's marks, by number
+local bitmap_names, bitmap_operations = {}, {}
+for b = 1, tonumber(ARGV[i]) do
+  bitmap_names[b], bitmap_operations[b] = ARGV[i + 2 * b - 1], ARGV[i + 2 * b]
+end
+i = i + 1 + 2 * #bitmap_names
 local first_noisy = i
 
 if quiet_count == 0 and first_noisy > #ARGV then
@@ -533,30 +562,21 @@ end
 local alerts_total, dead_total, updates_total = 0, 0, 0
 local used_rules = {}
 local noisy = {}
-local bitmaps = {}
 while i <= #ARGV do
-  local alert_count, dead_count, update_count = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local alert_count, dead_count, updates = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
   alerts_total, dead_total = alerts_total + alert_count, dead_total + dead_count
-  updates_total = updates_total + update_count
-  local updates_at = i + 5 + 3 * alert_count + 2 * dead_count
-  for u = 0, update_count - 1 do used_rules[tonumber(ARGV[updates_at + 6 * u])] = true end
-  noisy[#noisy + 1] = {at = i, alert_count = alert_count, dead_count = dead_count, updates_at = updates_at,
-    update_count = update_count, raised = {}, marks_at = updates_at + 6 * update_count}
-  i = updates_at + 6 * update_count
-  -- dedup marks: skipped here, their bitmaps type-checked below
-  local bitmap_count = tonumber(ARGV[i])
-  i = i + 1
-  for _ = 1, bitmap_count do
-    bitmaps[rules_prefix .. 'dedup:' .. ARGV[i]] = true
-    i = i + 2 + 2 * tonumber(ARGV[i + 1])
-  end
+  if updates ~= '' then updates_total = updates_total + 1 end
+  noisy[#noisy + 1] = {at = i, alert_count = alert_count, dead_count = dead_count, updates = updates,
+    marks = ARGV[i + 5], partial = ARGV[i + 6], raised = {}}
+  i = i + 7 + 3 * alert_count + 2 * dead_count
 end
+for _, slot in ipairs(slots) do used_rules[slot.rule_number] = true end
 if alerts_total > 0 or updates_total > 0 then expect_room(alerts) end
 if dead_total > 0 then expect_room(dead) end
 -- only the keys of the rules this call updates: checking all of them costs every call
 if updates_total > 0 then expect_rule_keys(rules, used_rules) end
-if next(bitmaps) then
-  for key in pairs(bitmaps) do expect_type(key, 'string') end
+if #bitmap_names > 0 then
+  for _, name in ipairs(bitmap_names) do expect_type(rules_prefix .. 'dedup:' .. name, 'string') end
   expect_permission(rules_prefix .. '*', 'BITFIELD', rules_prefix .. 'x', 'SET', 'u1', '0', '1')
   expect_permission(rules_prefix .. '*', 'PEXPIRE', rules_prefix .. 'x', '1')
 end
@@ -585,29 +605,44 @@ local function owns(item)
   return redis.call('LPOS', source, item) ~= false
 end
 
--- 4. rule updates of owned items, in item order, computed on the cached state
+-- 4. rule updates of owned items, computed on the cached state. Applied one after the
+-- other in item order, as the reference model does; or, where that gives the same result,
+-- a slot's updates at once (its sums): when every item with updates is owned, for a
+-- windowed rule whose slots of the call all share one window. Then its slots differ in
+-- group key only: they share nothing but the rule's newest event time, which none of
+-- them can make late (their events lie inside the window). A slot whose sums cross a
+-- threshold (or a spike condition) is walked update by update instead, so the crossing
+-- happens at the same update, with the same figures and in the same item, as one by one.
 local late = 0
 local newest = {}
--- per draft (one rule, group key and window): what its updates share, looked up once
-local slots = {}
-local function apply(at, out, duplicate_matches)
-  local matches = tonumber(ARGV[at + 3]) - duplicate_matches
-  if matches <= 0 then return end
-  local draft_number = tonumber(ARGV[at + 1])
-  local slot = slots[draft_number]
-  if slot == nil then
-    local rule = rules[tonumber(ARGV[at])]
-    local draft_at = drafts_at + 5 * (draft_number - 1)
-    -- a draft's updates share its window: parsed once (tonumber is most of a call's cost)
-    slot = {rule = rule, gk = ARGV[draft_at], values = ARGV[draft_at + 1], body = ARGV[draft_at + 2],
-      window_start = tonumber(ARGV[at + 2])}
-    slot.ep = episode(rule, slot.gk)
-    slots[draft_number] = slot
+local function newest_of(rule)
+  if newest[rule] == nil then
+    newest[rule] = {value = read_integer(rules_prefix .. 'newest:' .. rule.name) or -math.huge, dirty = false}
+    -- a window the clock has closed (flatline, spike down) is decided: later matches are late
+    if rule.kind == 'flatline' or (rule.kind == 'spike' and rule.down) then
+      newest[rule].closed = read_integer(rules_prefix .. 'clock:' .. rule.name)
+    end
   end
-  local rule, gk, body, ep = slot.rule, slot.gk, slot.body, slot.ep
-  local window_start, last_ms = slot.window_start, tonumber(ARGV[at + 5])
-  -- only a firing update needs its first event time
-  local function first_text() return rfc3339(tonumber(ARGV[at + 4])) end
+  return newest[rule]
+end
+local function is_late(rule, window_start)
+  local seen_newest = newest_of(rule)
+  return window_start + rule.window <= seen_newest.value - rule.lateness
+    or (seen_newest.closed ~= nil and window_start <= seen_newest.closed)
+end
+local function slot_state(slot)
+  if slot.ep == nil then slot.ep = episode(slot.rule, slot.gk) end
+  if slot.entry == nil and slot.rule.kind ~= 'any' then
+    slot.entry = count_entry(slot.rule, slot.gk, slot.window_start)
+  end
+  return slot.ep, slot.entry
+end
+-- `matches` updates of `slot` with the first event time `first_ms` (needed only to fire),
+-- the newest `newest_ms` and the last in item order `last_ms`
+local function apply(slot, matches, first_ms, newest_ms, last_ms, out)
+  local rule, gk, body, window_start = slot.rule, slot.gk, slot.body, slot.window_start
+  local ep, entry = slot_state(slot)
+  local function first_text() return rfc3339(first_ms) end
   if rule.kind == 'any' then
     -- window_start is the event time; no windows, no lateness; the mark is the wall
     -- clock of the last match
@@ -626,23 +661,13 @@ local function apply(at, out, duplicate_matches)
     end
     return
   end
-  if newest[rule] == nil then
-    newest[rule] = {value = read_integer(rules_prefix .. 'newest:' .. rule.name) or -math.huge, dirty = false}
-    -- a window the clock has closed (flatline, spike down) is decided: later matches are late
-    if rule.kind == 'flatline' or (rule.kind == 'spike' and rule.down) then
-      newest[rule].closed = read_integer(rules_prefix .. 'clock:' .. rule.name)
-    end
-  end
-  local seen_newest = newest[rule]
-  if window_start + rule.window <= seen_newest.value - rule.lateness
-      or (seen_newest.closed and window_start <= seen_newest.closed) then
+  local seen_newest = newest_of(rule)
+  if is_late(rule, window_start) then
     late = late + matches
     return
   end
-  if slot.entry == nil then slot.entry = count_entry(rule, gk, window_start) end
-  if not admitted(ep, slot.entry, matches) then return end
-  if last_ms > seen_newest.value then seen_newest.value, seen_newest.dirty = last_ms, true end
-  local entry = slot.entry
+  if not admitted(ep, entry, matches) then return end
+  if newest_ms > seen_newest.value then seen_newest.value, seen_newest.dirty = newest_ms, true end
   local before = entry.value
   local after = before + matches
   entry.value, entry.dirty = after, true
@@ -674,56 +699,219 @@ local function apply(at, out, duplicate_matches)
     if before < rule.threshold and after >= rule.threshold then resolve(ep, out) end
   end
 end
+-- whether the sums of a foldable slot may cross (true where unsure: walking is exact)
+local function may_cross(slot)
+  local rule = slot.rule
+  if is_late(rule, slot.window_start) then return false end
+  local _, entry = slot_state(slot)
+  local before, after = entry.value, entry.value + slot.total
+  if rule.kind == 'spike' then
+    if not rule.up then return false end
+    if slot.previous == nil then slot.previous = count_entry(rule, slot.gk, slot.window_start - rule.window) end
+    local previous = slot.previous.value
+    local function holds(count) return count >= rule.min_count and count >= rule.ratio * previous end
+    return not holds(before) and holds(after)
+  end
+  return before < rule.threshold and after >= rule.threshold
+end
+-- the records an update raises go to its item, ordered by the update's position there
+local function applied(item, position, out)
+  if #out > 0 then item.raised[#item.raised + 1] = {position, out} end
+end
+-- an item's updates: {slot number, matches, first ms, last ms} in the item's order
+local function updates_of(item)
+  local list = {}
+  for d, m, f, l in string.gmatch(item.updates, '(%d+),(%d+),(-?%d+),(-?%d+);') do
+    list[#list + 1] = {tonumber(d), tonumber(m), tonumber(f), tonumber(l)}
+  end
+  return list
+end
 
--- exactly once per event: sets the bits of an owned item's events; per update number,
--- the matches of events whose bit was set already
-local dedup_ttl, expiring = 300000, {}
+local all_owned = true
+for _, item in ipairs(noisy) do
+  item.owned = owns(ARGV[item.at])
+  if not item.owned and item.updates ~= '' then all_owned = false end
+end
+-- exactly once per event: sets the bits of the owned items' events, one BITFIELD per
+-- bitmap; per item and update position, the matches of events whose bit was set already
+local dedup_ttl = 300000
 for _, rule in ipairs(rules) do
   dedup_ttl = math.max(dedup_ttl, 3 * rule.window + rule.lateness + 300000, rule.cooldown + 300000)
 end
-local function duplicates_of(item)
-  local duplicates_per_update = {}
-  local at = item.marks_at + 1
-  for _ = 1, tonumber(ARGV[item.marks_at]) do
-    local key, event_count = rules_prefix .. 'dedup:' .. ARGV[at], tonumber(ARGV[at + 1])
-    -- unpack() is limited by the Lua stack: 500 events (2000 arguments) per call
-    for first = 0, event_count - 1, 500 do
-      local last = math.min(first + 499, event_count - 1)
-      local operations = {}
-      for e = first, last do
-        local o = 4 * (e - first)
-        operations[o + 1], operations[o + 2], operations[o + 3], operations[o + 4] = 'SET', 'u1', ARGV[at + 2 + 2 * e], 1
+-- all ones in `width` bits, as an exact decimal
+local ones = {}
+for width = 1, 48 do ones[width] = string.format('%.0f', 2 ^ width - 1) end
+-- an event of `item` (number from 1 among its marks) counted before
+local function duplicate(item, event)
+  if item.duplicates == nil then
+    item.duplicates, item.counted_in, item.update_count = {}, {}, 0
+    for _ in string.gmatch(item.updates, ';') do item.update_count = item.update_count + 1 end
+    for e, list in string.gmatch(item.partial, '(%d+):([%d,]+);') do item.counted_in[tonumber(e)] = list end
+  end
+  local list, duplicates = item.counted_in[event], item.duplicates
+  if list == nil then
+    for u = 1, item.update_count do duplicates[u] = (duplicates[u] or 0) + 1 end
+  else
+    for u in string.gmatch(list, '%d+') do
+      u = tonumber(u)
+      duplicates[u] = (duplicates[u] or 0) + 1
+    end
+  end
+end
+local duplicates_found = false
+-- per bitmap number, the owned items' runs in item order, {item, first event number,
+-- length, flattened start}: where a bit of an operation belongs (built where needed)
+local flattened = nil
+local function flatten()
+  flattened = {}
+  for b = 1, #bitmap_names do flattened[b] = {} end
+  for _, item in ipairs(noisy) do
+    if item.owned and item.marks ~= '' then
+      local event = 1
+      for b, first, length in string.gmatch(item.marks, '(%d+),(%d+),(%d+);') do
+        local runs = flattened[tonumber(b)]
+        local last = runs[#runs]
+        length = tonumber(length)
+        runs[#runs + 1] = {item, event, length, last and last[4] + last[3] or 0, tonumber(first)}
+        event = event + length
       end
-      local old_bits = redis.call('BITFIELD', key, unpack(operations))
-      for e = first, last do
-        if old_bits[e - first + 1] == 1 then
-          local counted_in = ARGV[at + 3 + 2 * e]
-          if counted_in == '' then
-            for u = 1, item.update_count do duplicates_per_update[u] = (duplicates_per_update[u] or 0) + 1 end
-          else
-            for u in string.gmatch(counted_in, '%d+') do
-              u = tonumber(u)
-              duplicates_per_update[u] = (duplicates_per_update[u] or 0) + 1
-            end
+    end
+  end
+end
+-- the event at flattened position `at` of bitmap `b` was counted before
+local function duplicate_at(b, at)
+  local runs = flattened[b]
+  local low, high = 1, #runs
+  while low < high do
+    local middle = math.floor((low + high + 1) / 2)
+    if runs[middle][4] <= at then low = middle else high = middle - 1 end
+  end
+  local run = runs[low]
+  duplicate(run[1], run[2] + at - run[4])
+end
+-- per bitmap number, its operations {first bit, width}: the call's when every item is
+-- owned (the common case: nothing to parse per item), else made of the owned items' runs
+local operations_of = {}
+if all_owned then
+  for b = 1, #bitmap_names do
+    local ops = {}
+    for first, width in string.gmatch(bitmap_operations[b], '(%d+),(%d+);') do ops[#ops + 1] = {tonumber(first), tonumber(width)} end
+    operations_of[b] = ops
+  end
+else
+  flatten()
+  for b = 1, #bitmap_names do
+    local ops = {}
+    for _, run in ipairs(flattened[b]) do
+      local first, length = run[5], run[3]
+      while length > 0 do
+        local op, take = ops[#ops], nil
+        if op and op[1] + op[2] == first and op[2] < 48 then
+          take = math.min(length, 48 - op[2])
+          op[2] = op[2] + take
+        else
+          take = math.min(length, 48)
+          ops[#ops + 1] = {first, take}
+        end
+        first, length = first + take, length - take
+      end
+    end
+    operations_of[b] = ops
+  end
+end
+for b, ops in ipairs(operations_of) do
+  local key = rules_prefix .. 'dedup:' .. bitmap_names[b]
+  -- the operations cover the bitmap's runs in order: `at` is the flattened position
+  local at = 0
+  -- unpack() is limited by the Lua stack: 500 operations (2000 arguments) per command
+  for from = 1, #ops, 500 do
+    local to = math.min(from + 499, #ops)
+    local arguments = {}
+    for o = from, to do
+      local n, op = 4 * (o - from), ops[o]
+      arguments[n + 1], arguments[n + 2], arguments[n + 3], arguments[n + 4] = 'SET', 'u' .. op[2], op[1], ones[op[2]]
+    end
+    local old = redis.call('BITFIELD', key, unpack(arguments))
+    for o = from, to do
+      local value, width = old[o - from + 1], ops[o][2]
+      if value ~= 0 then
+        duplicates_found = true
+        if flattened == nil then flatten() end
+        -- the least significant bit is the operation's last
+        for offset = width - 1, 0, -1 do
+          local set = value % 2
+          value = (value - set) / 2
+          if set == 1 then duplicate_at(b, at + offset) end
+        end
+      end
+      at = at + width
+    end
+  end
+  if #ops > 0 then redis.call('PEXPIRE', key, dedup_ttl) end
+end
+
+local rule_window = {}
+for _, slot in ipairs(slots) do
+  local seen = rule_window[slot.rule]
+  if seen == nil then
+    rule_window[slot.rule] = slot.window_start
+  elseif seen ~= slot.window_start then
+    rule_window[slot.rule] = false
+  end
+end
+local function folds(slot)
+  return all_owned and not duplicates_found and slot.rule.kind ~= 'any' and rule_window[slot.rule] ~= false
+end
+local one_by_one = false
+for _, slot in ipairs(slots) do
+  if not folds(slot) then one_by_one = true end
+end
+-- per slot, its updates in item order: {item, position, matches, first ms, last ms}
+local walks = nil
+for _, slot in ipairs(slots) do
+  if folds(slot) and may_cross(slot) then
+    if walks == nil then
+      walks = {}
+      for _, item in ipairs(noisy) do
+        if item.owned and item.updates ~= '' then
+          for position, u in ipairs(updates_of(item)) do
+            local walk = walks[u[1]]
+            if walk == nil then walk = {}; walks[u[1]] = walk end
+            walk[#walk + 1] = {item, position, u[2], u[3], u[4]}
           end
         end
       end
     end
-    if not expiring[key] then
-      redis.call('PEXPIRE', key, dedup_ttl)
-      expiring[key] = true
-    end
-    at = at + 2 + 2 * event_count
+    slot.walk = walks
   end
-  return duplicates_per_update
 end
-
-for _, item in ipairs(noisy) do
-  item.owned = owns(ARGV[item.at])
-  if item.owned then
-    local duplicates_per_update = duplicates_of(item)
-    for u = 0, item.update_count - 1 do
-      apply(item.updates_at + 6 * u, item.raised, duplicates_per_update[u + 1] or 0)
+for d, slot in ipairs(slots) do
+  if folds(slot) then
+    if slot.walk then
+      for _, step in ipairs(walks[d] or {}) do
+        local out = {}
+        apply(slot, step[3], step[4], step[5], step[5], out)
+        applied(step[1], step[2], out)
+      end
+    else
+      local out = {}
+      apply(slot, slot.total, nil, slot.newest_ms, slot.last_ms, out)
+      if #out > 0 then error({err = 'ERR logsentinel settle: folded updates raised a record'}) end
+    end
+  end
+end
+if one_by_one then
+  for _, item in ipairs(noisy) do
+    if item.owned and item.updates ~= '' then
+      for position, u in ipairs(updates_of(item)) do
+        local slot = slots[u[1]]
+        local matches = u[2] - (item.duplicates and item.duplicates[position] or 0)
+        if matches > 0 and not folds(slot) then
+          local out = {}
+          apply(slot, matches, u[3], u[4], u[4], out)
+          applied(item, position, out)
+        end
+      end
     end
   end
 end
@@ -752,7 +940,7 @@ for _, noisy_item in ipairs(noisy) do
   local item, alert_count, dead_count = ARGV[at], noisy_item.alert_count, noisy_item.dead_count
   if noisy_item.owned then
     local event_count = tonumber(ARGV[at + 1])
-    local k = at + 5
+    local k = at + 7
     for _ = 1, alert_count do
       local alert_id, guarded, alert = ARGV[k], ARGV[k + 1], ARGV[k + 2]
       local seen_key = seen_prefix .. alert_id
@@ -765,7 +953,10 @@ for _, noisy_item in ipairs(noisy) do
       end
       k = k + 3
     end
-    written = written + write_records(noisy_item.raised)
+    if #noisy_item.raised > 0 then
+      table.sort(noisy_item.raised, function(a, b) return a[1] < b[1] end)
+      for _, piece in ipairs(noisy_item.raised) do written = written + write_records(piece[2]) end
+    end
     for _ = 1, dead_count do
       if mode == 'stream' then
         redis.call('XADD', dead, '*', 'reason', ARGV[k], 'source', label, 'entry', item, 'raw', ARGV[k + 1])

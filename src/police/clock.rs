@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 
 use tokio::sync::watch;
 
-use super::rules::{RuleSet, window};
 use super::rules::plan::{GroupKey, StatefulKind, StatefulRule};
+use super::rules::{RuleSet, window};
 use super::settle::{draft_body, push_rule, push_rules};
 use crate::broker::keys::Keys;
 use crate::broker::lease::{Lease, RENEW_INTERVAL};

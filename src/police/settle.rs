@@ -6,16 +6,20 @@
 //!   only if this consumer owns it (see [`scripts::SETTLE`]): a count is never applied
 //!   twice nor for an entry another police settles
 //! - items without alerts, dead letters or updates travel as bare ids (the cheap path)
-//! - a batch sends each draft once per (rule, group key, window): the script needs a draft
-//!   only where a window fires, so later updates of the same window refer to the first one
+//! - a batch sends each draft once per (rule, group key, window) (its slot), with the sums
+//!   of the slot's updates: the script needs a draft only where a window fires, and mostly
+//!   the sums only; each item lists its updates (slot number, matches, event times) in one
+//!   argument, read by the script where it must apply them one by one
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 
 use redis::RedisError;
 use serde::Serialize;
 
 use super::alert::Alert;
 use super::rules::RuleSet;
+use super::rules::dedup;
 use super::rules::evaluate::BatchDrafts;
 use super::rules::plan::{EventMark, FIGURE_MARK, RuleUpdate, StatefulKind, StatefulRule};
 use crate::broker::{Connection, keys::Keys, scripts};
@@ -198,42 +202,55 @@ async fn invoke(
         .arg(last_id);
     push_rules(&mut invocation, target.rules);
 
-    // One draft per (rule, group key, window) of the call; updates refer to it by number.
-    // The draft is the first one an update of it carries (the first, when the items were
-    // evaluated as one batch).
-    let mut draft_numbers: HashMap<(usize, &str, i64), usize> = HashMap::new();
-    let mut drafts: Vec<Option<&Alert>> = Vec::new();
-    let mut draft_groups: Vec<&RuleUpdate> = Vec::new();
-    let mut update_drafts: Vec<usize> = Vec::new();
-    for update in noisy.iter().flat_map(|outcome| &outcome.updates) {
-        let number = *draft_numbers
-            .entry((update.rule_index, update.group.id.as_str(), update.window_start_ms))
-            .or_insert_with(|| {
-                drafts.push(None);
-                draft_groups.push(update);
-                drafts.len()
-            });
-        let slot = &mut drafts[number - 1];
-        if slot.is_none() {
-            *slot = update.draft.as_ref();
+    // One slot per (rule, group key, window) of the call: its draft (the first one an update
+    // of it carries: the first update's, when the items were evaluated as one batch) and the
+    // sums of its updates. Each item lists its updates in one argument, by slot number.
+    let mut slot_numbers: HashMap<(usize, &str, i64), usize> = HashMap::new();
+    let mut slots: Vec<Slot<'_>> = Vec::new();
+    let mut packed_updates: Vec<String> = Vec::with_capacity(noisy.len());
+    // The dedup bitmaps of the call, numbered from 1, and each item's marks on them.
+    let mut bitmaps = Bitmaps::default();
+    let mut packed_marks: Vec<(String, String)> = Vec::with_capacity(noisy.len());
+    for outcome in &noisy {
+        packed_marks.push(pack_marks(outcome, &mut bitmaps));
+        let mut packed = String::new();
+        for update in &outcome.updates {
+            let number = *slot_numbers
+                .entry((update.rule_index, update.group.id.as_str(), update.window_start_ms))
+                .or_insert_with(|| {
+                    slots.push(Slot::of(update));
+                    slots.len()
+                });
+            slots[number - 1].add(update);
+            // Writing into a String cannot fail.
+            let _ = write!(
+                packed,
+                "{number},{},{},{};",
+                update.matches, update.first_event_ms, update.last_event_ms
+            );
         }
-        update_drafts.push(number);
+        packed_updates.push(packed);
     }
-    invocation.arg(drafts.len());
-    for (draft, update) in drafts.iter().zip(&draft_groups) {
-        let Some(draft) = draft else {
+    invocation.arg(slots.len());
+    for slot in &slots {
+        let Some(draft) = slot.draft else {
             return Err(RedisError::from((
                 redis::ErrorKind::Client,
                 "settle: no update of a (rule, group key, window) carries its draft",
-                format!("rule {} group {}", update.rule_index, update.group.id),
+                format!("rule {} group {}", slot.first.rule_index, slot.first.group.id),
             )));
         };
         invocation
-            .arg(&update.group.id)
-            .arg(&update.group.values_json)
+            .arg(&slot.first.group.id)
+            .arg(&slot.first.group.values_json)
             .arg(draft_body(draft))
             .arg(&draft.first_event_time)
-            .arg(&draft.last_event_time);
+            .arg(&draft.last_event_time)
+            .arg(slot.first.rule_index + 1)
+            .arg(slot.first.window_start_ms)
+            .arg(slot.matches)
+            .arg(slot.newest_ms)
+            .arg(slot.last_ms);
     }
 
     let mut quiet_by_event_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
@@ -247,14 +264,20 @@ async fn invoke(
     for (event_count, items) in &quiet_by_event_count {
         invocation.arg(event_count).arg(items.len()).arg(items);
     }
-    let mut next_draft = update_drafts.iter();
-    for outcome in noisy {
+    let bitmaps = bitmaps.finish();
+    invocation.arg(bitmaps.len());
+    for ((run, chunk), operations) in &bitmaps {
+        invocation.arg(dedup::bitmap_name(*run, *chunk)).arg(operations);
+    }
+    for ((outcome, packed), (marks, partial)) in noisy.iter().zip(&packed_updates).zip(&packed_marks) {
         invocation
             .arg(&outcome.item)
             .arg(outcome.event_count)
             .arg(outcome.alerts.len())
             .arg(outcome.dead.len())
-            .arg(outcome.updates.len());
+            .arg(packed)
+            .arg(marks)
+            .arg(partial);
         let guarded = if outcome.deduplicate_alerts { "1" } else { "0" };
         for alert in &outcome.alerts {
             invocation.arg(&alert.alert_id).arg(guarded).arg(alert.to_json());
@@ -262,17 +285,6 @@ async fn invoke(
         for rejected in &outcome.dead {
             invocation.arg(&rejected.reason).arg(&rejected.raw);
         }
-        for update in &outcome.updates {
-            let draft_number = next_draft.next().expect("one draft number per update, counted above");
-            invocation
-                .arg(update.rule_index + 1)
-                .arg(draft_number)
-                .arg(update.window_start_ms)
-                .arg(update.matches)
-                .arg(update.first_event_ms)
-                .arg(update.last_event_ms);
-        }
-        push_marks(&mut invocation, outcome);
     }
     let (items, alerts_written, duplicate_alerts, dead_written, late_matches, over_limit, over_maxmemory): (
         u64,
@@ -294,30 +306,139 @@ async fn invoke(
     })
 }
 
-/// Adds an item's dedup marks in the layout of SETTLE: the number of bitmaps, then per
-/// bitmap its name, the number of its events and per event its bit and the updates it
-/// counts in (numbers from 1, comma-separated; empty when it counts in every update of the
-/// item, as the only event of an entry does).
-fn push_marks(invocation: &mut redis::ScriptInvocation<'_>, outcome: &Outcome) {
-    let mut by_bitmap: Vec<(&str, Vec<&EventMark>)> = Vec::new();
-    for mark in &outcome.marks {
-        match by_bitmap.iter_mut().find(|(bitmap, _)| *bitmap == mark.slot.bitmap) {
-            Some((_, marks)) => marks.push(mark),
-            None => by_bitmap.push((&mark.slot.bitmap, vec![mark])),
+/// The updates of one (rule, group key, window) within a settle call.
+struct Slot<'a> {
+    first: &'a RuleUpdate,
+    draft: Option<&'a Alert>,
+    matches: u64,
+    /// The latest last event time of its updates.
+    newest_ms: i64,
+    /// The last event time of its last update (item order).
+    last_ms: i64,
+}
+
+impl<'a> Slot<'a> {
+    fn of(first: &'a RuleUpdate) -> Slot<'a> {
+        Slot {
+            first,
+            draft: None,
+            matches: 0,
+            newest_ms: i64::MIN,
+            last_ms: first.last_event_ms,
         }
     }
-    invocation.arg(by_bitmap.len());
-    for (bitmap, marks) in by_bitmap {
-        invocation.arg(bitmap).arg(marks.len());
-        for mark in marks {
-            invocation.arg(mark.slot.bit);
-            if mark.updates.len() == outcome.updates.len() {
-                invocation.arg("");
-            } else {
-                let numbers: Vec<String> = mark.updates.iter().map(|position| (position + 1).to_string()).collect();
-                invocation.arg(numbers.join(","));
+
+    fn add(&mut self, update: &'a RuleUpdate) {
+        if self.draft.is_none() {
+            self.draft = update.draft.as_ref();
+        }
+        self.matches += update.matches;
+        self.newest_ms = self.newest_ms.max(update.last_event_ms);
+        self.last_ms = update.last_event_ms;
+    }
+}
+
+/// An item's dedup marks in the layout of SETTLE: the runs of consecutive bits of its
+/// events (`<bitmap number>,<first bit>,<length>;`, in the events' order, numbering the
+/// call's bitmaps in `bitmaps`) and the events that count in only some of its updates
+/// (`<event number from 1>:<update numbers from 1>;`). One event per entry, or a run of
+/// an agent's events, is one run: the script sets it with one operation.
+fn pack_marks(outcome: &Outcome, bitmaps: &mut Bitmaps) -> (String, String) {
+    let mut runs = String::new();
+    let mut partial = String::new();
+    // The run being extended: (bitmap, its number, first bit, length).
+    let mut run: Option<((u64, u64), usize, u32, u32)> = None;
+    for (index, mark) in outcome.marks.iter().enumerate() {
+        let bitmap = (mark.slot.run, mark.slot.chunk);
+        match &mut run {
+            Some((of, _, first, length)) if *of == bitmap && *first + *length == mark.slot.bit => *length += 1,
+            _ => {
+                let number = match run {
+                    Some((of, number, ..)) if of == bitmap => number,
+                    _ => bitmaps.number_of(bitmap),
+                };
+                if let Some((_, done, first, length)) = run.replace((bitmap, number, mark.slot.bit, 1)) {
+                    // Writing into a String cannot fail.
+                    let _ = write!(runs, "{done},{first},{length};");
+                    bitmaps.add_run(done, first, length);
+                }
             }
         }
+        if !mark.updates.is_empty() && mark.updates.len() != outcome.updates.len() {
+            let _ = write!(partial, "{}:", index + 1);
+            for (k, position) in mark.updates.iter().enumerate() {
+                let separator = if k == 0 { "" } else { "," };
+                let _ = write!(partial, "{separator}{}", position + 1);
+            }
+            partial.push(';');
+        }
+    }
+    if let Some((_, done, first, length)) = run {
+        let _ = write!(runs, "{done},{first},{length};");
+        bitmaps.add_run(done, first, length);
+    }
+    (runs, partial)
+}
+
+/// Widest `BITFIELD` operation of SETTLE: its old value stays exact in Lua's numbers.
+const OPERATION_BITS: u32 = 48;
+
+/// The dedup bitmaps of a settle call, numbered from 1, each with the operations that set
+/// its runs: the items' runs in item order, merged where consecutive, at most
+/// [`OPERATION_BITS`] wide (`<first bit>,<width>;` each). SETTLE uses them as they are
+/// when every item is owned.
+#[derive(Default)]
+struct Bitmaps {
+    numbers: HashMap<(u64, u64), usize>,
+    /// Per bitmap: its (run hash, chunk), its written operations and the open one.
+    bitmaps: Vec<(Bitmap, String, Option<Operation>)>,
+}
+
+/// A dedup bitmap: (run hash, chunk).
+type Bitmap = (u64, u64);
+/// A `BITFIELD` operation: (first bit, width).
+type Operation = (u32, u32);
+
+impl Bitmaps {
+    fn number_of(&mut self, bitmap: (u64, u64)) -> usize {
+        *self.numbers.entry(bitmap).or_insert_with(|| {
+            self.bitmaps.push((bitmap, String::new(), None));
+            self.bitmaps.len()
+        })
+    }
+
+    fn add_run(&mut self, number: usize, mut first: u32, mut length: u32) {
+        let (_, written, open) = &mut self.bitmaps[number - 1];
+        while length > 0 {
+            let take = match open {
+                Some((start, width)) if *start + *width == first && *width < OPERATION_BITS => {
+                    let take = length.min(OPERATION_BITS - *width);
+                    *width += take;
+                    take
+                }
+                _ => {
+                    let take = length.min(OPERATION_BITS);
+                    if let Some((start, width)) = open.replace((first, take)) {
+                        let _ = write!(written, "{start},{width};");
+                    }
+                    take
+                }
+            };
+            first += take;
+            length -= take;
+        }
+    }
+
+    fn finish(self) -> Vec<((u64, u64), String)> {
+        self.bitmaps
+            .into_iter()
+            .map(|(bitmap, mut written, open)| {
+                if let Some((start, width)) = open {
+                    let _ = write!(written, "{start},{width};");
+                }
+                (bitmap, written)
+            })
+            .collect()
     }
 }
 

@@ -25,12 +25,19 @@ use super::group;
 pub const CHUNK_BITS: u32 = 16;
 pub const CHUNK_EVENTS: u64 = 1 << CHUNK_BITS;
 
-/// Where an event's bit lives: the bitmap's name under `<rules prefix>dedup:` and the bit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where an event's bit lives: its bitmap (the run's hash and the chunk, named by
+/// [`bitmap_name`]) and the bit. Plain numbers: no allocation per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Slot {
-    /// `<16 hex digits of FNV-1a 64 over "<agent-id>:<run>">:<chunk>`.
-    pub bitmap: String,
+    /// FNV-1a 64 over `<agent-id>:<run>`.
+    pub run: u64,
+    pub chunk: u64,
     pub bit: u32,
+}
+
+/// The bitmap's name under `<rules prefix>dedup:`: `<16 hex digits of the run hash>:<chunk>`.
+pub fn bitmap_name(run: u64, chunk: u64) -> String {
+    format!("{run:016x}:{chunk}")
 }
 
 /// The slot of an event id of our agents, `None` for any other id.
@@ -45,9 +52,9 @@ pub fn slot_of(event_id: &str) -> Option<Slot> {
         return None;
     }
     let sequence: u64 = sequence.parse().ok()?;
-    let run_hash = group::fnv1a(run.as_bytes());
     Some(Slot {
-        bitmap: format!("{run_hash:016x}:{}", sequence >> CHUNK_BITS),
+        run: group::fnv1a(run.as_bytes()),
+        chunk: sequence >> CHUNK_BITS,
         bit: (sequence & (CHUNK_EVENTS - 1)) as u32,
     })
 }
@@ -60,13 +67,14 @@ mod tests {
     fn our_ids_have_a_slot_and_others_do_not() {
         let first = slot_of("web-1:00ff00ff00ff00ff:5").unwrap();
         assert_eq!(first.bit, 5);
-        assert!(first.bitmap.ends_with(":0"));
+        assert_eq!(first.chunk, 0);
         let later = slot_of("web-1:00ff00ff00ff00ff:65541").unwrap();
         assert_eq!(later.bit, 5);
-        assert!(later.bitmap.ends_with(":1"));
-        assert_eq!(first.bitmap.split(':').next(), later.bitmap.split(':').next());
+        assert_eq!(later.chunk, 1);
+        assert_eq!(first.run, later.run);
+        assert_eq!(bitmap_name(later.run, later.chunk), format!("{:016x}:1", later.run));
         // another run of the same agent: another bitmap
-        assert_ne!(slot_of("web-1:00ff00ff00ff00fe:5").unwrap().bitmap, first.bitmap);
+        assert_ne!(slot_of("web-1:00ff00ff00ff00fe:5").unwrap().run, first.run);
         // an agent id with colons keeps them: only the last two parts are run and sequence
         assert!(slot_of("a:b:c:7").is_some());
         for foreign in [

@@ -49,6 +49,21 @@ pub struct BatchDrafts {
     groups: HashMap<(usize, u64), GroupKey>,
     /// (rule index, group hash, window start) of the updates given a draft.
     drafted: HashSet<(usize, u64, i64)>,
+    /// `raised_at` of the batch's records at wall clock `.0`: formatted once.
+    raised_at: Option<(i64, String)>,
+}
+
+impl BatchDrafts {
+    fn raised_at(&mut self, now_ms: i64) -> String {
+        match &self.raised_at {
+            Some((at_ms, text)) if *at_ms == now_ms => text.clone(),
+            _ => {
+                let text = window::rfc3339(now_ms);
+                self.raised_at = Some((now_ms, text.clone()));
+                text
+            }
+        }
+    }
 }
 
 impl RuleSet {
@@ -79,6 +94,10 @@ impl RuleSet {
         let mut marks: Vec<EventMark> = Vec::new();
         // Positions in `pending` this event counts in (reused: no allocation per event).
         let mut event_updates: Vec<usize> = Vec::new();
+        // Per mark, its positions in `mark_positions`: copied into the mark only where they
+        // are not every update of the item (known at the end), so most marks allocate none.
+        let mut mark_positions: Vec<usize> = Vec::new();
+        let mut mark_spans: Vec<(usize, usize)> = Vec::new();
         for (event_index, event) in events.iter().enumerate() {
             let mut event_time_ms: Option<i64> = None;
             event_updates.clear();
@@ -135,15 +154,22 @@ impl RuleSet {
             {
                 marks.push(EventMark {
                     slot,
-                    updates: event_updates.clone(),
+                    updates: Vec::new(),
                 });
+                mark_spans.push((mark_positions.len(), mark_positions.len() + event_updates.len()));
+                mark_positions.extend_from_slice(&event_updates);
             }
         }
         if pending.is_empty() && any_hits.is_empty() {
             return ItemPlan::default();
         }
-        // Formatted once per item: every record of it is raised at the same moment.
-        let raised_at = window::rfc3339(now_ms);
+        for (mark, (from, to)) in marks.iter_mut().zip(mark_spans) {
+            if to - from != pending.len() {
+                mark.updates = mark_positions[from..to].to_vec();
+            }
+        }
+        // Formatted once per batch: its records are raised at the same moment.
+        let raised_at = batch.raised_at(now_ms);
         let mut owned: Vec<Option<LogEvent>> = vec![None; events.len()];
         let updates = pending
             .into_iter()

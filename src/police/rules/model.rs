@@ -149,6 +149,9 @@ impl<'rules> Model<'rules> {
         let mut duplicates_per_update = vec![0u64; plan.updates.len()];
         for mark in plan.marks {
             if !self.seen_events.insert(mark.slot) {
+                if mark.updates.is_empty() {
+                    duplicates_per_update.iter_mut().for_each(|duplicates| *duplicates += 1);
+                }
                 for position in mark.updates {
                     duplicates_per_update[position] += 1;
                 }

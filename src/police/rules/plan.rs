@@ -90,6 +90,7 @@ pub struct ItemPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMark {
     pub slot: Slot,
-    /// Positions in [`ItemPlan::updates`] of the updates it is one match of (each once).
+    /// Positions in [`ItemPlan::updates`] of the updates it is one match of (each once);
+    /// empty when it is one match of every update of the item (most events: no allocation).
     pub updates: Vec<usize>,
 }
