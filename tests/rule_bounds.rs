@@ -7,38 +7,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
+use common::rules::*;
 use common::*;
 use logsentinel::police::rules::{group, window};
-
-const RULES: &str = "logsentinel:rules:";
-const STATS: &str = "logsentinel:logs:stats";
-
-fn now_ms() -> i64 {
-    window::now_ms()
-}
-
-fn gk(value: &str) -> String {
-    group::key_of([value].into_iter()).id
-}
-
-fn write_rules(dir: &std::path::Path, text: &str) -> String {
-    let path = dir.join("rules.toml");
-    std::fs::write(&path, text).expect("write rule file");
-    path.display().to_string()
-}
-
-fn spawn_police_with(url: &str, consumer: &str, args: &[&str], log: &std::path::Path) -> Child {
-    logsentinel(url)
-        .args(["police", "--consumer", consumer, "--quiet"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("police log file"))
-        .spawn()
-        .expect("spawn police")
-}
 
 fn event_json(sequence: u64, ts_ms: i64, service: &str, message: &str) -> serde_json::Value {
     serde_json::json!({
@@ -73,31 +47,12 @@ fn xadd_events(connection: &mut redis::Connection, events: &[(i64, &str)]) -> Ve
     written
 }
 
-fn records(connection: &mut redis::Connection) -> Vec<serde_json::Value> {
-    read_stream(connection, "logsentinel:alerts")
-        .into_iter()
-        .map(|(_, fields)| serde_json::from_str(&fields["alert"]).expect("alert record is JSON"))
-        .collect()
-}
-
-fn stat(connection: &mut redis::Connection, field: &str) -> u64 {
-    counters(connection, STATS).get(field).copied().unwrap_or(0)
-}
-
 fn zcard(connection: &mut redis::Connection, key: &str) -> u64 {
     redis::cmd("ZCARD").arg(key).query(connection).expect("ZCARD")
 }
 
 fn exists(connection: &mut redis::Connection, key: &str) -> bool {
     redis::cmd("EXISTS").arg(key).query::<u64>(connection).expect("EXISTS") == 1
-}
-
-fn firing_ids(records: &[serde_json::Value]) -> BTreeSet<String> {
-    records
-        .iter()
-        .filter(|record| record["status"] == "firing")
-        .map(|record| record["alert_id"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// The alerts the reference model raises for `events` (`rules test`).

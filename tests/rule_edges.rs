@@ -6,10 +6,11 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::rules::*;
 use common::*;
 use logsentinel::broker::keys::Keys;
 use logsentinel::broker::lease::Lease;
@@ -18,30 +19,7 @@ use logsentinel::options::Transport;
 use logsentinel::police::clock::Clock;
 use logsentinel::police::rules::model::Model;
 use logsentinel::police::rules::{RuleSet, group, window};
-use logsentinel::police::settle::{self, Outcome, SettleTarget, Source};
-
-const RULES: &str = "logsentinel:rules:";
-const STREAM: &str = "logsentinel:logs";
-
-fn gk(value: &str) -> String {
-    group::key_of([value].into_iter()).id
-}
-
-fn write_rules(dir: &std::path::Path, text: &str) -> String {
-    let path = dir.join("rules.toml");
-    std::fs::write(&path, text).expect("write rule file");
-    path.display().to_string()
-}
-
-fn spawn_police_logging(url: &str, consumer: &str, args: &[&str], log: &std::path::Path) -> Child {
-    logsentinel(url)
-        .args(["police", "--consumer", consumer, "--quiet"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("police log file"))
-        .spawn()
-        .expect("spawn police")
-}
+use logsentinel::police::settle::{self, Outcome};
 
 fn event_json(id: &str, ts_ms: i64, service: &str) -> String {
     serde_json::json!({
@@ -68,42 +46,8 @@ fn xadd_at(connection: &mut redis::Connection, id_ms: i64, events: &[String]) ->
     command.query(connection).expect("XADD")
 }
 
-/// `(alert_id, status)` of every record; panics on a repeated one.
-fn record_keys(connection: &mut redis::Connection) -> Vec<(String, String)> {
-    let mut seen = BTreeSet::new();
-    let mut keys = Vec::new();
-    for (_, fields) in read_stream(connection, "logsentinel:alerts") {
-        let record: serde_json::Value = serde_json::from_str(&fields["alert"]).expect("alert record is JSON");
-        let key = (
-            record["alert_id"].as_str().unwrap().to_string(),
-            record["status"].as_str().unwrap().to_string(),
-        );
-        assert!(seen.insert(key.clone()), "record written twice: {key:?}");
-        keys.push(key);
-    }
-    keys
-}
-
-fn get_integer(connection: &mut redis::Connection, key: &str) -> Option<i64> {
-    redis::cmd("GET").arg(key).query(connection).expect("GET")
-}
-
 fn set(connection: &mut redis::Connection, key: &str, value: &str) {
     let _: () = redis::cmd("SET").arg(key).arg(value).query(connection).expect("SET");
-}
-
-fn processed_events(connection: &mut redis::Connection) -> u64 {
-    counters(connection, "logsentinel:logs:stats")
-        .get("events")
-        .copied()
-        .unwrap_or(0)
-}
-
-fn lease_owner(connection: &mut redis::Connection) -> Option<String> {
-    redis::cmd("GET")
-        .arg(format!("{RULES}lease"))
-        .query(connection)
-        .expect("GET lease")
 }
 
 fn clock(redis: &TestRedis, rules: &RuleSet, source: Transport, owner: &str) -> Clock {
@@ -143,20 +87,6 @@ fn read_as(
             (Outcome::evaluate(id, decoded, rules, now_ms), plan)
         })
         .collect()
-}
-
-fn target<'a>(
-    keys: &'a Keys,
-    consumer: &'a str,
-    rules: &'a [logsentinel::police::rules::plan::StatefulRule],
-) -> SettleTarget<'a> {
-    SettleTarget {
-        keys,
-        source: Source::Stream,
-        consumer,
-        alert_dedup_ttl_s: 600,
-        rules,
-    }
 }
 
 /// A backlog written while no police runs, older than the lateness when the police starts:
@@ -212,7 +142,7 @@ fn a_backlog_older_than_the_lateness_raises_no_false_flatline() {
         );
     }
 
-    let police = spawn_police_logging(&url, "p1", &["--rules", &rules], &dir.path().join("p1.log"));
+    let police = spawn_police_with(&url, "p1", &["--rules", &rules], &dir.path().join("p1.log"));
     let db_id = format!("quiet/{}/{closed}", gk("db"));
     let api_false_id = format!("quiet/{}/{closed}", gk("api"));
     let api_next_id = format!("quiet/{}/{}", gk("api"), closed + window_ms);
@@ -240,11 +170,20 @@ fn a_backlog_older_than_the_lateness_raises_no_false_flatline() {
     stop_gracefully(police);
 }
 
-/// The gate and the fence, one script call at a time: a window whose entry is pending (read,
-/// not settled) is postponed, and closes once the entry is settled; a tick by a process
-/// that no longer holds the lease writes nothing, closes nothing.
-#[tokio::test]
-async fn the_clock_waits_for_pending_entries_and_is_fenced_without_the_lease() {
+/// A flatline rule `quiet` (window 2 s, lateness 1 s, `api` expected) whose clock stands
+/// one window before W, `back_ms` before the current window, and api's one event in W read
+/// (not settled) by consumer `a`.
+struct QuietWindow {
+    redis: TestRedis,
+    sync: redis::Connection,
+    rules: RuleSet,
+    closed: i64,
+    outcomes: Vec<Outcome>,
+}
+
+const QUIET_WINDOW_MS: i64 = 2_000;
+
+fn quiet_window(back_ms: i64, event_id: &str) -> QuietWindow {
     let redis = TestRedis::start(&[]);
     let mut sync = redis.connection();
     create_group(&mut sync, "police");
@@ -254,21 +193,40 @@ async fn the_clock_waits_for_pending_entries_and_is_fenced_without_the_lease() {
          threshold = 1\nwindow = \"2s\"\nexpect = [\"api\"]\n",
     )
     .unwrap();
-    let stateful = rules.stateful_rules();
-    let window_ms = 2_000i64;
-    let closed = window::window_start(window::now_ms(), window_ms as u64) - 3 * window_ms;
+    let closed = window::window_start(window::now_ms(), QUIET_WINDOW_MS as u64) - back_ms;
     set(
         &mut sync,
         &format!("{RULES}clock:quiet"),
-        &(closed - window_ms).to_string(),
+        &(closed - QUIET_WINDOW_MS).to_string(),
     );
-    xadd_at(
-        &mut sync,
-        closed + 100,
-        &[event_json("api-agent:00000000000000bb:0", closed + 100, "api")],
-    );
-    let read = read_as(&mut sync, "a", &rules);
-    let outcomes: Vec<Outcome> = read.into_iter().map(|(outcome, _)| outcome).collect();
+    xadd_at(&mut sync, closed + 100, &[event_json(event_id, closed + 100, "api")]);
+    let outcomes = read_as(&mut sync, "a", &rules)
+        .into_iter()
+        .map(|(outcome, _)| outcome)
+        .collect();
+    QuietWindow {
+        redis,
+        sync,
+        rules,
+        closed,
+        outcomes,
+    }
+}
+
+/// The gate and the fence, one script call at a time: a window whose entry is pending (read,
+/// not settled) is postponed, and closes once the entry is settled; a tick by a process
+/// that no longer holds the lease writes nothing, closes nothing.
+#[tokio::test]
+async fn the_clock_waits_for_pending_entries_and_is_fenced_without_the_lease() {
+    let QuietWindow {
+        redis,
+        mut sync,
+        rules,
+        closed,
+        outcomes,
+    } = quiet_window(3 * QUIET_WINDOW_MS, "api-agent:00000000000000bb:0");
+    let stateful = rules.stateful_rules();
+    let window_ms = QUIET_WINDOW_MS;
     let mut connection = logsentinel::broker::connect(&redis.url()).await.unwrap();
 
     // A paused holder: another process holds the lease now.
@@ -393,7 +351,7 @@ fn a_lease_holder_paused_past_its_lease_never_doubles_a_record() {
     let mut police: HashMap<String, Child> = HashMap::new();
     for name in ["p1", "p2"] {
         let log = dir.path().join(format!("{name}.log"));
-        police.insert(name.to_string(), spawn_police_logging(&url, name, &args, &log));
+        police.insert(name.to_string(), spawn_police_with(&url, name, &args, &log));
     }
     // db never speaks: it fires once and stays firing.
     let db_prefix = format!("quiet/{}/", gk("db"));
@@ -472,7 +430,7 @@ async fn a_duplicate_entry_counts_its_events_once_as_the_model_does() {
     xadd_at(&mut sync, now_ms, &[event(0)]);
     xadd_at(&mut sync, now_ms, &[event(1), event(2)]);
     xadd_at(&mut sync, now_ms, &[event(2), event(3)]);
-    let police = spawn_police_logging(&url, "p1", &["--rules", &rules_path], &dir.path().join("p1.log"));
+    let police = spawn_police_with(&url, "p1", &["--rules", &rules_path], &dir.path().join("p1.log"));
     wait_until("every entry settled", Duration::from_secs(60), || {
         processed_events(&mut sync) == 6
     });
@@ -512,34 +470,16 @@ async fn a_duplicate_entry_counts_its_events_once_as_the_model_does() {
 /// 0: the group that spoke in W is passed over, not flatlined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_postponed_past_the_counts_life_raises_nothing_for_a_group_that_spoke() {
-    let redis = TestRedis::start(&[]);
-    let mut sync = redis.connection();
-    create_group(&mut sync, "police");
-    let rules = RuleSet::parse(
-        "rules.toml",
-        "max_lateness = \"1s\"\n[[rules]]\nname = \"quiet\"\ntype = \"flatline\"\ngroup_by = [\"service\"]\n\
-         threshold = 1\nwindow = \"2s\"\nexpect = [\"api\"]\n",
-    )
-    .unwrap();
-    let stateful = rules.stateful_rules();
-    let window_ms = 2_000i64;
     // W lies 10 min + 5 windows back: its counts (W + 3 windows + lateness + 10 min, the
     // hold of windows the clock closes) are past their life
-    let closed = window::window_start(window::now_ms(), window_ms as u64) - 5 * window_ms - 600_000;
-    set(
-        &mut sync,
-        &format!("{RULES}clock:quiet"),
-        &(closed - window_ms).to_string(),
-    );
-    xadd_at(
-        &mut sync,
-        closed + 100,
-        &[event_json("api-agent:00000000000000cc:0", closed + 100, "api")],
-    );
-    let outcomes: Vec<Outcome> = read_as(&mut sync, "a", &rules)
-        .into_iter()
-        .map(|(outcome, _)| outcome)
-        .collect();
+    let QuietWindow {
+        redis,
+        mut sync,
+        rules,
+        closed,
+        outcomes,
+    } = quiet_window(5 * QUIET_WINDOW_MS + 600_000, "api-agent:00000000000000cc:0");
+    let stateful = rules.stateful_rules();
     let mut connection = logsentinel::broker::connect(&redis.url()).await.unwrap();
     let keys = Keys::default();
     settle::settle(&mut connection, &target(&keys, "a", &stateful), &outcomes)
@@ -590,7 +530,7 @@ async fn runs_of_bits_across_chunks_and_entries_count_each_event_once_as_the_mod
     xadd_at(&mut sync, now_ms, &other_run);
     xadd_at(&mut sync, now_ms, &[event(a, 65_535)]);
     let total = 2 * crossing.len() + overlapping.len() + other_run.len() + 1;
-    let police = spawn_police_logging(&url, "p1", &["--rules", &rules_path], &dir.path().join("p1.log"));
+    let police = spawn_police_with(&url, "p1", &["--rules", &rules_path], &dir.path().join("p1.log"));
     wait_until("every entry settled", Duration::from_secs(60), || {
         processed_events(&mut sync) == total as u64
     });

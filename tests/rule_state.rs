@@ -11,30 +11,15 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::rules::*;
 use common::*;
 use logsentinel::broker::keys::Keys;
 use logsentinel::event::{self, Level};
 use logsentinel::police::alert::AlertStatus;
 use logsentinel::police::rules::evaluate::BatchDrafts;
 use logsentinel::police::rules::model::Model;
-use logsentinel::police::rules::{RuleSet, group, window};
-use logsentinel::police::settle::{self, Outcome, SettleTarget, Source};
-
-const RULES: &str = "logsentinel:rules:";
-
-fn now_ms() -> i64 {
-    window::now_ms()
-}
-
-fn gk(value: &str) -> String {
-    group::key_of([value].into_iter()).id
-}
-
-fn write_rules(dir: &std::path::Path, text: &str) -> String {
-    let path = dir.join("rules.toml");
-    std::fs::write(&path, text).expect("write rule file");
-    path.display().to_string()
-}
+use logsentinel::police::rules::{RuleSet, window};
+use logsentinel::police::settle::{self, Outcome};
 
 /// An agent reading JSON lines from its stdin (the test sets every timestamp).
 fn spawn_stdin_agent(url: &str, agent_id: &str) -> Child {
@@ -85,48 +70,6 @@ fn xadd_events(connection: &mut redis::Connection, events: &[(i64, &str, &str)])
             .ignore();
     }
     let _: () = pipeline.query(connection).expect("XADD");
-}
-
-/// Every record of the alerts stream, parsed.
-fn records(connection: &mut redis::Connection) -> Vec<serde_json::Value> {
-    read_stream(connection, "logsentinel:alerts")
-        .into_iter()
-        .map(|(_, fields)| serde_json::from_str(&fields["alert"]).expect("alert record is JSON"))
-        .collect()
-}
-
-/// `(alert_id, status)` of every record; panics on a repeated one.
-fn record_keys(connection: &mut redis::Connection) -> Vec<(String, String)> {
-    let mut seen = BTreeSet::new();
-    let mut keys = Vec::new();
-    for record in records(connection) {
-        let key = (
-            record["alert_id"].as_str().unwrap().to_string(),
-            record["status"].as_str().unwrap().to_string(),
-        );
-        assert!(seen.insert(key.clone()), "record written twice: {key:?}");
-        keys.push(key);
-    }
-    keys
-}
-
-fn get_integer(connection: &mut redis::Connection, key: &str) -> Option<u64> {
-    redis::cmd("GET").arg(key).query(connection).expect("GET")
-}
-
-fn processed_events(connection: &mut redis::Connection) -> u64 {
-    counters(connection, "logsentinel:logs:stats")
-        .get("events")
-        .copied()
-        .unwrap_or(0)
-}
-
-/// The lease's owner: `<consumer>/<run id>`.
-fn lease_owner(connection: &mut redis::Connection) -> Option<String> {
-    redis::cmd("GET")
-        .arg(format!("{RULES}lease"))
-        .query(connection)
-        .expect("GET lease")
 }
 
 #[test]
@@ -404,20 +347,6 @@ fn read_as(
         ));
     }
     outcomes
-}
-
-fn target<'a>(
-    keys: &'a Keys,
-    consumer: &'a str,
-    rules: &'a [logsentinel::police::rules::plan::StatefulRule],
-) -> SettleTarget<'a> {
-    SettleTarget {
-        keys,
-        source: Source::Stream,
-        consumer,
-        alert_dedup_ttl_s: 600,
-        rules,
-    }
 }
 
 /// The settle script and the clock script raise what the reference model raises from the

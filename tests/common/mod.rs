@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use logsentinel::local_redis::LocalRedis;
 
+pub mod rules;
+
 pub struct TestRedis {
     pub server: LocalRedis,
     _dir: tempfile::TempDir,
