@@ -419,6 +419,10 @@ pub struct BenchArgs {
     /// Where to write the JSON results
     #[arg(long, default_value = "bench-results.json")]
     pub json_out: PathBuf,
+    /// Run only the scenarios whose name contains this text (e.g. `drain`, `latency`,
+    /// `spool`); the XADD ceiling is always measured
+    #[arg(long, value_name = "TEXT")]
+    pub only: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,7 @@ struct Plan {
     pack: usize,
     latency_rates: Vec<u64>,
     latency_duration: Duration,
+    only: Option<String>,
     ceiling_requests: u64,
 }
 
@@ -40,6 +41,7 @@ impl Plan {
             repeat: args.repeat.unwrap_or(default_repeat).max(1),
             events: args.events.unwrap_or(default_events).max(100),
             pack: args.pack.max(2),
+            only: args.only.clone(),
             latency_rates: if args.smoke {
                 vec![1_000, 10_000]
             } else {
@@ -133,6 +135,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Plan {
+    /// Whether scenario `name` runs under `--only`.
+    fn selects(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|text| name.contains(text))
+    }
+}
+
 impl Bench {
     async fn run_all(&mut self, aof: bool) -> anyhow::Result<Report> {
         let ceiling = self.ceiling().await?;
@@ -195,7 +204,9 @@ impl Bench {
             "webhook delivery, 1 police (alerts/s to a local receiver)".to_string(),
             Scenario::WebhookDelivery,
         ));
-        let latency_rates = self.plan.latency_rates.clone();
+        scenarios.retain(|(name, _)| self.plan.selects(name));
+        let mut latency_rates = self.plan.latency_rates.clone();
+        latency_rates.retain(|rate| self.plan.selects(&format!("latency at {rate} events/s")));
         let total_runs = (scenarios.len() * self.plan.repeat + latency_rates.len()) as u64;
         let mut progress = Progress::new("[bench]", "runs", Some(total_runs));
         let mut throughput = Vec::new();
@@ -219,7 +230,11 @@ impl Bench {
             progress.update(progress.done() + 1, &note);
         }
         progress.finish();
-        let spool = self.spool_write()?;
+        let spool = if self.plan.selects("spool write") {
+            Some(self.spool_write()?)
+        } else {
+            None
+        };
         Ok(Report::new(ceiling, throughput, latency, spool, aof, self.plan.events))
     }
 

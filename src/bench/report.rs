@@ -110,7 +110,8 @@ pub struct Report {
     pub ceiling: Throughput,
     pub throughput: Vec<Throughput>,
     pub latency: Vec<Latency>,
-    pub spool_write: SpoolWrite,
+    /// `None` when `--only` left it out.
+    pub spool_write: Option<SpoolWrite>,
 }
 
 impl Report {
@@ -118,7 +119,7 @@ impl Report {
         mut ceiling: Throughput,
         mut throughput: Vec<Throughput>,
         latency: Vec<Latency>,
-        spool_write: SpoolWrite,
+        spool_write: Option<SpoolWrite>,
         aof: bool,
         events_per_run: u64,
     ) -> Report {
@@ -152,23 +153,27 @@ impl Report {
                 megabytes(row.police_peak_rss_mb)
             );
         }
-        println!();
-        println!("| latency, event → alert in stream | alerts | p50 | p99 | max | agent peak RSS | police peak RSS |");
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-        for row in &self.latency {
+        if !self.latency.is_empty() {
+            println!();
             println!(
-                "| {} events/s | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} |",
-                row.rate_events_per_s,
-                row.alerts,
-                row.p50_ms,
-                row.p99_ms,
-                row.max_ms,
-                megabytes(row.agent_peak_rss_mb),
-                megabytes(row.police_peak_rss_mb)
+                "| latency, event → alert in stream | alerts | p50 | p99 | max | agent peak RSS | police peak RSS |"
             );
+            println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+            for row in &self.latency {
+                println!(
+                    "| {} events/s | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} |",
+                    row.rate_events_per_s,
+                    row.alerts,
+                    row.p50_ms,
+                    row.p99_ms,
+                    row.max_ms,
+                    megabytes(row.agent_peak_rss_mb),
+                    megabytes(row.police_peak_rss_mb)
+                );
+            }
         }
+        let Some(spool) = &self.spool_write else { return };
         println!();
-        let spool = &self.spool_write;
         println!("| spool write (append + sync) | median MB/s | min | max | events/s (median) |");
         println!("| --- | ---: | ---: | ---: | ---: |");
         println!(
