@@ -515,3 +515,80 @@ window = "1m"
         "{stderr:#?}"
     );
 }
+
+#[test]
+fn extra_fields_group_and_filter_with_or_without_the_extra_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.toml",
+        r#"[[rules]]
+name = "per-region"
+type = "frequency"
+group_by = ["extra.region"]
+filter = { field = "extra.zone", equals = "a" }
+threshold = 2
+window = "1m"
+annotations = { summary = "{count} in {extra.region}" }
+
+[[rules]]
+name = "bare"
+type = "frequency"
+group_by = ["region"]
+threshold = 2
+window = "1m"
+"#,
+    );
+    let (code, stdout, errors) = check(&rules);
+    assert_eq!((code, errors.len()), (0, 0), "{errors:#?}");
+    assert!(stdout.contains(": ok, 2 rules (2 frequency)"), "{stdout}");
+    let zone = |region: &str, zone: &str| serde_json::json!({"region": region, "zone": zone});
+    let sample = write(
+        dir.path(),
+        "sample.ndjson",
+        &[
+            event_at("a:1:0", "2026-12-01T12:00:01Z", "api", zone("eu", "a")),
+            event_at("a:1:1", "2026-12-01T12:00:02Z", "api", zone("us", "a")),
+            event_at("a:1:2", "2026-12-01T12:00:03Z", "api", zone("eu", "a")),
+            event_at("a:1:3", "2026-12-01T12:00:04Z", "api", zone("us", "b")),
+        ]
+        .join("\n"),
+    );
+    let (code, alerts, stderr) = rules_test(&rules, &sample, &["--now", "2026-12-01T12:10:00Z"]);
+    assert_eq!(code, 0, "{stderr:#?}");
+    let firing: Vec<(&str, &serde_json::Value, &str)> = alerts
+        .iter()
+        .filter(|alert| alert["status"] == "firing")
+        .map(|alert| {
+            (
+                alert["rule"].as_str().unwrap(),
+                &alert["group"],
+                alert["annotations"]["summary"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    // Before, `extra.region` and `extra.zone` named extra fields called so: the filter
+    // matched nothing and per-region never fired.
+    assert_eq!(
+        firing,
+        [
+            ("per-region", &serde_json::json!({"extra.region": "eu"}), "2 in eu"),
+            ("bare", &serde_json::json!({"region": "eu"}), ""),
+            ("bare", &serde_json::json!({"region": "us"}), ""),
+        ]
+    );
+    let broken = write(
+        dir.path(),
+        "broken.toml",
+        "[[rules]]\nname = \"r\"\ntype = \"frequency\"\nthreshold = 2\nwindow = \"1m\"\ngroup_by = [\"region\", \"extra.region\"]\n",
+    );
+    let (code, _, errors) = check(&broken);
+    assert_eq!(code, 2);
+    assert_eq!(
+        errors,
+        [format!(
+            "{}:6:23: group_by names one field twice: \"region\" and \"extra.region\"",
+            broken.display()
+        )]
+    );
+}
