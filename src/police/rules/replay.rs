@@ -168,8 +168,9 @@ pub fn replay(rules: &RuleSet, events: Vec<LogEvent>, police_clock_ms: i64) -> R
     let event_count = events.len() as u64;
     for event in events {
         let placed_ms = clock_ms.or(first_believable_ms).unwrap_or(police_clock_ms);
-        // Never below the replay's clock: what `evaluate` below compares with is `now_ms`,
-        // so an event placed here is placed there too (it lies beyond `now_ms` + 5 min).
+        // At least `placed_ms`, which is `now_ms` below when the event is placed: `evaluate`
+        // compares the timestamp with `now_ms` + 5 min, so it places each event where this
+        // loop does (the debug_assert below).
         let reference_ms = police_clock_ms.max(placed_ms);
         let event_ms = match window::parse_ms(&event.timestamp) {
             Some(stamped_ms) if believable(stamped_ms, reference_ms) => stamped_ms,
@@ -247,6 +248,55 @@ mod tests {
             .reason
             .clone();
         assert_eq!(lines[1], format!("s.ndjson:3: {police_reason}"));
+    }
+
+    #[test]
+    fn future_and_unparsable_times_are_placed_at_the_replay_clock() {
+        let rules = super::super::file::compile(
+            "r.toml",
+            "[[rules]]\nname = \"f\"\ntype = \"frequency\"\nthreshold = 3\nwindow = \"1m\"\n",
+        )
+        .unwrap();
+        let event = |index: usize, timestamp: &str| LogEvent {
+            id: format!("a:1:{index}"),
+            timestamp: timestamp.into(),
+            level: Level::Error,
+            service: "api".into(),
+            host: "h".into(),
+            message: "m".into(),
+            extra: Default::default(),
+        };
+        let police_clock_ms = window::parse_ms("2026-12-01T13:00:00Z").unwrap();
+        // The first two lines have no time to place them at but the sample's first on-time one.
+        let events = vec![
+            event(0, "2099-01-01T00:00:00Z"),
+            event(1, "not a time"),
+            event(2, "2026-12-01T12:00:10Z"),
+            event(3, "2026-12-01T13:04:00Z"), // within 5 min of the police's clock: on time
+            event(4, "2026-12-01T13:09:00Z"), // within 5 min of the replay's clock (13:04)
+            event(5, "2026-12-01T13:20:00Z"),
+        ];
+        let replayed = replay(&rules, events, police_clock_ms);
+        assert_eq!(replayed.late_matches, 0);
+        assert_eq!(replayed.future_events.len(), 2, "{:?}", replayed.future_events);
+        assert!(replayed.future_events[0].starts_with("event a:1:0: "));
+        assert!(
+            replayed.future_events[0]
+                .ends_with("replayed at 2026-12-01T12:00:10.000Z, as the police places it at its clock")
+        );
+        assert!(replayed.future_events[1].starts_with("event a:1:5: "));
+        assert!(replayed.future_events[1].contains("replayed at 2026-12-01T13:09:00.000Z"));
+        // Lines 0 to 2 count in 12:00, the window of the first on-time time, and fire there.
+        let twelve_ms = window::parse_ms("2026-12-01T12:00:00Z").unwrap();
+        let firing: Vec<(&str, u64)> = replayed
+            .alerts
+            .iter()
+            .filter(|alert| alert.status == AlertStatus::Firing)
+            .map(|alert| (alert.alert_id.as_str(), alert.count))
+            .collect();
+        assert_eq!(firing.len(), 1, "{firing:?}");
+        assert!(firing[0].0.ends_with(&format!("/{twelve_ms}")), "{firing:?}");
+        assert_eq!(firing[0].1, 3, "{firing:?}");
     }
 
     #[test]
