@@ -469,7 +469,19 @@ pub enum RulesAction {
         /// and exit 0)
         #[arg(long)]
         strict: bool,
+        /// The police's clock for the future clamp (RFC 3339): an event stamped more than
+        /// 5 min after it (or after the newest event time so far, if later) is replayed at
+        /// the newest event time so far, as the police places it at its clock; default: the
+        /// wall clock
+        #[arg(long, value_name = "TIME", value_parser = parse_rfc3339_ms)]
+        now: Option<i64>,
     },
+}
+
+/// `--now` of `rules test`: an RFC 3339 time, in ms since the epoch.
+fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+    crate::police::rules::window::parse_ms(text)
+        .ok_or_else(|| format!("{text:?} is not an RFC 3339 time (write e.g. 2026-12-01T12:00:00Z)"))
 }
 
 #[derive(Debug, Args, Default)]

@@ -206,16 +206,24 @@ fn is_invalid_configuration(error: &anyhow::Error) -> bool {
 /// `rules test` reports sample lines that are not events and goes on; with `--strict` they
 /// make it exit 1 at the end.
 async fn rules_command(action: RulesAction) -> anyhow::Result<ExitCode> {
-    use logsentinel::police::rules::replay;
+    use logsentinel::police::rules::{replay, window};
     let outcome = tokio::task::spawn_blocking(move || match action {
         RulesAction::Check { file } => replay::check(&file)
             .map(|summary| (vec![summary], ExitCode::SUCCESS))
             .map_err(|error| error.lines()),
-        RulesAction::Test { file, events, strict } => match replay::test(&file, &events) {
+        RulesAction::Test {
+            file,
+            events,
+            strict,
+            now,
+        } => match replay::test(&file, &events, now.unwrap_or_else(window::now_ms)) {
             Ok(replayed) => {
                 use std::io::Write;
                 for bad_line in &replayed.bad_lines {
                     eprintln!("{bad_line}");
+                }
+                for future_event in &replayed.future_events {
+                    eprintln!("{future_event}");
                 }
                 let mut stdout = std::io::stdout().lock();
                 for alert in &replayed.alerts {

@@ -1,15 +1,19 @@
 //! The police's sinks around their delivery: secrets that cannot be read are all named at
 //! once, URLs never show their secret parts (logs, sink dead letters), a reload that changes
 //! sinks says what it changed and that it waits for a restart, a timeout that would let a
-//! peer deliver twice is warned about, and the stop log counts what is really pending.
+//! peer deliver twice is warned about, the stop log counts what is really pending, and a
+//! receiver's answer never reaches the log.
 
 mod common;
+#[path = "common/receiver.rs"]
+mod receiver;
 
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
+use receiver::{Answer, Receiver};
 
 fn write_rules(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("rules.toml");
@@ -347,4 +351,70 @@ filter = {{ level = "CRITICAL" }}
         redis::Value::Int(1),
         "the record stays pending for the next reader"
     );
+}
+
+#[test]
+fn a_receivers_answer_never_reaches_the_log_nor_the_dead_letters() {
+    // A fake log line of the police after a newline, a secret the receiver echoes, a
+    // terminal escape and a Unicode line separator.
+    const ANSWER: &str = "rejected\n2026-12-01T12:00:00.000000Z ERROR logsentinel::police: INJECTED-LINE \
+                          Cannot POST /hook?token=ECHOEDSECRET\x1b[2J\u{2028}INJECTED-AFTER-SEPARATOR";
+    let redis = TestRedis::start(&[]);
+    let mut connection = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("police.log");
+    let hook = Receiver::start();
+    // A 500 first (retried: the debug line), then a 400 (refused: the warning, a dead letter).
+    hook.script(&[
+        Answer::StatusWithBody {
+            status: 500,
+            body: ANSWER,
+        },
+        Answer::StatusWithBody {
+            status: 400,
+            body: ANSWER,
+        },
+    ]);
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            r#"
+[sinks.hook]
+type = "webhook"
+url = "{}"
+
+[[rules]]
+name = "critical"
+type = "any"
+filter = {{ level = "CRITICAL" }}
+cooldown = "0s"
+"#,
+            hook.url("/hook")
+        ),
+    );
+    let police = spawn_police_logged(&redis.url(), &rules, &[], &[("LOGSENTINEL_LOG", "debug")], &log);
+    push_critical(&mut connection, "t:1:0");
+    wait_until("the refused alert dead-lettered", Duration::from_secs(60), || {
+        stream_length_of(&mut connection, "logsentinel:dead:sink:hook") == 1
+    });
+    stop_gracefully(police);
+    assert_eq!(hook.requests().len(), 2, "the 500 was retried, the 400 was not");
+    let dead = read_stream(&mut connection, "logsentinel:dead:sink:hook");
+    assert_eq!(dead[0].1["status"], "400", "the dead letter keeps the status code only");
+    let text = file_text(&log);
+    for shown in ["INJECTED", "ECHOEDSECRET", "\x1b", "\u{2028}"] {
+        assert!(!text.contains(shown), "{shown:?} reached the log:\n{text}");
+    }
+    assert!(
+        !text.lines().any(|line| line.starts_with("2026-12-01T12:00:00.000000Z")),
+        "a line of the receiver's making:\n{text}"
+    );
+    let body_bytes = format!("body_bytes={}", ANSWER.len());
+    for message in ["receiver asked for a retry", "receiver refused the message"] {
+        let line = text
+            .lines()
+            .find(|line| line.contains(message))
+            .unwrap_or_else(|| panic!("no {message:?} line:\n{text}"));
+        assert!(line.contains(&body_bytes), "status and length only: {line}");
+    }
 }

@@ -258,6 +258,36 @@ async fn one_message_per_alert_over_starttls_with_auth_plain_and_escaped_html() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_several_lines_with_an_escape_is_shown_on_one_line() {
+    let smtp = TestSmtp::start(&[
+        "--fail-code",
+        "550",
+        "--fail-count",
+        "1000",
+        "--fail-text",
+        "5.7.1 refused \u{1b}[2J\n2026-12-01T12:00:00.000000Z ERROR logsentinel::police: forged",
+    ]);
+    let sink = EmailSink::from_config("mail", &smtp.sink_config("s3cret"))
+        .await
+        .expect("sink");
+    match sink
+        .deliver(&Message::Single(&hostile_alert(AlertStatus::Firing)))
+        .await
+    {
+        Err(SinkError::Permanent { status, .. }) => {
+            assert!(!status.chars().any(char::is_control), "one line: {status:?}");
+            // lettre joins the reply's lines; a terminal escape in one is escaped.
+            assert!(status.contains("refused \\u{1b}[2J"), "{status}");
+            assert!(
+                status.chars().count() <= logsentinel::delivery::MAX_STATUS_CHARS,
+                "{status}"
+            );
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answer_550_is_permanent() {
     let smtp = TestSmtp::start(&["--fail-code", "550", "--fail-count", "1000"]);
     let sink = EmailSink::from_config("mail", &smtp.sink_config("s3cret"))

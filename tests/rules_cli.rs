@@ -411,3 +411,184 @@ fn rules_test_reports_every_bad_sample_line_replays_the_rest_and_fails_only_when
         assert!(stdout.contains("\"3 errors in api within 1m\""), "{stdout}");
     }
 }
+
+/// Exit code, alerts (stdout) and stderr lines of `rules test RULES --events SAMPLE ARGS…`.
+fn rules_test(rules: &Path, sample: &Path, args: &[&str]) -> (i32, Vec<serde_json::Value>, Vec<String>) {
+    let output = logsentinel()
+        .args(["rules", "test"])
+        .arg(rules)
+        .arg("--events")
+        .arg(sample)
+        .args(args)
+        .output()
+        .expect("run rules test");
+    let alerts = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON alert per line"))
+        .collect();
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (output.status.code().expect("exit code"), alerts, stderr)
+}
+
+fn event_at(id: &str, timestamp: &str, service: &str, extra: serde_json::Value) -> String {
+    serde_json::json!({
+        "id": id,
+        "timestamp": timestamp,
+        "level": "ERROR",
+        "service": service,
+        "host": "web-1",
+        "message": "something happened",
+        "extra": extra,
+    })
+    .to_string()
+}
+
+#[test]
+fn rules_test_places_a_far_future_event_at_its_clock_as_the_police_does() {
+    use logsentinel::police::rules::window::{now_ms, rfc3339};
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.toml",
+        r#"max_lateness = "60s"
+
+[[rules]]
+name = "errors"
+type = "frequency"
+group_by = ["service"]
+threshold = 3
+window = "1m"
+"#,
+    );
+    // An hour before the wall clock, on a minute: in the past of any police running now.
+    let minute_ms = (now_ms() - 3_600_000).div_euclid(60_000) * 60_000;
+    let at = |offset_ms: i64| rfc3339(minute_ms + offset_ms);
+    let sample = write(
+        dir.path(),
+        "sample.ndjson",
+        &[
+            event_at("a:1:0", &at(1_000), "api", serde_json::json!({})),
+            event_at("a:1:1", "2099-01-01T00:00:00Z", "api", serde_json::json!({})),
+            event_at("a:1:2", &at(2_000), "api", serde_json::json!({})),
+            event_at("a:1:3", &at(3_000), "api", serde_json::json!({})),
+            // After a quiet stretch of 10 min: on time, not "in the future".
+            event_at("a:1:4", &at(600_000), "api", serde_json::json!({})),
+        ]
+        .join("\n"),
+    );
+    let (code, alerts, stderr) = rules_test(&rules, &sample, &[]);
+    assert_eq!(code, 0, "{stderr:#?}");
+    // Before the clamp, the 2099 line moved the replay's clock to 2099: the three lines
+    // after it were late and nothing fired.
+    assert_eq!(
+        stderr.last().map(String::as_str),
+        Some("replayed 5 events: 1 alerts fired, 1 resolved, 0 late matches, 0 bad lines"),
+        "{stderr:#?}"
+    );
+    assert_eq!(stderr.len(), 2, "one note, for the 2099 line only: {stderr:#?}");
+    assert!(
+        stderr[0].starts_with("event a:1:1: timestamp 2099-01-01T00:00:00Z is more than 5 min after the clock"),
+        "{stderr:#?}"
+    );
+    assert!(stderr[0].contains(&format!("replayed at {}", at(1_000))), "{stderr:#?}");
+    let api = group_id(&["api"]);
+    assert_eq!(alerts[0]["alert_id"], format!("errors/{api}/{minute_ms}"));
+    assert_eq!(alerts[0]["status"], "firing");
+    assert_eq!(alerts[0]["count"], 3, "the 2099 line counts in the window of its clock");
+    assert_eq!(alerts[0]["event"]["id"], "a:1:2");
+
+    // With the police's clock given, a line more than 5 min after it (and after the newest
+    // event time) is placed too; the rest replays as before.
+    let (code, _, stderr) = rules_test(&rules, &sample, &["--now", &at(60_000)]);
+    assert_eq!(code, 0, "{stderr:#?}");
+    assert_eq!(stderr.len(), 3, "{stderr:#?}");
+    assert!(stderr[1].starts_with("event a:1:4: timestamp "), "{stderr:#?}");
+    assert!(stderr[1].contains(&format!("replayed at {}", at(3_000))), "{stderr:#?}");
+    assert!(stderr[2].contains(" 0 late matches, "), "{stderr:#?}");
+    let (code, _, stderr) = rules_test(&rules, &sample, &["--now", "soon"]);
+    assert_eq!(code, 2, "{stderr:#?}");
+    assert!(
+        stderr.join("\n").contains("\"soon\" is not an RFC 3339 time"),
+        "{stderr:#?}"
+    );
+}
+
+#[test]
+fn extra_fields_group_and_filter_with_or_without_the_extra_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.toml",
+        r#"[[rules]]
+name = "per-region"
+type = "frequency"
+group_by = ["extra.region"]
+filter = { field = "extra.zone", equals = "a" }
+threshold = 2
+window = "1m"
+annotations = { summary = "{count} in {extra.region}" }
+
+[[rules]]
+name = "bare"
+type = "frequency"
+group_by = ["region"]
+threshold = 2
+window = "1m"
+"#,
+    );
+    let (code, stdout, errors) = check(&rules);
+    assert_eq!((code, errors.len()), (0, 0), "{errors:#?}");
+    assert!(stdout.contains(": ok, 2 rules (2 frequency)"), "{stdout}");
+    let zone = |region: &str, zone: &str| serde_json::json!({"region": region, "zone": zone});
+    let sample = write(
+        dir.path(),
+        "sample.ndjson",
+        &[
+            event_at("a:1:0", "2026-12-01T12:00:01Z", "api", zone("eu", "a")),
+            event_at("a:1:1", "2026-12-01T12:00:02Z", "api", zone("us", "a")),
+            event_at("a:1:2", "2026-12-01T12:00:03Z", "api", zone("eu", "a")),
+            event_at("a:1:3", "2026-12-01T12:00:04Z", "api", zone("us", "b")),
+        ]
+        .join("\n"),
+    );
+    let (code, alerts, stderr) = rules_test(&rules, &sample, &["--now", "2026-12-01T12:10:00Z"]);
+    assert_eq!(code, 0, "{stderr:#?}");
+    let firing: Vec<(&str, &serde_json::Value, &str)> = alerts
+        .iter()
+        .filter(|alert| alert["status"] == "firing")
+        .map(|alert| {
+            (
+                alert["rule"].as_str().unwrap(),
+                &alert["group"],
+                alert["annotations"]["summary"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    // Before, `extra.region` and `extra.zone` named extra fields called so: the filter
+    // matched nothing and per-region never fired.
+    assert_eq!(
+        firing,
+        [
+            ("per-region", &serde_json::json!({"extra.region": "eu"}), "2 in eu"),
+            ("bare", &serde_json::json!({"region": "eu"}), ""),
+            ("bare", &serde_json::json!({"region": "us"}), ""),
+        ]
+    );
+    let broken = write(
+        dir.path(),
+        "broken.toml",
+        "[[rules]]\nname = \"r\"\ntype = \"frequency\"\nthreshold = 2\nwindow = \"1m\"\ngroup_by = [\"region\", \"extra.region\"]\n",
+    );
+    let (code, _, errors) = check(&broken);
+    assert_eq!(code, 2);
+    assert_eq!(
+        errors,
+        [format!(
+            "{}:6:23: group_by names one field twice: \"region\" and \"extra.region\"",
+            broken.display()
+        )]
+    );
+}

@@ -180,3 +180,75 @@ fn without_a_rule_file_sighup_is_ignored() {
     // Still running: a graceful stop exits 0.
     stop_gracefully(police);
 }
+
+#[test]
+fn a_reload_whose_new_sink_cannot_read_its_secret_keeps_the_rules() {
+    const UNSET: &str = "LOGSENTINEL_TEST_RELOAD_UNSET_PAGER_URL";
+    let redis = TestRedis::start(&[]);
+    let mut connection = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.toml");
+    let log_path = dir.path().join("police.log");
+    std::fs::write(&rules_path, FIRST_RULES).unwrap();
+    let mut police = logsentinel(&redis.url())
+        .args(["police", "--consumer", "p1", "--quiet", "--rules"])
+        .arg(&rules_path)
+        .env_remove(UNSET)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("spawn police");
+    wait_until("the police started", Duration::from_secs(30), || {
+        log_lines_with(&log_path, "police started") == 1
+    });
+
+    // The second rule routed to an added sink whose URL comes from an unset variable: the
+    // file loads (`rules check` never reads secrets), but a start with it would fail.
+    let with_pager = format!(
+        "{SECOND_RULES}sinks = [\"pager\"]\n\n[sinks.pager]\ntype = \"webhook\"\nurl = {{ env = \"{UNSET}\" }}\n"
+    );
+    std::fs::write(&rules_path, &with_pager).unwrap();
+    sighup(&police);
+    wait_until("the refused reload", Duration::from_secs(30), || {
+        log_lines_with(&log_path, "rule file not reloaded") == 1
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains(&format!(
+            "sink pager: secret url: environment variable {UNSET} is not set"
+        )),
+        "the log names the sink, the key and the variable: {log}"
+    );
+    assert!(!log.contains("rule file reloaded"), "{log}");
+    // A URL that is not http(s): found when the sink is built, at the reload as at a start.
+    std::fs::write(
+        &rules_path,
+        with_pager.replace(&format!("{{ env = \"{UNSET}\" }}"), "\"ftp://127.0.0.1/hook\""),
+    )
+    .unwrap();
+    sighup(&police);
+    wait_until("the second refused reload", Duration::from_secs(30), || {
+        log_lines_with(&log_path, "rule file not reloaded") == 2
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("sink pager: url must be an http:// or https:// URL with a host"),
+        "{log}"
+    );
+    assert!(!log.contains("rule file reloaded"), "{log}");
+    push_event(&mut connection, "e:1:0", "alpha one");
+    push_event(&mut connection, "e:1:1", "beta one");
+    wait_until("the kept rule's alert", Duration::from_secs(30), || {
+        !alert_ids(&mut connection).is_empty()
+    });
+    wait_until("every entry settled", Duration::from_secs(30), || {
+        pending_total(&mut connection) == 0 && group_lag(&status_json(&redis.url())) == 0
+    });
+    assert_eq!(
+        alert_ids(&mut connection),
+        ["e:1:0/first"],
+        "the first rule is still in force"
+    );
+    assert!(police.try_wait().unwrap().is_none(), "the police still runs");
+    stop_gracefully(police);
+}

@@ -23,9 +23,10 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Recorder:
-    def __init__(self, out_dir, fail_code, fail_count):
+    def __init__(self, out_dir, fail_code, fail_count, fail_text):
         self.out_dir = out_dir
         self.fail_code = fail_code
+        self.fail_text = fail_text
         self.failures_left = fail_count
         self.accepted = 0
         self.lock = threading.Lock()
@@ -36,6 +37,13 @@ class Recorder:
                 attempts.write("data\n")
             if self.failures_left > 0:
                 self.failures_left -= 1
+                if self.fail_text is not None:
+                    # A reply of several lines: "550-first", ..., "550 last".
+                    lines = self.fail_text.split("\n")
+                    return "\r\n".join(
+                        f"{self.fail_code}{'-' if index < len(lines) - 1 else ' '}{line}"
+                        for index, line in enumerate(lines)
+                    )
                 if self.fail_code.startswith("4"):
                     return f"{self.fail_code} 4.3.0 try again later"
                 return f"{self.fail_code} 5.7.1 refused by the test server"
@@ -77,9 +85,10 @@ def main():
     parser.add_argument("--password")
     parser.add_argument("--fail-code", default="451")
     parser.add_argument("--fail-count", type=int, default=0)
+    parser.add_argument("--fail-text", help="the refusal's text; each newline starts a reply line")
     args = parser.parse_args()
 
-    recorder = Recorder(args.dir, args.fail_code, args.fail_count)
+    recorder = Recorder(args.dir, args.fail_code, args.fail_count, args.fail_text)
     smtp_options = {}
     if args.cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

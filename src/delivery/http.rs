@@ -15,13 +15,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::SinkError;
 use super::config::{ResolvedSecret, SetupError};
 use super::retry::{Verdict, parse_retry_after, verdict};
-
-/// Most bytes of a refusal's body kept for the log: enough for Slack's `invalid_token` or
-/// a JSON error, bounded so a large error page cannot flood the log.
-const MAX_ERROR_BODY_CHARS: usize = 200;
+use super::{SinkError, shown_status};
 
 /// A client for one sink, every attempt bounded by `timeout`.
 pub fn client(sink: &str, timeout: Duration) -> Result<reqwest::Client, SetupError> {
@@ -99,12 +95,13 @@ pub async fn post(
     let response = match request.send().await {
         Ok(response) => response,
         Err(error) => {
+            // The causes may quote the peer (a TLS alert, a certificate's names).
             let status = if error.is_timeout() {
                 "timeout".to_string()
             } else if error.is_connect() {
-                format!("connect error: {}", redact_urls_in(&error_chain(&error)))
+                shown_status(&format!("connect error: {}", redact_urls_in(&error_chain(&error))))
             } else {
-                format!("request failed: {}", redact_urls_in(&error_chain(&error)))
+                shown_status(&format!("request failed: {}", redact_urls_in(&error_chain(&error))))
             };
             return Err(SinkError::Retryable {
                 sink: sink.to_string(),
@@ -119,15 +116,21 @@ pub async fn post(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, SystemTime::now()));
-    // At most the first 4 KiB of the body are read, for the log line: a hostile receiver
-    // answering with a gigabyte must not fill the police's memory. A longer body ends the
-    // connection instead of being drained; one that fails to arrive after a 2xx does not
-    // undo the delivery.
-    let answer = read_body_prefix(response).await;
+    // The answer's body is read (so the connection can serve the next request) and counted,
+    // never shown: the log and the dead letters get the status code and the body's length
+    // only. The body is the receiver's text: it may echo what it was sent, secrets included
+    // (Express's default 404 page is `Cannot POST /services/T000/B000/XXXX`, and a Slack
+    // hook's path is its token; a proxy may echo the Authorization header made from a URL's
+    // credentials), in forms no redaction can recognise, and a hostile receiver writes what
+    // it likes (fake log lines, terminal escapes). To read a refusal, send the request by
+    // hand. At most the first 4 KiB are read: a receiver answering with a gigabyte must not
+    // hold the police; a longer body ends the connection instead of being drained, and one
+    // that fails to arrive after a 2xx does not undo the delivery.
+    let body_bytes = read_body_length(response).await;
     match verdict(status) {
         Verdict::Delivered => Ok(()),
         Verdict::Retry => {
-            tracing::debug!(sink, status, body = %printable_prefix(&answer), "receiver asked for a retry");
+            tracing::debug!(sink, status, body_bytes, "receiver asked for a retry");
             Err(SinkError::Retryable {
                 sink: sink.to_string(),
                 status: status.to_string(),
@@ -135,7 +138,7 @@ pub async fn post(
             })
         }
         Verdict::Permanent => {
-            tracing::warn!(sink, status, body = %printable_prefix(&answer), "receiver refused the message");
+            tracing::warn!(sink, status, body_bytes, "receiver refused the message");
             Err(SinkError::Permanent {
                 sink: sink.to_string(),
                 status: status.to_string(),
@@ -144,21 +147,20 @@ pub async fn post(
     }
 }
 
-/// Bytes of a receiver's answer kept for the log line.
-const ANSWER_PREFIX_BYTES: usize = 4096;
+/// Bytes of a receiver's answer read at most (see [`post`]).
+const ANSWER_READ_BYTES: usize = 4096;
 
-async fn read_body_prefix(mut response: reqwest::Response) -> String {
-    let mut prefix = Vec::new();
-    while prefix.len() < ANSWER_PREFIX_BYTES {
+/// The length of the answer's body, counted up to [`ANSWER_READ_BYTES`] (a longer one is
+/// reported as that many).
+async fn read_body_length(mut response: reqwest::Response) -> usize {
+    let mut read_bytes = 0usize;
+    while read_bytes < ANSWER_READ_BYTES {
         match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = ANSWER_PREFIX_BYTES - prefix.len();
-                prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
+            Ok(Some(chunk)) => read_bytes += chunk.len(),
             Ok(None) | Err(_) => break,
         }
     }
-    String::from_utf8_lossy(&prefix).into_owned()
+    read_bytes.min(ANSWER_READ_BYTES)
 }
 
 /// The error and its causes, without the URL reqwest puts in its messages.
@@ -177,16 +179,6 @@ fn error_chain(error: &reqwest::Error) -> String {
         text = "no detail".into();
     }
     text
-}
-
-/// The first characters of a receiver's answer, control characters replaced.
-fn printable_prefix(text: &str) -> String {
-    // A receiver may echo the URL it was called on.
-    redact_urls_in(text)
-        .chars()
-        .take(MAX_ERROR_BODY_CHARS)
-        .map(|character| if character.is_control() { ' ' } else { character })
-        .collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //! - at-least-once: a crash between delivery and XACK delivers again; every payload carries
 //!   the alert id (HTTP: `Idempotency-Key`) so receivers can drop repeats
 //! - beyond a sink's rate limit, records wait and are folded per rule into digests
+//! - text a receiver wrote reaches the log and the sink dead letters only through
+//!   [`shown_status`] (one line, no control characters, at most 200 characters); an HTTP
+//!   receiver's answer body never does (see `http.rs`)
 
 pub mod config;
 pub mod digest;
@@ -21,6 +24,53 @@ pub mod worker;
 pub use worker::{SinkWorker, WorkerSettings, Workers, spawn_workers};
 
 use crate::police::alert::Alert;
+
+/// Most characters of a status shown in the log or stored in a sink dead letter: enough
+/// for an SMTP reply (`550 5.1.1 <ops@example.com>: Recipient address rejected`) or a
+/// connect error with its causes, bounded so a receiver cannot fill the log.
+pub const MAX_STATUS_CHARS: usize = 200;
+
+/// A delivery status as it may be logged and stored in a sink dead letter. A status may
+/// carry text the receiver chose (an SMTP server's reply, a TLS or connect error quoting the
+/// peer), and the text log writes `%` fields as they are: a newline in it would start a
+/// line that looks like the police's own. So every control character, the Unicode line and
+/// paragraph separators and the bidirectional overrides are written as `\u{..}` escapes
+/// (`\n`, `\r`, `\t` for those three), and the text is cut to [`MAX_STATUS_CHARS`], the last
+/// one `…` when cut. Backslashes are kept as they are, so the function is idempotent (a
+/// status shown twice reads the same); a receiver can write a literal `\n`, never a newline.
+pub fn shown_status(status: &str) -> String {
+    let mut shown = String::with_capacity(status.len().min(MAX_STATUS_CHARS * 4));
+    let mut shown_chars = 0usize;
+    let mut characters = status.chars().peekable();
+    while let Some(character) = characters.next() {
+        let piece: String = if is_unsafe_in_a_log_line(character) {
+            character.escape_default().collect()
+        } else {
+            character.to_string()
+        };
+        let piece_chars = piece.chars().count();
+        let more_after = characters.peek().is_some();
+        // Room for the `…` when anything is left after this piece.
+        let room = MAX_STATUS_CHARS - shown_chars - usize::from(more_after);
+        if piece_chars > room {
+            shown.push('…');
+            return shown;
+        }
+        shown.push_str(&piece);
+        shown_chars += piece_chars;
+    }
+    debug_assert!(shown.chars().count() <= MAX_STATUS_CHARS);
+    shown
+}
+
+/// Characters that end a line, move the cursor or reorder text on a terminal or in a viewer.
+fn is_unsafe_in_a_log_line(character: char) -> bool {
+    character.is_control()
+        || matches!(
+            character,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
 
 /// How one delivery attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +86,27 @@ pub enum SinkError {
     /// Retrying cannot help (other 4xx, a rejected address): dead-lettered at once.
     #[error("{sink} refused the delivery ({status})")]
     Permanent { sink: String, status: String },
+}
+
+impl SinkError {
+    /// The same error, its status as [`shown_status`] shows it.
+    pub fn with_shown_status(self) -> SinkError {
+        match self {
+            SinkError::Retryable {
+                sink,
+                status,
+                retry_after,
+            } => SinkError::Retryable {
+                sink,
+                status: shown_status(&status),
+                retry_after,
+            },
+            SinkError::Permanent { sink, status } => SinkError::Permanent {
+                sink,
+                status: shown_status(&status),
+            },
+        }
+    }
 }
 
 /// One message a sink sends: a single alert, or a digest of several alerts of one rule
@@ -90,5 +161,39 @@ pub trait AlertSink: Send + Sync {
     /// At most this many alerts in one `deliver` call of a digest (Alertmanager: 64).
     fn max_alerts_per_message(&self) -> usize {
         100
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_statuses_are_one_bounded_line_and_showing_twice_changes_nothing() {
+        assert_eq!(shown_status("404"), "404");
+        let injected = "smtp 550: permanent error (550): no\n2026-12-01T12:00:00Z ERROR fake\r\x1b[2J\u{2028}end";
+        let shown = shown_status(injected);
+        assert_eq!(
+            shown,
+            "smtp 550: permanent error (550): no\\n2026-12-01T12:00:00Z ERROR fake\\r\\u{1b}[2J\\u{2028}end"
+        );
+        assert!(!shown.chars().any(is_unsafe_in_a_log_line), "{shown}");
+        assert_eq!(shown_status(&shown), shown, "idempotent");
+        let long = "x".repeat(500);
+        let cut = shown_status(&long);
+        assert_eq!(cut.chars().count(), MAX_STATUS_CHARS);
+        assert!(cut.ends_with('…'));
+        assert_eq!(shown_status(&cut), cut, "idempotent when cut");
+        let exact = "y".repeat(MAX_STATUS_CHARS);
+        assert_eq!(
+            shown_status(&exact),
+            exact,
+            "a status of exactly the bound is kept whole"
+        );
+        // An escape is never split by the cut.
+        let escapes = "\n".repeat(150);
+        let cut = shown_status(&escapes);
+        assert!(cut.ends_with("\\n…"), "{cut}");
+        assert!(cut.chars().count() <= MAX_STATUS_CHARS);
     }
 }

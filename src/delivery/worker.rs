@@ -541,6 +541,9 @@ impl Session<'_> {
                     retry_after: None,
                 }),
             };
+            // The status goes to the log and the dead letters: one line, bounded (the sinks
+            // show theirs so already; showing twice changes nothing).
+            let attempt = attempt.map_err(SinkError::with_shown_status);
             match attempt {
                 Ok(()) => {
                     let ids: Vec<&str> = outgoing.entry_ids.iter().map(String::as_str).collect();

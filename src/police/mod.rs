@@ -518,6 +518,14 @@ fn ignore_hangups() {
 /// On every SIGHUP, reloads the rule file and hands the new set to the police; a file that
 /// does not load keeps the rules in force, and the reason is logged. Rules take effect at
 /// the next batch; sinks do not (see [`SinkChanges`]), and a reload that changes them says so.
+///
+/// A reload accepts only a file the police could start with: every secret of every sink of
+/// the file is resolved as at start (unchanged sinks too: a restart reads them again), and
+/// the network sinks are built (see [`start_problems_of`]); a file with a secret that cannot
+/// be read (an unset variable, a missing file) or a sink that cannot be built keeps the
+/// rules in force, each problem named by sink and key. Otherwise such a file would run until
+/// the next restart, which then fails, and the alerts routed to an added sink would wait for
+/// a worker that cannot start.
 fn reload_on_hangup(
     path: std::path::PathBuf,
     start_sinks: std::collections::BTreeMap<String, SinkConfig>,
@@ -534,6 +542,16 @@ fn reload_on_hangup(
         while hangups.recv().await.is_some() {
             match load_rules(path.clone()).await {
                 Ok(rules) => {
+                    let start_problems = start_problems_of(rules.sinks()).await;
+                    if !start_problems.is_empty() {
+                        let problems: Vec<String> = start_problems.iter().map(ToString::to_string).collect();
+                        tracing::error!(
+                            path = %path.display(),
+                            errors = %problems.join("; "),
+                            "rule file not reloaded, the rules in force stay: a sink of it cannot start"
+                        );
+                        continue;
+                    }
                     info!(path = %path.display(), rules = rules.rules().len(), "rule file reloaded");
                     let changes = SinkChanges::between(&start_sinks, rules.sinks());
                     if !changes.is_empty() {
@@ -559,6 +577,31 @@ fn reload_on_hangup(
             }
         }
     });
+}
+
+/// What would stop a start with `sinks`: every secret that cannot be read; when all can,
+/// every network sink (webhook, Slack, Alertmanager, email) that cannot be built (a URL that
+/// is not one, a bad `smtp` address). Console and jsonl sinks are not built: a jsonl sink
+/// would open (and create) its file, a side effect a reload that changes no sink must not
+/// have; a start reports those.
+async fn start_problems_of(sinks: &std::collections::BTreeMap<String, SinkConfig>) -> Vec<SetupError> {
+    // Named pairs collected first: an iterator with a closure, held across the await inside
+    // a spawned task, trips rustc's "FnOnce is not general enough".
+    let named_sinks: Vec<(&str, &SinkConfig)> = sinks.iter().map(|(name, sink)| (name.as_str(), sink)).collect();
+    let secret_problems = check_secrets(named_sinks).await;
+    if !secret_problems.is_empty() {
+        return secret_problems;
+    }
+    let mut build_problems = Vec::new();
+    for (name, sink) in sinks {
+        if matches!(sink, SinkConfig::Console { .. } | SinkConfig::Jsonl { .. }) {
+            continue;
+        }
+        if let Err(problem) = crate::delivery::sinks::build(name, sink).await {
+            build_problems.push(problem);
+        }
+    }
+    build_problems
 }
 
 /// How the sinks of a reloaded file differ from those of the start, by name. Delivery

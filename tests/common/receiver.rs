@@ -1,6 +1,6 @@
 //! An HTTP receiver for delivery tests: a small HTTP/1.1 server on loopback, in a thread
 //! of its own, that records every request and answers as the test tells it: a status
-//! (200, 404, 500, …), 429 with `Retry-After`, or a hang-up (the connection closed without
+//! (200, 404, 500, …), a status with a body, 429 with `Retry-After`, or a hang-up (the connection closed without
 //! an answer).
 #![allow(dead_code)]
 
@@ -19,6 +19,11 @@ pub enum Answer {
     },
     /// Close the connection without answering.
     HangUp,
+    /// A status with this body (`text/plain`).
+    StatusWithBody {
+        status: u16,
+        body: &'static str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +168,10 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) {
             Answer::Status(status) => {
                 format!("HTTP/1.1 {status} Test\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok")
             }
+            Answer::StatusWithBody { status, body } => format!(
+                "HTTP/1.1 {status} Test\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
+                body.len()
+            ),
             Answer::TooManyRequests { retry_after_s } => format!(
                 "HTTP/1.1 429 Too Many Requests\r\nretry-after: {retry_after_s}\r\ncontent-length: 4\r\n\r\nslow"
             ),

@@ -24,7 +24,7 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::delivery::config::{DEFAULT_TIMEOUT, SetupError, SinkConfig};
-use crate::delivery::{AlertSink, Message, SinkError};
+use crate::delivery::{AlertSink, Message, SinkError, shown_status};
 use crate::police::alert::{Alert, AlertStatus};
 
 /// The header carrying the alert id (a digest: every id, comma-separated).
@@ -223,10 +223,11 @@ impl AlertSink for EmailSink {
 /// 5xx answers and client-side refusals (no shared auth mechanism) are permanent;
 /// 4xx, connection, timeout and TLS failures retryable.
 fn classify(sink: &str, error: &lettre::transport::smtp::Error) -> SinkError {
+    // The server's reply is in `error` (its lines joined by newlines): shown escaped and cut.
     let status = match error.status() {
-        Some(code) => format!("smtp {code}: {error}"),
+        Some(code) => shown_status(&format!("smtp {code}: {error}")),
         None if error.is_timeout() => "timeout".to_string(),
-        None => error.to_string(),
+        None => shown_status(&error.to_string()),
     };
     if error.is_permanent() || error.is_client() {
         return SinkError::Permanent {

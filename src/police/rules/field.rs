@@ -48,8 +48,9 @@ impl EventFields for EventRef<'_> {
 }
 
 /// A field of an event. `id`, `timestamp`, `level`, `service`, `host` and `message` are
-/// the event's own fields; any other name is looked up in its extra fields (`log.level` is
-/// the extra field named `log.level`).
+/// the event's own fields; `extra.NAME` is the extra field `NAME`, as in templates (the
+/// event's JSON holds its extra fields in the object `extra`); any other name is looked up
+/// in its extra fields too (`log.level` is the extra field named `log.level`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Field {
     Id,
@@ -61,8 +62,19 @@ pub enum Field {
     Extra(String),
 }
 
+/// The prefix that names an extra field explicitly, in filters, `group_by` and templates.
+pub const EXTRA_PREFIX: &str = "extra.";
+
 impl Field {
+    /// The field `name` names; `extra.` is taken off first, once, so `extra.id` is the
+    /// extra field `id` and `extra.extra.x` the extra field `extra.x`. A bare `extra.` names
+    /// no field (the rule file refuses it, see [`EXTRA_PREFIX`]).
     pub fn named(name: &str) -> Field {
+        if let Some(extra_name) = name.strip_prefix(EXTRA_PREFIX)
+            && !extra_name.is_empty()
+        {
+            return Field::Extra(extra_name.to_string());
+        }
         match name {
             "id" => Field::Id,
             "timestamp" => Field::Timestamp,
@@ -85,5 +97,36 @@ impl Field {
             Field::Message => &event.message,
             Field::Extra(name) => return event.extra.get(name).map(String::as_str),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_prefix_names_the_extra_field_as_templates_do() {
+        assert_eq!(Field::named("service"), Field::Service);
+        assert_eq!(Field::named("region"), Field::Extra("region".into()));
+        assert_eq!(Field::named("extra.region"), Field::Extra("region".into()));
+        assert_eq!(Field::named("extra.service"), Field::Extra("service".into()));
+        assert_eq!(Field::named("extra.extra.x"), Field::Extra("extra.x".into()));
+        assert_eq!(Field::named("log.level"), Field::Extra("log.level".into()));
+        let event = LogEvent {
+            id: "a:1:0".into(),
+            timestamp: "2026-12-01T12:00:00Z".into(),
+            level: Level::Info,
+            service: "api".into(),
+            host: "h".into(),
+            message: "m".into(),
+            extra: [("region".to_string(), "eu".to_string())].into(),
+        };
+        assert_eq!(Field::named("extra.region").get(&event), Some("eu"));
+        assert_eq!(Field::named("region").get(&event), Some("eu"));
+        assert_eq!(
+            Field::named("extra.service").get(&event),
+            None,
+            "an extra field, not the service"
+        );
     }
 }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
 
-use super::field::Field;
+use super::field::{EXTRA_PREFIX, Field};
 use super::filter::Filter;
 use super::group;
 use super::plan::GroupKey;
@@ -577,14 +577,25 @@ fn compile_rule(
     for field_name in &raw.group_by {
         if field_name.get_ref().trim().is_empty() {
             errors.at(field_name.span(), "group_by names an empty field");
-        } else if group_by.iter().any(|(seen, _)| seen == field_name.get_ref()) {
-            errors.at(
-                field_name.span(),
-                format!("group_by names {:?} twice", field_name.get_ref()),
-            );
-        } else {
-            group_by.push((field_name.get_ref().clone(), Field::named(field_name.get_ref())));
+            continue;
         }
+        let Some(field) = field_named(field_name, "group_by", errors) else {
+            continue;
+        };
+        // `region` and `extra.region` are one field: grouping by both would only repeat it.
+        if let Some((seen, _)) = group_by.iter().find(|(_, seen_field)| *seen_field == field) {
+            let message = if seen == field_name.get_ref() {
+                format!("group_by names {seen:?} twice")
+            } else {
+                format!(
+                    "group_by names one field twice: {seen:?} and {:?}",
+                    field_name.get_ref()
+                )
+            };
+            errors.at(field_name.span(), message);
+            continue;
+        }
+        group_by.push((field_name.get_ref().clone(), field));
     }
     let group_names: Vec<String> = group_by.iter().map(|(name, _)| name.clone()).collect();
     let threshold = raw.threshold.as_ref().map(|threshold| {
@@ -801,7 +812,9 @@ fn compile_filter(raw: &Spanned<RawFilter>, budget: &mut RegexBudget, errors: &m
             format!("{key}: one filter takes one of equals, in, regex"),
         ),
         (Some(field), [_]) => {
-            let field_name = Field::named(field.get_ref());
+            let Some(field_name) = field_named(field, "field", errors) else {
+                return Filter::All(Vec::new());
+            };
             if let Some(equals) = &filter.equals {
                 parts.push(Filter::Equals(field_name, equals.get_ref().clone()));
             } else if let Some(in_list) = &filter.in_list {
@@ -838,6 +851,19 @@ fn compile_filter(raw: &Spanned<RawFilter>, budget: &mut RegexBudget, errors: &m
         return parts.pop().expect("one part");
     }
     Filter::All(parts)
+}
+
+/// The event field a filter's `field` or a `group_by` entry names (see [`Field::named`]);
+/// `None`, with the error placed, for a bare `extra.`.
+fn field_named(name: &Spanned<String>, key: &str, errors: &mut Errors<'_>) -> Option<Field> {
+    if name.get_ref() == EXTRA_PREFIX {
+        errors.at(
+            name.span(),
+            format!("{key} names {EXTRA_PREFIX:?}, no field: write extra.NAME for the extra field NAME"),
+        );
+        return None;
+    }
+    Some(Field::named(name.get_ref()))
 }
 
 fn compile_regex(pattern: &Spanned<String>, budget: &mut RegexBudget, errors: &mut Errors<'_>) -> Option<regex::Regex> {
@@ -1136,6 +1162,46 @@ annotations = { summary = \"{nope}\" }
         assert!(
             errors_of("[[rules]]\nname = \"a\"\ntype = \"any\"\nfilter = { message = \"(?i)password|secret\" }\n")
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn extra_fields_are_named_bare_or_with_the_extra_prefix() {
+        let rules = compile(
+            "r.toml",
+            "[[rules]]\nname = \"f\"\ntype = \"frequency\"\nthreshold = 1\nwindow = \"1m\"\n\
+             group_by = [\"extra.region\"]\nfilter = { field = \"extra.zone\", equals = \"a\" }\n",
+        )
+        .unwrap();
+        let rule = &rules.rules()[0];
+        assert_eq!(
+            rule.group_by,
+            [("extra.region".to_string(), Field::Extra("region".into()))]
+        );
+        let event = |zone: &str| crate::event::LogEvent {
+            id: "a:1:0".into(),
+            timestamp: "2026-12-01T12:00:00Z".into(),
+            level: crate::event::Level::Info,
+            service: "api".into(),
+            host: "h".into(),
+            message: "m".into(),
+            extra: [("zone".to_string(), zone.to_string())].into(),
+        };
+        assert!(rule.filter.matches(&event("a")));
+        assert!(!rule.filter.matches(&event("b")));
+        let rule = |keys: &str| {
+            format!("[[rules]]\nname = \"f\"\ntype = \"frequency\"\nthreshold = 1\nwindow = \"1m\"\n{keys}\n")
+        };
+        assert_eq!(
+            errors_of(&rule("group_by = [\"region\", \"extra.region\", \"extra.\"]")),
+            [
+                "r.toml:6:23: group_by names one field twice: \"region\" and \"extra.region\"",
+                "r.toml:6:39: group_by names \"extra.\", no field: write extra.NAME for the extra field NAME",
+            ]
+        );
+        assert_eq!(
+            errors_of(&rule("filter = { field = \"extra.\", equals = \"a\" }")),
+            ["r.toml:6:20: field names \"extra.\", no field: write extra.NAME for the extra field NAME"]
         );
     }
 }

@@ -9,7 +9,7 @@
 //!   written as [`FIGURE_MARK`]`name`[`FIGURE_MARK`] and every mark in text taken from the
 //!   event is replaced by U+FFFD, so the script replaces exactly the figures
 
-use super::field::Field;
+use super::field::{EXTRA_PREFIX, Field};
 use super::plan::FIGURE_MARK;
 use crate::event::LogEvent;
 
@@ -147,7 +147,7 @@ fn resolve(name: &str, names: &Names<'_>) -> Result<Resolved, String> {
     if let Some(index) = names.group_by.iter().position(|field| field == name) {
         return Ok(Resolved::Segment(Segment::Group(index)));
     }
-    if let Some(extra) = name.strip_prefix("extra.")
+    if let Some(extra) = name.strip_prefix(EXTRA_PREFIX)
         && !extra.is_empty()
     {
         return Ok(Resolved::Segment(Segment::Event(Field::Extra(extra.to_string()))));
