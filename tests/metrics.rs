@@ -358,3 +358,107 @@ fn healthcheck_url_probes_readyz() {
     assert!(!nobody.status.success());
     stop_gracefully(police);
 }
+
+/// Connections the admin listener serves at once (README, "Operating").
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the process's descriptors")
+        .count()
+}
+
+/// Reads until the server closes: `Ok` once it did (EOF or a reset), `Err` on the timeout.
+fn read_until_closed(stream: &mut TcpStream) -> Result<(), std::io::Error> {
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// A child killed if the test fails before it stops it.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn id(&self) -> u32 {
+        self.0.as_ref().expect("not stopped yet").id()
+    }
+
+    fn take(mut self) -> Child {
+        self.0.take().expect("not stopped yet")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn slow_and_idle_admin_connections_are_closed_and_capped() {
+    let redis = TestRedis::start(&[]);
+    let admin = free_address();
+    let police = KillOnDrop(Some(spawn_police_with_admin(&redis.url(), "slowloris-police", &admin)));
+    wait_for_status(&admin, "/readyz", 200);
+    let baseline_fds = open_fds(police.id());
+    // More than the cap: half a request line each (slowloris), and some that send nothing.
+    let mut idle = Vec::new();
+    for index in 0..ADMIN_MAX_CONNECTIONS + 100 {
+        let mut stream = TcpStream::connect(&admin).expect("connect to the admin listener");
+        if index % 10 != 0 {
+            stream.write_all(b"GET /metr").expect("send half a request line");
+        }
+        stream.set_read_timeout(Some(DEADLINE)).expect("set a read deadline");
+        idle.push(stream);
+    }
+    // A scrape queued behind the full cap: answered once the idle ones are closed.
+    let scrape_address = admin.clone();
+    let scrape = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(&scrape_address).expect("connect for the scrape");
+        stream.set_read_timeout(Some(DEADLINE)).expect("set a read deadline");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {scrape_address}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the scrape");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).map(|_| response)
+    });
+    // Descriptors of the police other than these connections come and go (a probe's
+    // connection closing, a Redis reconnection): a few of slack either way.
+    let slack = 16;
+    let mut most_fds = 0;
+    let started = std::time::Instant::now();
+    while most_fds + slack < baseline_fds + ADMIN_MAX_CONNECTIONS {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the listener never took up to its cap: {most_fds} fds at most, {baseline_fds} before"
+        );
+        most_fds = most_fds.max(open_fds(police.id()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (closed_before, stream) in idle.iter_mut().enumerate() {
+        most_fds = most_fds.max(open_fds(police.id()));
+        read_until_closed(stream).unwrap_or_else(|error| {
+            panic!("an idle connection stayed open ({closed_before} closed before it): {error}")
+        });
+    }
+    assert!(
+        most_fds <= baseline_fds + ADMIN_MAX_CONNECTIONS + slack,
+        "{most_fds} fds open at most, {baseline_fds} before the flood"
+    );
+    let response = scrape
+        .join()
+        .expect("the scrape thread")
+        .expect("the scrape queued behind the cap is answered");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("logsentinel_build_info"), "{response}");
+    assert_eq!(http_get(&admin, "/healthz").map(|(status, _)| status), Some(200));
+    stop_gracefully(police.take());
+}
