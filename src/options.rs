@@ -58,6 +58,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The value of `--log-format` (and `LOGSENTINEL_LOG_FORMAT`) that selects this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// What to do with a batch when the spool is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
