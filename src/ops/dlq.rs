@@ -19,6 +19,9 @@
 //! - an entry replayed [`MAX_REPLAYS`] times is refused without `--force`, and a cut raw is
 //!   never replayed (it would store a truncated entry)
 //! - a purge asks on a terminal and needs `--yes` otherwise
+//! - `replay` says of each named id that is no dead letter (never was, or replayed or
+//!   purged by another shell first) that it is missing, and counts it apart from refusals:
+//!   a refused entry is still there, a missing one is not
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -290,8 +293,8 @@ async fn replay(
                 match one(connection, dead, dead_id).await? {
                     Some(entry) => replay_one(connection, dead, &entry, dry_run, force, &mut totals).await?,
                     None => {
-                        eprintln!("dlq: no dead letter {dead_id} in {}", dead.key);
-                        totals.refused += 1;
+                        eprintln!("dlq: missing {dead_id}: no such dead letter in {}", dead.key);
+                        totals.missing += 1;
                     }
                 }
             }
@@ -320,10 +323,10 @@ async fn replay(
     }
     let verb = if dry_run { "would replay" } else { "replayed" };
     eprintln!(
-        "dlq: {verb} {} dead letters of {}, refused {}, gone meanwhile {}",
-        totals.replayed, dead.key, totals.refused, totals.gone
+        "dlq: {verb} {} dead letters of {}, refused {}, missing {}",
+        totals.replayed, dead.key, totals.refused, totals.missing
     );
-    Ok(if totals.refused == 0 {
+    Ok(if totals.refused == 0 && totals.missing == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -333,8 +336,11 @@ async fn replay(
 #[derive(Default)]
 struct ReplayTotals {
     replayed: u64,
+    /// Dead letters there and left there: replayed too often, or not rebuildable.
     refused: u64,
-    gone: u64,
+    /// Named ids that are not (or no longer) dead letters: never were, replayed or purged
+    /// by another shell before this one could.
+    missing: u64,
 }
 
 async fn replay_one(
@@ -369,8 +375,11 @@ async fn replay_one(
         Some(new_id) if new_id != "list" => println!("{} replayed to {destination} as {new_id}", entry.id),
         Some(_) => println!("{} replayed to {destination}", entry.id),
         None => {
-            eprintln!("dlq: {} was removed meanwhile (replayed or purged elsewhere)", entry.id);
-            totals.gone += 1;
+            eprintln!(
+                "dlq: missing {}: removed from {} meanwhile (replayed or purged elsewhere)",
+                entry.id, dead.key
+            );
+            totals.missing += 1;
             return Ok(());
         }
     }
