@@ -322,6 +322,11 @@ fn an_admin_port_in_use_stops_startup_naming_the_option() {
             stderr.contains(&format!("cannot listen on --admin-listen {address}")),
             "{role}: {stderr}"
         );
+        assert_eq!(
+            stderr.matches("in use (os error").count(),
+            1,
+            "{role}: the cause is said once: {stderr}"
+        );
     }
     let (code, printed) = {
         let output = logsentinel(&redis.url())

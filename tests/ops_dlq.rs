@@ -349,3 +349,40 @@ fn of_two_concurrent_replays_of_one_id_the_second_finds_it_missing() {
     assert_eq!(stream_length(&mut connection), 1, "re-added once");
     assert_eq!(dead_length(&mut connection, "logsentinel:dead"), 0);
 }
+
+#[test]
+fn an_invalid_id_is_named_once_with_what_an_id_looks_like() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    for action in ["show", "replay", "purge"] {
+        let output = dlq(&url, &[action, "nonsense"]);
+        let stderr = stderr_text(&output);
+        assert_eq!(output.status.code(), Some(2), "{action}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            r#"logsentinel: "nonsense" is not a dead-letter id (an id looks like 1796136907689-0)"#,
+            "{action}"
+        );
+    }
+}
+
+#[test]
+fn a_purge_without_yes_and_without_a_terminal_says_what_to_do() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let first = replayable_letter(&mut connection);
+    let second = replayable_letter(&mut connection);
+    let output = logsentinel(&url)
+        .args(["dlq", "purge", &first, &second])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run dlq purge");
+    let stderr = stderr_text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "logsentinel: refusing to purge 2 named dead letters from logsentinel:dead without --yes (stdin is not a terminal)"
+    );
+    assert_eq!(dead_length(&mut connection, "logsentinel:dead"), 2);
+}

@@ -79,12 +79,13 @@ const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// an unscraped process does not keep every sample.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The cause is part of the message and deliberately not a `source`: the binary prints an
+/// error with its chain, which would repeat the cause.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on --admin-listen {address}: {source} (set another address, or off)")]
+#[error("cannot listen on --admin-listen {address}: {io_error} (set another address, or off)")]
 pub struct AdminError {
     pub address: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    pub io_error: std::io::Error,
 }
 
 struct AdminState {
@@ -129,10 +130,10 @@ pub async fn start(
 ) -> Result<SocketAddr, AdminError> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|source| AdminError { address, source })?;
+        .map_err(|io_error| AdminError { address, io_error })?;
     let bound = listener
         .local_addr()
-        .map_err(|source| AdminError { address, source })?;
+        .map_err(|io_error| AdminError { address, io_error })?;
     let metrics = recorder();
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "role" => role.name()).set(1.0);
     let upkeep_handle = metrics.clone();
