@@ -467,3 +467,71 @@ fn slow_and_idle_admin_connections_are_closed_and_capped() {
     assert_eq!(http_get(&admin, "/healthz").map(|(status, _)| status), Some(200));
     stop_gracefully(police.take());
 }
+
+#[test]
+fn matches_beyond_max_groups_are_counted_in_the_metrics() {
+    use logsentinel::police::rules::window;
+    let redis = TestRedis::start(&[]);
+    let mut connection = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "max_groups = 1\n[[rules]]\nname = \"per_service\"\ntype = \"frequency\"\n\
+         group_by = [\"service\"]\nthreshold = 5\nwindow = \"1h\"\n",
+    )
+    .unwrap();
+    // Two matches of each of two groups: the second group is one too many.
+    let now_ms = window::now_ms();
+    for (sequence, service) in ["api", "api", "web", "web"].iter().enumerate() {
+        let event = serde_json::json!({
+            "id": format!("m:1:{sequence}"),
+            "timestamp": window::rfc3339(now_ms),
+            "level": "ERROR",
+            "service": service,
+            "host": "h1",
+            "message": "m",
+        });
+        let _: String = redis::cmd("XADD")
+            .arg("logsentinel:logs")
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .arg("event")
+            .arg(event.to_string())
+            .query(&mut connection)
+            .unwrap();
+    }
+    let admin = free_address();
+    let rules_path = rules.display().to_string();
+    let police = KillOnDrop(Some(spawn_police(
+        &redis.url(),
+        "bounded-police",
+        &["--rules", &rules_path, "--admin-listen", &admin],
+    )));
+    let mut text = String::new();
+    wait_until("the four events processed", DEADLINE, || {
+        if let Some((200, page)) = http_get(&admin, "/metrics") {
+            text = page;
+        }
+        sample(&text, "logsentinel_police_events_processed_total") == 4.0
+    });
+    let dropped = "logsentinel_police_rule_matches_dropped_total";
+    assert_eq!(
+        sample(&text, &format!("{dropped}{{reason=\"over_limit\"}}")),
+        2.0,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{dropped}{{reason=\"over_maxmemory\"}} 0")),
+        "{text}"
+    );
+    let stats = counters(&mut connection, "logsentinel:logs:stats");
+    assert_eq!(
+        stats.get("over_limit"),
+        Some(&2),
+        "the metric is the stats hash's figure"
+    );
+    promtool_check(&text, "police with bounded rules");
+    stop_gracefully(police.take());
+}
