@@ -230,6 +230,12 @@ fn readyz_is_503_from_the_start_of_a_stop() {
     wait_for_status(&admin, "/readyz", 200);
     redis.server.kill();
     wait_for_status(&admin, "/readyz", 503);
+    // A batch in hand that Redis refused: the stop has to wait for it. (Stopped between two
+    // batches, with nothing in hand, the agent would exit at once.)
+    wait_until("a failed ship", DEADLINE, || {
+        http_get(&admin, "/metrics")
+            .is_some_and(|(_, text)| sample(&text, "logsentinel_errors_total{stage=\"ship\"}") >= 1.0)
+    });
     sigterm(&agent);
     let mut stopping = (0, String::new());
     wait_until("readyz to name the stop", DEADLINE, || {
