@@ -31,6 +31,10 @@ pub enum ConfigError {
     File { path: PathBuf, problem: String },
     #[error("invalid config: {key}: {problem}")]
     Option { key: String, problem: String },
+    /// A command asked for something it cannot do as asked, with what to do instead
+    /// (`refusing to purge … without --yes`): exit 2, like a bad option.
+    #[error("{problem}")]
+    Usage { problem: String },
 }
 
 /// Largest alert dedup ttl, in seconds (ten years).

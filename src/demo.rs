@@ -25,8 +25,9 @@ use crate::broker::{self, errors::redact_url, keys::Keys};
 use crate::cli::DemoArgs;
 use crate::config::{BrokerConfig, ConfigError};
 use crate::local_redis::{self, LocalRedis};
-use crate::progress::{Progress, summary_line};
+use crate::progress::{self, Figure, Progress, summary_line};
 use crate::status::{self, Status};
+use crate::telemetry;
 
 const AGENTS: usize = 3;
 const POLICE: usize = 2;
@@ -66,9 +67,12 @@ pub async fn run(
         Some(_) => format!("redis-server on {url}"),
         None => format!("the Redis at {}", redact_url(&url)),
     };
-    eprintln!(
-        "[demo] {where_redis_is}, {AGENTS} agents at {} events/s each, {POLICE} police, {}",
-        args.rate, args.duration
+    progress::note(
+        "[demo]",
+        &format!(
+            "{where_redis_is}, {AGENTS} agents at {} events/s each, {POLICE} police, {}",
+            args.rate, args.duration
+        ),
     );
 
     let mut connection = broker::connect(&url)
@@ -134,7 +138,7 @@ async fn stop(
     baseline: &Totals,
     started: Instant,
 ) -> anyhow::Result<()> {
-    eprintln!("[demo] stopping agents");
+    progress::note("[demo]", "stopping agents");
     let mut first_failure: Option<anyhow::Error> = None;
     let mut sent_events = 0u64;
     fleet.agents.iter().for_each(terminate);
@@ -146,9 +150,9 @@ async fn stop(
             }
         }
     }
-    eprintln!("[demo] waiting for the police to drain the stream");
+    progress::note("[demo]", "waiting for the police to drain the stream");
     let drained = drain(connection, keys, baseline, sent_events).await;
-    eprintln!("[demo] stopping police");
+    progress::note("[demo]", "stopping police");
     fleet.police.iter().for_each(terminate);
     for police in &mut fleet.police {
         if let Err(error) = wait_for_exit(police).await {
@@ -166,11 +170,11 @@ async fn stop(
         summary_line(
             "demo",
             &[
-                ("sent", sent_events.to_string()),
-                ("processed", totals.processed.to_string()),
-                ("alerts", totals.alerts.to_string()),
-                ("dead", totals.dead.to_string()),
-                ("elapsed_s", format!("{:.1}", started.elapsed().as_secs_f64())),
+                ("sent", sent_events.into()),
+                ("processed", totals.processed.into()),
+                ("alerts", totals.alerts.into()),
+                ("dead", totals.dead.into()),
+                ("elapsed_s", Figure::Decimal(started.elapsed().as_secs_f64(), 1)),
             ],
         )
     );
@@ -282,6 +286,8 @@ fn child_command(exe: &std::path::Path, url: &str, keys: &Keys) -> Command {
         .env("LOGSENTINEL_DEAD_STREAM", &keys.dead)
         .env("LOGSENTINEL_KEY", &keys.list)
         .env("LOGSENTINEL_LOG", "warn")
+        // Their log lines share the demo's stderr: the same format.
+        .env("LOGSENTINEL_LOG_FORMAT", telemetry::format().as_str())
         // Five processes on one host: the default admin ports would collide.
         .env("LOGSENTINEL_ADMIN_LISTEN", "off")
         .stdin(Stdio::null())

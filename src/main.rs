@@ -42,11 +42,26 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
         Err(error) => {
             eprintln!(
                 "logsentinel: {}",
-                broker::errors::redact_credentials(&format!("{error:#}"))
+                broker::errors::redact_credentials(&error_with_causes(&error))
             );
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by `: ` (as `{:#}` prints them), each cause said once:
+/// many errors quote their source in their own message (Redis's do), and a cause the line
+/// already holds is left out.
+fn error_with_causes(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+    }
+    text
 }
 
 async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {

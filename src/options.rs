@@ -53,9 +53,19 @@ pub enum LogFormat {
     /// `2026-01-01T00:00:00Z  INFO message key=value`, for people
     #[default]
     Text,
-    /// One JSON object per line (`timestamp`, `level`, `fields.message`, the other fields
-    /// beside it), for log collectors
+    /// One JSON object per line, every name at the top level (`timestamp`, `level`,
+    /// `message` and the fields the text format prints as `key=value`), for log collectors
     Json,
+}
+
+impl LogFormat {
+    /// The value of `--log-format` (and `LOGSENTINEL_LOG_FORMAT`) that selects this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// What to do with a batch when the spool is full.
@@ -229,6 +239,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_log_format_help_says_message_is_at_the_top_level() {
+        // The subscriber flattens events (telemetry.rs): no `fields` object.
+        let help = clap::ValueEnum::to_possible_value(&LogFormat::Json)
+            .and_then(|value| value.get_help().map(ToString::to_string))
+            .expect("the variant has a help text");
+        assert!(help.contains("`message`") && help.contains("top level"), "{help}");
+        assert!(!help.contains("fields."), "{help}");
+    }
 
     #[test]
     fn durations_read_human_units_and_bare_numbers_in_the_old_unit() {

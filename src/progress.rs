@@ -4,11 +4,19 @@
 //! On a terminal a bar redraws in place; otherwise (CI, a container's log) a plain line is
 //! printed at the first update and then at most every [`PLAIN_LINE_EVERY`], so a long run
 //! leaves a short log. Progress never goes to stdout, which stays for results.
+//!
+//! With `--log-format json` the plain lines, the notes and the summary are JSON objects like
+//! the log lines around them (`timestamp`, `level`, `message`, then the fields at the top
+//! level, named as in the text format), so that every line on stderr parses as JSON.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::options::LogFormat;
+use crate::telemetry;
 
 /// Interval between plain progress lines when stderr is not a terminal.
 pub const PLAIN_LINE_EVERY: Duration = Duration::from_secs(10);
@@ -69,9 +77,15 @@ impl Progress {
             bar.set_message(note.to_string());
             return;
         }
-        if let Some(line) = self.plain_line(done, note, Instant::now()) {
-            eprintln!("{line}");
+        let now = Instant::now();
+        if !self.plain_line_due(now) {
+            return;
         }
+        let line = match telemetry::format() {
+            LogFormat::Text => self.plain_line(done, note, now),
+            LogFormat::Json => self.json_line(done, note, now),
+        };
+        eprintln!("{line}");
     }
 
     /// The last count reported.
@@ -79,15 +93,21 @@ impl Progress {
         self.done
     }
 
-    /// The plain line due at `now`, if one is due.
-    fn plain_line(&mut self, done: u64, note: &str, now: Instant) -> Option<String> {
+    /// Whether a line is due at `now`: the first one, then one per [`PLAIN_LINE_EVERY`].
+    /// Marks it printed.
+    fn plain_line_due(&mut self, now: Instant) -> bool {
         if self
             .last_line_at
             .is_some_and(|last| now.duration_since(last) < PLAIN_LINE_EVERY)
         {
-            return None;
+            return false;
         }
         self.last_line_at = Some(now);
+        true
+    }
+
+    /// `[agent] progress: 50/100 events after 10 s, lag 3`.
+    fn plain_line(&self, done: u64, note: &str, now: Instant) -> String {
         let elapsed_s = now.duration_since(self.started).as_secs();
         let count = match self.total {
             Some(total) => format!("{done}/{total} {}", self.unit),
@@ -98,7 +118,21 @@ impl Progress {
         } else {
             format!(", {note}")
         };
-        Some(format!("{} progress: {count} after {elapsed_s} s{note}", self.label))
+        format!("{} progress: {count} after {elapsed_s} s{note}", self.label)
+    }
+
+    /// The same as [`Self::plain_line`], as a JSON log line.
+    fn json_line(&self, done: u64, note: &str, now: Instant) -> String {
+        let mut fields = vec![("done".to_string(), json!(done))];
+        if let Some(total) = self.total {
+            fields.push(("total".into(), json!(total)));
+        }
+        fields.push(("unit".into(), json!(self.unit)));
+        fields.push(("elapsed_s".into(), json!(now.duration_since(self.started).as_secs())));
+        if !note.is_empty() {
+            fields.push(("note".into(), json!(note)));
+        }
+        json_log_line(self.label, "progress", fields)
     }
 
     /// Removes the bar (plain lines stay, they are the log).
@@ -109,17 +143,119 @@ impl Progress {
     }
 }
 
-/// `label key=value key=value …`: one line a script can parse. Values with spaces are quoted.
-pub fn summary_line(label: &str, pairs: &[(&str, String)]) -> String {
+/// One value of a summary line: counts and decimals are JSON numbers, text a JSON string.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Figure {
+    Count(u64),
+    /// A decimal printed with this many places (`elapsed_s=3.011`).
+    Decimal(f64, usize),
+    Text(String),
+}
+
+impl Figure {
+    fn text(&self) -> String {
+        match self {
+            Figure::Count(count) => count.to_string(),
+            Figure::Decimal(value, places) => format!("{value:.places$}"),
+            Figure::Text(text) => text.clone(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            Figure::Count(count) => json!(count),
+            // The number as the text line shows it; a NaN or an infinity is no JSON number.
+            Figure::Decimal(..) => serde_json::from_str::<serde_json::Number>(&self.text())
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            Figure::Text(text) => json!(text),
+        }
+    }
+}
+
+impl From<u64> for Figure {
+    fn from(count: u64) -> Figure {
+        Figure::Count(count)
+    }
+}
+
+impl From<usize> for Figure {
+    fn from(count: usize) -> Figure {
+        Figure::Count(count as u64)
+    }
+}
+
+impl From<String> for Figure {
+    fn from(text: String) -> Figure {
+        Figure::Text(text)
+    }
+}
+
+impl From<&str> for Figure {
+    fn from(text: &str) -> Figure {
+        Figure::Text(text.to_string())
+    }
+}
+
+/// The line that ends a run, in the format of the logs: in text `label summary: key=value
+/// key=value …`, one line a script can split on spaces and `=` (values with spaces are
+/// quoted); in JSON `{"timestamp":…,"level":"INFO","message":"summary","label":…, key: value…}`.
+pub fn summary_line(label: &str, pairs: &[(&str, Figure)]) -> String {
+    match telemetry::format() {
+        LogFormat::Text => summary_text(label, pairs),
+        LogFormat::Json => {
+            let fields = pairs
+                .iter()
+                .map(|(key, figure)| (key.to_string(), figure.json()))
+                .collect();
+            json_log_line(label, "summary", fields)
+        }
+    }
+}
+
+fn summary_text(label: &str, pairs: &[(&str, Figure)]) -> String {
     let mut line = format!("{label} summary:");
-    for (key, value) in pairs {
+    for (key, figure) in pairs {
         debug_assert!(!key.contains([' ', '=']), "summary keys are plain words");
+        let value = figure.text();
         if value.is_empty() || value.contains([' ', '"', '=']) {
             line.push_str(&format!(" {key}={value:?}"));
         } else {
             line.push_str(&format!(" {key}={value}"));
         }
     }
+    line
+}
+
+/// Prints a note of a run on stderr: `[demo] stopping agents`, or a JSON log line.
+pub fn note(label: &str, message: &str) {
+    let line = match telemetry::format() {
+        LogFormat::Text => format!("{label} {message}"),
+        LogFormat::Json => json_log_line(label, message, Vec::new()),
+    };
+    eprintln!("{line}");
+}
+
+/// A line shaped like the JSON logs (see [`crate::telemetry`]): `timestamp`, `level`,
+/// `message`, `label` (the run: `agent`, `demo`, `bench`, without brackets), then `fields`
+/// in their order. Written by hand: a JSON map would sort the keys.
+fn json_log_line(label: &str, message: &str, fields: Vec<(String, Value)>) -> String {
+    let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let label = label.trim_start_matches('[').trim_end_matches(']');
+    let mut line = format!(
+        r#"{{"timestamp":{},"level":"INFO","message":{},"label":{}"#,
+        json!(timestamp),
+        json!(message),
+        json!(label)
+    );
+    for (key, value) in fields {
+        debug_assert!(
+            !["timestamp", "level", "message", "label"].contains(&key.as_str()),
+            "a field named like a log key: {key}"
+        );
+        line.push_str(&format!(",{}:{value}", json!(key)));
+    }
+    line.push('}');
     line
 }
 
@@ -131,18 +267,45 @@ mod tests {
     fn plain_lines_come_first_at_once_then_every_ten_seconds() {
         let mut progress = Progress::with_terminal("[agent]", "events", Some(100), false);
         let start = progress.started;
-        let first = progress.plain_line(1, "", start).expect("the first update prints");
+        assert!(progress.plain_line_due(start), "the first update prints");
+        let first = progress.plain_line(1, "", start);
         assert_eq!(first, "[agent] progress: 1/100 events after 0 s");
-        assert!(progress.plain_line(2, "", start + Duration::from_secs(9)).is_none());
-        let later = progress
-            .plain_line(50, "lag 3", start + Duration::from_secs(10))
-            .expect("ten seconds later");
+        assert!(!progress.plain_line_due(start + Duration::from_secs(9)));
+        let later_at = start + Duration::from_secs(10);
+        assert!(progress.plain_line_due(later_at), "ten seconds later");
+        let later = progress.plain_line(50, "lag 3", later_at);
         assert_eq!(later, "[agent] progress: 50/100 events after 10 s, lag 3");
+        let as_json: Value = serde_json::from_str(&progress.json_line(50, "lag 3", later_at)).unwrap();
+        assert_eq!(as_json["message"], "progress");
+        assert_eq!(as_json["label"], "agent");
+        assert_eq!(as_json["done"], 50);
+        assert_eq!(as_json["total"], 100);
+        assert_eq!(as_json["elapsed_s"], 10);
+        assert_eq!(as_json["note"], "lag 3");
     }
 
     #[test]
     fn summary_values_with_spaces_are_quoted() {
-        let line = summary_line("agent", &[("events", "10".into()), ("error", "redis refused".into())]);
-        assert_eq!(line, r#"agent summary: events=10 error="redis refused""#);
+        let line = summary_text(
+            "agent",
+            &[
+                ("events", 10u64.into()),
+                ("elapsed_s", Figure::Decimal(3.0, 3)),
+                ("error", "redis refused".into()),
+            ],
+        );
+        assert_eq!(
+            line,
+            r#"agent summary: events=10 elapsed_s=3.000 error="redis refused""#
+        );
+    }
+
+    #[test]
+    fn summary_figures_are_json_numbers_and_strings() {
+        assert_eq!(Figure::Count(7).json(), json!(7));
+        assert_eq!(Figure::Decimal(3.0114, 3).json(), json!(3.011));
+        assert_eq!(Figure::Decimal(1993.4, 0).json(), json!(1993));
+        assert_eq!(Figure::Decimal(f64::NAN, 1).json(), Value::Null);
+        assert_eq!(Figure::from("web-1").json(), json!("web-1"));
     }
 }

@@ -6,6 +6,7 @@
 //! an error of a library may quote a URL that no call site saw.
 
 use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -13,8 +14,18 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::broker::errors::redact_credentials;
 use crate::options::LogFormat;
 
+/// The format chosen at [`init`]; text before it (unit tests, library use).
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// The format of log lines, for the lines written beside `tracing` (progress, summaries),
+/// which must come out in the same format, and for child processes, which inherit it.
+pub fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or_default()
+}
+
 /// Starts logging. `silent` turns it off (a full-screen view owns the terminal).
 pub fn init(format: LogFormat, silent: bool) {
+    let _ = FORMAT.set(format);
     let filter = if silent {
         EnvFilter::new("off")
     } else {

@@ -230,6 +230,12 @@ fn readyz_is_503_from_the_start_of_a_stop() {
     wait_for_status(&admin, "/readyz", 200);
     redis.server.kill();
     wait_for_status(&admin, "/readyz", 503);
+    // A batch in hand that Redis refused: the stop has to wait for it. (Stopped between two
+    // batches, with nothing in hand, the agent would exit at once.)
+    wait_until("a failed ship", DEADLINE, || {
+        http_get(&admin, "/metrics")
+            .is_some_and(|(_, text)| sample(&text, "logsentinel_errors_total{stage=\"ship\"}") >= 1.0)
+    });
     sigterm(&agent);
     let mut stopping = (0, String::new());
     wait_until("readyz to name the stop", DEADLINE, || {
@@ -322,6 +328,11 @@ fn an_admin_port_in_use_stops_startup_naming_the_option() {
             stderr.contains(&format!("cannot listen on --admin-listen {address}")),
             "{role}: {stderr}"
         );
+        assert_eq!(
+            stderr.matches("in use (os error").count(),
+            1,
+            "{role}: the cause is said once: {stderr}"
+        );
     }
     let (code, printed) = {
         let output = logsentinel(&redis.url())
@@ -357,4 +368,176 @@ fn healthcheck_url_probes_readyz() {
     let nobody = probe(&format!("http://{}/readyz", free_address()));
     assert!(!nobody.status.success());
     stop_gracefully(police);
+}
+
+/// Connections the admin listener serves at once (README, "Operating").
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the process's descriptors")
+        .count()
+}
+
+/// Reads until the server closes: `Ok` once it did (EOF or a reset), `Err` on the timeout.
+fn read_until_closed(stream: &mut TcpStream) -> Result<(), std::io::Error> {
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// A child killed if the test fails before it stops it.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn id(&self) -> u32 {
+        self.0.as_ref().expect("not stopped yet").id()
+    }
+
+    fn take(mut self) -> Child {
+        self.0.take().expect("not stopped yet")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn slow_and_idle_admin_connections_are_closed_and_capped() {
+    let redis = TestRedis::start(&[]);
+    let admin = free_address();
+    let police = KillOnDrop(Some(spawn_police_with_admin(&redis.url(), "slowloris-police", &admin)));
+    wait_for_status(&admin, "/readyz", 200);
+    let baseline_fds = open_fds(police.id());
+    // More than the cap: half a request line each (slowloris), and some that send nothing.
+    let mut idle = Vec::new();
+    for index in 0..ADMIN_MAX_CONNECTIONS + 100 {
+        let mut stream = TcpStream::connect(&admin).expect("connect to the admin listener");
+        if index % 10 != 0 {
+            stream.write_all(b"GET /metr").expect("send half a request line");
+        }
+        stream.set_read_timeout(Some(DEADLINE)).expect("set a read deadline");
+        idle.push(stream);
+    }
+    // A scrape queued behind the full cap: answered once the idle ones are closed.
+    let scrape_address = admin.clone();
+    let scrape = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(&scrape_address).expect("connect for the scrape");
+        stream.set_read_timeout(Some(DEADLINE)).expect("set a read deadline");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {scrape_address}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the scrape");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).map(|_| response)
+    });
+    // Descriptors of the police other than these connections come and go (a probe's
+    // connection closing, a Redis reconnection): a few of slack either way.
+    let slack = 16;
+    let mut most_fds = 0;
+    let started = std::time::Instant::now();
+    while most_fds + slack < baseline_fds + ADMIN_MAX_CONNECTIONS {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the listener never took up to its cap: {most_fds} fds at most, {baseline_fds} before"
+        );
+        most_fds = most_fds.max(open_fds(police.id()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (closed_before, stream) in idle.iter_mut().enumerate() {
+        most_fds = most_fds.max(open_fds(police.id()));
+        read_until_closed(stream).unwrap_or_else(|error| {
+            panic!("an idle connection stayed open ({closed_before} closed before it): {error}")
+        });
+    }
+    assert!(
+        most_fds <= baseline_fds + ADMIN_MAX_CONNECTIONS + slack,
+        "{most_fds} fds open at most, {baseline_fds} before the flood"
+    );
+    let response = scrape
+        .join()
+        .expect("the scrape thread")
+        .expect("the scrape queued behind the cap is answered");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("logsentinel_build_info"), "{response}");
+    assert_eq!(http_get(&admin, "/healthz").map(|(status, _)| status), Some(200));
+    stop_gracefully(police.take());
+}
+
+#[test]
+fn matches_beyond_max_groups_are_counted_in_the_metrics() {
+    use logsentinel::police::rules::window;
+    let redis = TestRedis::start(&[]);
+    let mut connection = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "max_groups = 1\n[[rules]]\nname = \"per_service\"\ntype = \"frequency\"\n\
+         group_by = [\"service\"]\nthreshold = 5\nwindow = \"1h\"\n",
+    )
+    .unwrap();
+    // Two matches of each of two groups: the second group is one too many.
+    let now_ms = window::now_ms();
+    for (sequence, service) in ["api", "api", "web", "web"].iter().enumerate() {
+        let event = serde_json::json!({
+            "id": format!("m:1:{sequence}"),
+            "timestamp": window::rfc3339(now_ms),
+            "level": "ERROR",
+            "service": service,
+            "host": "h1",
+            "message": "m",
+        });
+        let _: String = redis::cmd("XADD")
+            .arg("logsentinel:logs")
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .arg("event")
+            .arg(event.to_string())
+            .query(&mut connection)
+            .unwrap();
+    }
+    let admin = free_address();
+    let rules_path = rules.display().to_string();
+    let police = KillOnDrop(Some(spawn_police(
+        &redis.url(),
+        "bounded-police",
+        &["--rules", &rules_path, "--admin-listen", &admin],
+    )));
+    let mut text = String::new();
+    wait_until("the four events processed", DEADLINE, || {
+        if let Some((200, page)) = http_get(&admin, "/metrics") {
+            text = page;
+        }
+        sample(&text, "logsentinel_police_events_processed_total") == 4.0
+    });
+    let dropped = "logsentinel_police_rule_matches_dropped_total";
+    assert_eq!(
+        sample(&text, &format!("{dropped}{{reason=\"over_limit\"}}")),
+        2.0,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{dropped}{{reason=\"over_maxmemory\"}} 0")),
+        "{text}"
+    );
+    let stats = counters(&mut connection, "logsentinel:logs:stats");
+    assert_eq!(
+        stats.get("over_limit"),
+        Some(&2),
+        "the metric is the stats hash's figure"
+    );
+    promtool_check(&text, "police with bounded rules");
+    stop_gracefully(police.take());
 }

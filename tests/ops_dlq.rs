@@ -264,3 +264,125 @@ fn a_sink_dead_letter_goes_back_to_that_sink_only() {
     assert_eq!(replayed_record["replay_count"], 1);
     assert_eq!(dead_length(&mut connection, "logsentinel:dead:sink:hook"), 0);
 }
+
+fn stderr_text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// A dead letter of a one-event entry of `logsentinel:logs`, replayable as it is.
+fn replayable_letter(connection: &mut redis::Connection) -> String {
+    let raw = serde_json::json!({"v": "1", "event": critical_event("e:1:0", "fixed")}).to_string();
+    xadd(
+        connection,
+        "logsentinel:dead",
+        "*",
+        &[
+            ("reason", "malformed event: x"),
+            ("source", "logsentinel:logs"),
+            ("entry", "1-0"),
+            ("raw", &raw),
+        ],
+    )
+}
+
+#[test]
+fn a_replay_of_an_id_that_is_no_dead_letter_reports_it_missing_not_refused() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let letter = replayable_letter(&mut connection);
+    let replayed = dlq(&url, &["replay", "1-0", &letter]);
+    let stderr = stderr_text(&replayed);
+    assert_eq!(replayed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dlq: missing 1-0: no such dead letter in logsentinel:dead"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dlq: replayed 1 dead letters of logsentinel:dead, refused 0, missing 1"),
+        "{stderr}"
+    );
+    assert_eq!(dead_length(&mut connection, "logsentinel:dead"), 0);
+    assert_eq!(stream_length(&mut connection), 1);
+}
+
+#[test]
+fn of_two_concurrent_replays_of_one_id_the_second_finds_it_missing() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let letter = replayable_letter(&mut connection);
+    let shells: Vec<_> = (0..2)
+        .map(|_| {
+            logsentinel(&url)
+                .args(["dlq", "replay", &letter])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn dlq replay")
+        })
+        .collect();
+    let mut summaries: Vec<(Option<i32>, String)> = shells
+        .into_iter()
+        .map(|shell| {
+            let output = shell.wait_with_output().expect("dlq replay output");
+            (output.status.code(), stderr_text(&output))
+        })
+        .collect();
+    // Whichever ran its script first replayed it; the other found it gone, before reading
+    // it or between its read and its script.
+    summaries.sort_by_key(|(code, _)| *code);
+    let [(first_code, first), (second_code, second)] = summaries.as_slice() else {
+        unreachable!("two shells")
+    };
+    assert_eq!(*first_code, Some(0), "{first}");
+    assert!(
+        first.contains("replayed 1 dead letters of logsentinel:dead, refused 0, missing 0"),
+        "{first}"
+    );
+    assert_eq!(*second_code, Some(1), "{second}");
+    assert!(
+        second.contains("replayed 0 dead letters of logsentinel:dead, refused 0, missing 1"),
+        "{second}"
+    );
+    assert!(second.contains(&format!("dlq: missing {letter}: ")), "{second}");
+    assert_eq!(stream_length(&mut connection), 1, "re-added once");
+    assert_eq!(dead_length(&mut connection, "logsentinel:dead"), 0);
+}
+
+#[test]
+fn an_invalid_id_is_named_once_with_what_an_id_looks_like() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    for action in ["show", "replay", "purge"] {
+        let output = dlq(&url, &[action, "nonsense"]);
+        let stderr = stderr_text(&output);
+        assert_eq!(output.status.code(), Some(2), "{action}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            r#"logsentinel: "nonsense" is not a dead-letter id (an id looks like 1796136907689-0)"#,
+            "{action}"
+        );
+    }
+}
+
+#[test]
+fn a_purge_without_yes_and_without_a_terminal_says_what_to_do() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let mut connection = redis.connection();
+    let first = replayable_letter(&mut connection);
+    let second = replayable_letter(&mut connection);
+    let output = logsentinel(&url)
+        .args(["dlq", "purge", &first, &second])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run dlq purge");
+    let stderr = stderr_text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "logsentinel: refusing to purge 2 named dead letters from logsentinel:dead without --yes (stdin is not a terminal)"
+    );
+    assert_eq!(dead_length(&mut connection, "logsentinel:dead"), 2);
+}

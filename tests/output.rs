@@ -126,3 +126,111 @@ fn the_redis_password_is_never_printed() {
     assert!(printed.contains("redis_url = redis://u:***@host:6379"), "{printed}");
     assert!(!printed.contains("secret"), "{printed}");
 }
+
+/// Every line of `text`, parsed as a JSON object (panics naming the first that is not).
+fn json_lines(text: &str, what: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    text.lines()
+        .map(|line| match serde_json::from_str(line) {
+            Ok(serde_json::Value::Object(object)) => object,
+            _ => panic!("{what}: a line that is no JSON object: {line:?}\n{text}"),
+        })
+        .collect()
+}
+
+#[test]
+fn with_json_logs_the_progress_and_summary_lines_are_json_too() {
+    let redis = TestRedis::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("agent.err");
+    let status = logsentinel(&redis.url())
+        .args([
+            "--log-format",
+            "json",
+            "agent",
+            "--agent-id",
+            "json-agent",
+            "--count",
+            "2000",
+        ])
+        .stdout(Stdio::null())
+        // A file, not a terminal: the plain progress lines.
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .status()
+        .expect("run the agent");
+    assert!(status.success(), "{}", file_text(&stderr_path));
+    let lines = json_lines(&file_text(&stderr_path), "agent stderr");
+    for line in &lines {
+        for key in ["timestamp", "level", "message"] {
+            assert!(
+                line.get(key).is_some_and(|value| value.is_string()),
+                "{key} in {line:?}"
+            );
+        }
+        assert!(!line.contains_key("fields"), "fields at the top level: {line:?}");
+    }
+    let with_message = |message: &str| {
+        lines
+            .iter()
+            .filter(|line| line["message"] == message && line.get("label").is_some_and(|label| label == "agent"))
+            .collect::<Vec<_>>()
+    };
+    let progress = with_message("progress");
+    assert!(!progress.is_empty(), "no progress line: {lines:?}");
+    assert_eq!(progress[0]["total"], 2000);
+    assert_eq!(progress[0]["unit"], "events");
+    assert!(progress[0]["done"].is_u64() && progress[0]["elapsed_s"].is_u64());
+    let summaries = with_message("summary");
+    let [summary] = summaries.as_slice() else {
+        panic!("one summary line: {lines:?}")
+    };
+    // The names of the text line: agent_id events entries unsent spooled dropped
+    // dead_lettered elapsed_s events_per_s.
+    assert_eq!(summary["level"], "INFO");
+    assert_eq!(summary["agent_id"], "json-agent");
+    assert_eq!(summary["events"], 2000);
+    for count in ["entries", "unsent", "spooled", "dropped", "dead_lettered"] {
+        assert!(summary[count].is_u64(), "{count} in {summary:?}");
+    }
+    assert!(summary["elapsed_s"].is_number() && summary["events_per_s"].is_number());
+
+    // Text logs keep the key=value line.
+    let text_path = dir.path().join("text.err");
+    let status = logsentinel(&redis.url())
+        .args(["agent", "--agent-id", "text-agent", "--count", "100"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&text_path).unwrap())
+        .status()
+        .expect("run the agent");
+    assert!(status.success());
+    let text = file_text(&text_path);
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("agent summary: agent_id=text-agent events=100 ")),
+        "{text}"
+    );
+    assert!(text.contains("[agent] progress: "), "{text}");
+}
+
+#[test]
+fn with_json_logs_every_line_of_the_demo_on_stderr_is_json() {
+    let redis = TestRedis::start(&[]);
+    let output = logsentinel(&redis.url())
+        .args(["--log-format", "json", "demo", "--duration", "2", "--rate", "100"])
+        .env("LOGSENTINEL_LOG", "info")
+        .output()
+        .expect("run demo");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines = json_lines(&stderr, "demo stderr");
+    let summary = lines
+        .iter()
+        .find(|line| line["message"] == "summary")
+        .unwrap_or_else(|| panic!("no summary: {stderr}"));
+    assert_eq!(summary["label"], "demo");
+    assert!(summary["sent"].as_u64().is_some_and(|sent| sent > 0), "{summary:?}");
+    assert!(summary["processed"].as_u64() >= summary["sent"].as_u64(), "{summary:?}");
+    assert!(
+        lines.iter().any(|line| line["message"] == "stopping police"),
+        "{stderr}"
+    );
+}

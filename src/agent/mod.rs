@@ -71,21 +71,23 @@ impl Summary {
         self.unsent_events == 0 && self.dropped_events == 0 && self.corrupt_spool_segments == 0 && self.error.is_none()
     }
 
-    /// The one `key=value` line that ends a counted run (`--count`), on stderr.
+    /// The one `key=value` line (a JSON object with `--log-format json`) that ends a counted
+    /// run (`--count`), on stderr.
     pub fn key_value_line(&self) -> String {
+        use crate::progress::Figure;
         let mut pairs = vec![
-            ("agent_id", self.agent_id.clone()),
-            ("events", self.events.to_string()),
-            ("entries", self.entries.to_string()),
-            ("unsent", self.unsent_events.to_string()),
-            ("spooled", self.spooled_events.to_string()),
-            ("dropped", self.dropped_events.to_string()),
-            ("dead_lettered", self.dead_lettered_events.to_string()),
-            ("elapsed_s", format!("{:.3}", self.elapsed_s)),
-            ("events_per_s", format!("{:.0}", self.events_per_s)),
+            ("agent_id", Figure::from(self.agent_id.clone())),
+            ("events", self.events.into()),
+            ("entries", self.entries.into()),
+            ("unsent", self.unsent_events.into()),
+            ("spooled", self.spooled_events.into()),
+            ("dropped", self.dropped_events.into()),
+            ("dead_lettered", self.dead_lettered_events.into()),
+            ("elapsed_s", Figure::Decimal(self.elapsed_s, 3)),
+            ("events_per_s", Figure::Decimal(self.events_per_s, 0)),
         ];
         if let Some(error) = &self.error {
-            pairs.push(("error", error.clone()));
+            pairs.push(("error", error.clone().into()));
         }
         crate::progress::summary_line("agent", &pairs)
     }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, Connection, keys::Keys};
 use crate::cli::BenchArgs;
 use crate::local_redis::LocalRedis;
-use crate::progress::{Progress, summary_line};
+use crate::progress::{self, Figure, Progress, summary_line};
 use processes::{Fleet, wait_processed};
 use report::{Latency, Report, SpoolWrite, Throughput};
 
@@ -103,12 +103,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         keys: Keys::default(),
         plan,
     };
-    eprintln!(
-        "[bench] redis-server on {} (AOF {}), {} events per run, {} runs per scenario",
-        bench.url,
-        if args.aof { "everysec" } else { "off" },
-        bench.plan.events,
-        bench.plan.repeat
+    progress::note(
+        "[bench]",
+        &format!(
+            "redis-server on {} (AOF {}), {} events per run, {} runs per scenario",
+            bench.url,
+            if args.aof { "everysec" } else { "off" },
+            bench.plan.events,
+            bench.plan.repeat
+        ),
     );
     let started = std::time::Instant::now();
     let outcome = bench.run_all(args.aof).await;
@@ -118,17 +121,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     report.print_markdown();
     std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", args.json_out.display()))?;
-    eprintln!("[bench] JSON written to {}", args.json_out.display());
+    progress::note("[bench]", &format!("JSON written to {}", args.json_out.display()));
     eprintln!(
         "{}",
         summary_line(
             "bench",
             &[
-                ("scenarios", report.throughput.len().to_string()),
-                ("latency_rates", report.latency.len().to_string()),
-                ("events_per_run", report.events_per_run.to_string()),
-                ("elapsed_s", format!("{:.1}", started.elapsed().as_secs_f64())),
-                ("json", args.json_out.display().to_string()),
+                ("scenarios", report.throughput.len().into()),
+                ("latency_rates", report.latency.len().into()),
+                ("events_per_run", report.events_per_run.into()),
+                ("elapsed_s", Figure::Decimal(started.elapsed().as_secs_f64(), 1)),
+                ("json", args.json_out.display().to_string().into()),
             ],
         )
     );
@@ -215,10 +218,13 @@ impl Bench {
         }
         for pair in throughput.windows(2) {
             if pair[1].scenario == format!("{}, 20 rules", pair[0].scenario) && pair[0].median > 0.0 {
-                eprintln!(
-                    "[bench] {}: 20 rules drain at {:.2}x the built-in rule's rate",
-                    pair[0].scenario,
-                    pair[1].median / pair[0].median
+                progress::note(
+                    "[bench]",
+                    &format!(
+                        "{}: 20 rules drain at {:.2}x the built-in rule's rate",
+                        pair[0].scenario,
+                        pair[1].median / pair[0].median
+                    ),
                 );
             }
         }
@@ -260,7 +266,7 @@ impl Bench {
             progress.update(progress.done() + 1, name);
         }
         let throughput = Throughput::from_runs(name, &runs);
-        eprintln!("[bench] {name}: median {:.0} events/s", throughput.median);
+        progress::note("[bench]", &format!("{name}: median {:.0} events/s", throughput.median));
         Ok(throughput)
     }
 
@@ -301,7 +307,7 @@ impl Bench {
                 .await?;
         }
         let ceiling = Throughput::from_runs("redis-benchmark XADD ceiling (1 conn, pipeline 64, 200 B)", &runs);
-        eprintln!("[bench] XADD ceiling: median {:.0}/s", ceiling.median);
+        progress::note("[bench]", &format!("XADD ceiling: median {:.0}/s", ceiling.median));
         Ok(ceiling)
     }
 
@@ -442,9 +448,12 @@ impl Bench {
             let _ = std::fs::remove_dir_all(&dir);
         }
         let spool = SpoolWrite::from_runs(&runs, events);
-        eprintln!(
-            "[bench] spool write: median {:.0} MB/s ({:.0} events/s)",
-            spool.median_mb_per_s, spool.median_events_per_s
+        progress::note(
+            "[bench]",
+            &format!(
+                "spool write: median {:.0} MB/s ({:.0} events/s)",
+                spool.median_mb_per_s, spool.median_events_per_s
+            ),
         );
         Ok(spool)
     }
@@ -597,9 +606,12 @@ impl Bench {
         }
         latencies_us.sort_unstable();
         let latency = Latency::new(rate, &latencies_us, &fleet);
-        eprintln!(
-            "[bench] latency at {rate} events/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} alerts)",
-            latency.p50_ms, latency.p99_ms, latency.max_ms, latency.alerts
+        progress::note(
+            "[bench]",
+            &format!(
+                "latency at {rate} events/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} alerts)",
+                latency.p50_ms, latency.p99_ms, latency.max_ms, latency.alerts
+            ),
         );
         Ok(latency)
     }

@@ -41,6 +41,8 @@ impl Fleet {
             .arg(&self.url)
             .args(args)
             .env("LOGSENTINEL_LOG", "warn")
+            // Their log lines share the bench's stderr: the same format.
+            .env("LOGSENTINEL_LOG_FORMAT", crate::telemetry::format().as_str())
             // Several agents and police at once: each admin listener takes a free port, so
             // that the figures include the cost of recording metrics.
             .env("LOGSENTINEL_ADMIN_LISTEN", "127.0.0.1:0")

@@ -4,6 +4,14 @@
 //!
 //! The listener lives until the process exits, past a stop request, so that `/readyz` can
 //! answer 503 while the last batches are settled.
+//!
+//! Invariants (the listener may face a hostile network, see the README's "Operating"):
+//! - at most [`MAX_CONNECTIONS`] connections are open at once; beyond that none is accepted
+//!   until one closes: the kernel's accept queue holds the others, and they cost no file
+//!   descriptor of ours
+//! - a connection that has not sent a whole request head [`HEADER_READ_TIMEOUT`] after it
+//!   opened (or after its previous answer) is closed, so idle or slow clients free their
+//!   slot and a probe waiting in the queue gets its turn
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -56,16 +64,28 @@ impl Role {
 
 /// Longest a readiness check may take: a probe must get an answer, not a hang.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections served at once. A scraper and a probe or two use a handful; 256 leaves room
+/// for many, while a flood of sockets stays far below a process's usual limit of 1024 fds.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Longest wait for a whole request head (request line and headers), from the opening of
+/// the connection or the end of the previous answer. A scraper sends its request at once;
+/// 10 s is far above any honest client, and frees a slot held by a slow one soon enough
+/// for a probe queued behind it to be answered 10 s later at most.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (out of fds, say) before the next one, so that the loop
+/// does not spin while the cause lasts.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How often histogram samples are folded into their buckets when nobody scrapes, so that
 /// an unscraped process does not keep every sample.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The cause is part of the message and deliberately not a `source`: the binary prints an
+/// error with its chain, which would repeat the cause.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on --admin-listen {address}: {source} (set another address, or off)")]
+#[error("cannot listen on --admin-listen {address}: {io_error} (set another address, or off)")]
 pub struct AdminError {
     pub address: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    pub io_error: std::io::Error,
 }
 
 struct AdminState {
@@ -110,8 +130,10 @@ pub async fn start(
 ) -> Result<SocketAddr, AdminError> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|source| AdminError { address, source })?;
-    let bound = listener.local_addr().map_err(|source| AdminError { address, source })?;
+        .map_err(|io_error| AdminError { address, io_error })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|io_error| AdminError { address, io_error })?;
     let metrics = recorder();
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "role" => role.name()).set(1.0);
     let upkeep_handle = metrics.clone();
@@ -135,13 +157,44 @@ pub async fn start(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(error = %error, "the admin listener stopped");
-        }
-    });
+    tokio::spawn(serve(listener, router));
     info!(address = %bound, "admin listener started (/metrics, /healthz, /readyz)");
     Ok(bound)
+}
+
+/// Accepts connections while a slot is free and serves each on a task of its own; see the
+/// module doc for the limits.
+async fn serve(listener: tokio::net::TcpListener, router: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        // Taken before `accept`: while every slot is busy, new connections wait in the
+        // kernel's queue, not in our fd table.
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(error) => {
+                tracing::warn!(error = %error, "admin listener: accept failed");
+                tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        let connection = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(router.clone()),
+        );
+        tokio::spawn(async move {
+            // A client that goes away or times out is no error of ours: nothing to log.
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
 }
 
 async fn metrics_page(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

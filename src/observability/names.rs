@@ -23,6 +23,7 @@ pub const POLICE_ENTRIES_TOTAL: &str = "logsentinel_police_entries_total";
 pub const POLICE_EVENTS_PROCESSED_TOTAL: &str = "logsentinel_police_events_processed_total";
 pub const POLICE_DEAD_LETTERS_TOTAL: &str = "logsentinel_police_dead_letters_total";
 pub const POLICE_ALERTS_TOTAL: &str = "logsentinel_police_alerts_total";
+pub const POLICE_RULE_MATCHES_DROPPED_TOTAL: &str = "logsentinel_police_rule_matches_dropped_total";
 pub const GROUP_LAG: &str = "logsentinel_group_lag";
 pub const GROUP_PENDING: &str = "logsentinel_group_pending";
 pub const GROUP_OLDEST_PENDING_AGE_SECONDS: &str = "logsentinel_group_oldest_pending_age_seconds";
@@ -76,6 +77,10 @@ pub fn describe() {
         "Input sent to the dead-letter stream, by reason"
     );
     describe_counter!(POLICE_ALERTS_TOTAL, "Alerts raised, by rule");
+    describe_counter!(
+        POLICE_RULE_MATCHES_DROPPED_TOTAL,
+        "Rule matches the rule state did not count, by reason (over_limit, over_maxmemory, late)"
+    );
     describe_gauge!(GROUP_LAG, "Entries not yet delivered to the consumer group (sampled)");
     describe_gauge!(GROUP_PENDING, "Entries delivered and not yet acknowledged (sampled)");
     describe_gauge!(

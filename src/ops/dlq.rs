@@ -19,6 +19,9 @@
 //! - an entry replayed [`MAX_REPLAYS`] times is refused without `--force`, and a cut raw is
 //!   never replayed (it would store a truncated entry)
 //! - a purge asks on a terminal and needs `--yes` otherwise
+//! - `replay` says of each named id that is no dead letter (never was, or replayed or
+//!   purged by another shell first) that it is missing, and counts it apart from refusals:
+//!   a refused entry is still there, a missing one is not
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -59,6 +62,16 @@ pub async fn run(args: DlqArgs, redis_url: &str, keys: &Keys) -> anyhow::Result<
         sink: args.sink.as_deref(),
         keys,
     };
+    let named_ids = match &args.action {
+        DlqAction::Show { ids, .. } | DlqAction::Replay { ids, .. } | DlqAction::Purge { ids, .. } => ids.as_slice(),
+        DlqAction::List { .. } => &[],
+    };
+    if let Some(bad_id) = named_ids.iter().find(|id| !is_entry_id(id)) {
+        return Err(crate::config::ConfigError::Usage {
+            problem: format!("{bad_id:?} is not a dead-letter id (an id looks like 1796136907689-0)"),
+        }
+        .into());
+    }
     let mut connection = broker::connect(redis_url)
         .await
         .with_context(|| format!("cannot reach Redis at {}", redact_url(redis_url)))?;
@@ -91,6 +104,15 @@ pub async fn run(args: DlqArgs, redis_url: &str, keys: &Keys) -> anyhow::Result<
             purge(&mut connection, &dead, scope, yes).await
         }
     }
+}
+
+/// A stream entry id as Redis takes it in XRANGE and XDEL: `MILLISECONDS-SEQUENCE`, or
+/// `MILLISECONDS` alone (sequence 0), both 64-bit numbers.
+fn is_entry_id(text: &str) -> bool {
+    let (milliseconds, sequence) = text.split_once('-').unwrap_or((text, "0"));
+    let is_u64 =
+        |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit()) && part.parse::<u64>().is_ok();
+    is_u64(milliseconds) && is_u64(sequence)
 }
 
 fn usage(key: &str, problem: &str) -> anyhow::Error {
@@ -290,8 +312,8 @@ async fn replay(
                 match one(connection, dead, dead_id).await? {
                     Some(entry) => replay_one(connection, dead, &entry, dry_run, force, &mut totals).await?,
                     None => {
-                        eprintln!("dlq: no dead letter {dead_id} in {}", dead.key);
-                        totals.refused += 1;
+                        eprintln!("dlq: missing {dead_id}: no such dead letter in {}", dead.key);
+                        totals.missing += 1;
                     }
                 }
             }
@@ -320,10 +342,10 @@ async fn replay(
     }
     let verb = if dry_run { "would replay" } else { "replayed" };
     eprintln!(
-        "dlq: {verb} {} dead letters of {}, refused {}, gone meanwhile {}",
-        totals.replayed, dead.key, totals.refused, totals.gone
+        "dlq: {verb} {} dead letters of {}, refused {}, missing {}",
+        totals.replayed, dead.key, totals.refused, totals.missing
     );
-    Ok(if totals.refused == 0 {
+    Ok(if totals.refused == 0 && totals.missing == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -333,8 +355,11 @@ async fn replay(
 #[derive(Default)]
 struct ReplayTotals {
     replayed: u64,
+    /// Dead letters there and left there: replayed too often, or not rebuildable.
     refused: u64,
-    gone: u64,
+    /// Named ids that are not (or no longer) dead letters: never were, replayed or purged
+    /// by another shell before this one could.
+    missing: u64,
 }
 
 async fn replay_one(
@@ -369,8 +394,11 @@ async fn replay_one(
         Some(new_id) if new_id != "list" => println!("{} replayed to {destination} as {new_id}", entry.id),
         Some(_) => println!("{} replayed to {destination}", entry.id),
         None => {
-            eprintln!("dlq: {} was removed meanwhile (replayed or purged elsewhere)", entry.id);
-            totals.gone += 1;
+            eprintln!(
+                "dlq: missing {}: removed from {} meanwhile (replayed or purged elsewhere)",
+                entry.id, dead.key
+            );
+            totals.missing += 1;
             return Ok(());
         }
     }
@@ -525,10 +553,13 @@ async fn purge(
     }
     if !yes {
         if !std::io::stdin().is_terminal() {
-            return Err(usage(
-                "yes",
-                "refusing to purge without --yes: stdin is not a terminal to ask on",
-            ));
+            return Err(crate::config::ConfigError::Usage {
+                problem: format!(
+                    "refusing to purge {description} from {} without --yes (stdin is not a terminal)",
+                    dead.key
+                ),
+            }
+            .into());
         }
         eprint!("remove {description} from {} for good? [y/N] ", dead.key);
         let mut answer = String::new();
@@ -566,6 +597,26 @@ async fn count_below(connection: &mut Connection, dead_key: &str, min_id: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_ids_are_milliseconds_with_an_optional_sequence() {
+        for good in ["1796136907689-0", "1796136907689", "0-1", "18446744073709551615-3"] {
+            assert!(is_entry_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "nonsense",
+            "1-",
+            "-1",
+            "1-2-3",
+            "1.5",
+            "+1-0",
+            "18446744073709551616-0",
+            "$",
+        ] {
+            assert!(!is_entry_id(bad), "{bad}");
+        }
+    }
 
     fn entry(fields: &[(&str, &str)]) -> StreamEntry {
         StreamEntry {

@@ -82,15 +82,32 @@ pub struct PoliceMetrics {
     entries: metrics::Counter,
     events_processed: metrics::Counter,
     settle_errors: metrics::Counter,
+    /// Matches the settle script did not count, by why (the figures of the stats hash).
+    matches_over_limit: metrics::Counter,
+    matches_over_maxmemory: metrics::Counter,
+    late_matches: metrics::Counter,
 }
 
 impl PoliceMetrics {
     fn new() -> PoliceMetrics {
+        let dropped =
+            |reason: &'static str| metrics::counter!(names::POLICE_RULE_MATCHES_DROPPED_TOTAL, "reason" => reason);
         PoliceMetrics {
             entries: metrics::counter!(names::POLICE_ENTRIES_TOTAL),
             events_processed: metrics::counter!(names::POLICE_EVENTS_PROCESSED_TOTAL),
             settle_errors: metrics::counter!(names::ERRORS_TOTAL, "stage" => "settle"),
+            matches_over_limit: dropped("over_limit"),
+            matches_over_maxmemory: dropped("over_maxmemory"),
+            late_matches: dropped("late"),
         }
+    }
+
+    /// Counts the matches a settle call left out (its reply has the totals of the call, not
+    /// per rule: so the counter has no `rule` label).
+    fn dropped_matches(&self, settled: &Settled) {
+        self.matches_over_limit.increment(settled.over_limit);
+        self.matches_over_maxmemory.increment(settled.over_maxmemory);
+        self.late_matches.increment(settled.late_matches);
     }
 
     /// Counts a settled batch.
@@ -446,6 +463,7 @@ impl Police {
         metrics::histogram!(names::REDIS_ROUND_TRIP_SECONDS, "command" => "settle").record(sent_at.elapsed());
         let settled = reply.inspect_err(|_| self.metrics.settle_errors.increment(1))?;
         self.metrics.settled(outcomes);
+        self.metrics.dropped_matches(&settled);
         self.totals.add(settled);
         if settled.dead_written > 0 {
             tracing::warn!(
