@@ -236,7 +236,22 @@ fn over_maxmemory_no_rule_state_is_created_and_no_match_is_lost_uncounted() {
         stat(&mut connection, "events") == 1
     });
     stop_gracefully(police);
-    // fill Redis: every other event of a new group
+    // three events of api from another agent run, whose dedup bitmap does not exist yet
+    let other_run = 3u64;
+    let mut pipeline = redis::pipe();
+    for sequence in 0..other_run {
+        let mut event = event_json(sequence, window_start + 2, "api", "m");
+        event["id"] = format!("t:2:{sequence}").into();
+        pipeline
+            .cmd("XADD")
+            .arg(&["logsentinel:logs", "*", "v", "1", "event"])
+            .arg(event.to_string())
+            .ignore();
+    }
+    let _: () = pipeline.query(&mut connection).expect("XADD");
+    let bitmaps_before = dedup_bitmaps(&mut connection);
+    // fill Redis: every other event of a new group (sequence numbers in the bitmap of the
+    // first event, which exists)
     let padding = "x".repeat(500);
     let mut written = 1u64;
     let mut api_events = 1u64;
@@ -246,7 +261,7 @@ fn over_maxmemory_no_rule_state_is_created_and_no_match_is_lost_uncounted() {
         } else {
             format!("new{written}")
         };
-        let event = event_json(written + 1_000_000, window_start + 2, &service, &padding);
+        let event = event_json(written + 1, window_start + 2, &service, &padding);
         let added: redis::RedisResult<String> = redis::cmd("XADD")
             .arg(&["logsentinel:logs", "*", "v", "1", "event"])
             .arg(event.to_string())
@@ -267,9 +282,14 @@ fn over_maxmemory_no_rule_state_is_created_and_no_match_is_lost_uncounted() {
     let log = dir.path().join("p2.log");
     let police = spawn_police_with(&redis.url(), "p2", &["--rules", &rules], &log);
     wait_until("every entry processed", Duration::from_secs(60), || {
-        stat(&mut connection, "events") == written
+        stat(&mut connection, "events") == written + other_run
     });
     stop_gracefully(police);
+    assert_eq!(
+        dedup_bitmaps(&mut connection),
+        bitmaps_before,
+        "no dedup bitmap is created over maxmemory"
+    );
     let api_count: Option<u64> = redis::cmd("GET")
         .arg(format!("{RULES}count:f:{}:{window_start}", gk("api")))
         .query(&mut connection)
@@ -284,11 +304,91 @@ fn over_maxmemory_no_rule_state_is_created_and_no_match_is_lost_uncounted() {
     assert!(refused > 0, "new groups were refused while Redis was full");
     assert_eq!(
         tracked_new + refused,
-        written - api_events,
-        "every match of a new group is either counted or counted as refused"
+        written - api_events + other_run,
+        "every match of a new group, and of the other run's events, is either counted or counted as refused"
     );
     let said = file_text(&log);
     assert!(said.contains("over maxmemory"), "the refusal is logged: {said}");
+}
+
+/// The names of the dedup bitmaps in Redis.
+fn dedup_bitmaps(connection: &mut redis::Connection) -> BTreeSet<String> {
+    redis::cmd("KEYS")
+        .arg(format!("{RULES}dedup:*"))
+        .query::<Vec<String>>(connection)
+        .expect("KEYS")
+        .into_iter()
+        .collect()
+}
+
+fn memory_figure(connection: &mut redis::Connection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(connection).expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO memory has no {name}"))
+}
+
+/// Rule state stops growing at 90 % of maxmemory: once a police creating a new group for
+/// every event has filled its share in small batches, batches ten times as large still
+/// pass (state grown to the brim would leave room for one small batch only).
+#[test]
+fn rule_state_leaves_a_tenth_of_maxmemory_to_ingestion() {
+    let redis = TestRedis::start(&["--maxmemory", "16mb", "--maxmemory-policy", "noeviction"]);
+    let mut connection = redis.connection();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        "max_groups = 1000000\n[[rules]]\nname = \"f\"\ntype = \"frequency\"\ngroup_by = [\"service\"]\n\
+         threshold = 1000000\nwindow = \"1h\"\n",
+    );
+    let window_start = window::window_start(now_ms(), 3_600_000);
+    let police = spawn_police_with(
+        &redis.url(),
+        "p1",
+        &["--rules", &rules, "--maintenance-interval", "200ms"],
+        &dir.path().join("p1.log"),
+    );
+    let mut written = 0u64;
+    let mut write_batch = |connection: &mut redis::Connection, size: u64| {
+        let mut pipeline = redis::pipe();
+        for _ in 0..size {
+            written += 1;
+            let event = event_json(written, window_start + 1, &format!("s{written}"), "m");
+            pipeline
+                .cmd("XADD")
+                .arg(&["logsentinel:logs", "*", "v", "1", "event"])
+                .arg(event.to_string())
+                .ignore();
+        }
+        let added: redis::RedisResult<()> = pipeline.query(connection);
+        if let Err(error) = added {
+            panic!(
+                "ingestion refused after {written} events, used_memory {}: {:?}",
+                memory_figure(connection, "used_memory"),
+                error.code()
+            );
+        }
+        let expected = written;
+        wait_until("the batch settled and trimmed", Duration::from_secs(60), || {
+            stat(connection, "events") == expected && stream_length(connection) <= 1
+        });
+    };
+    while stat(&mut connection, "over_maxmemory") == 0 {
+        assert!(
+            memory_figure(&mut connection, "used_memory") < 32 << 20,
+            "the rule state never stopped growing"
+        );
+        write_batch(&mut connection, 200);
+    }
+    for _ in 0..3 {
+        write_batch(&mut connection, 2000);
+    }
+    let written = written;
+    stop_gracefully(police);
+    let tracked = zcard(&mut connection, &format!("{RULES}seen:f"));
+    let refused = stat(&mut connection, "over_maxmemory");
+    assert_eq!(tracked + refused, written, "every match counted, or counted as refused");
 }
 
 #[test]

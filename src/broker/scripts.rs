@@ -28,6 +28,7 @@ use redis::Script;
 /// Out of memory: the script is flagged `allow-oom`, because the police is what frees
 /// memory (acknowledged entries get trimmed); its writes are the few alerts and the rule
 /// counters of what it acknowledges. Writers (agents) are refused and hold back instead.
+/// Rule state grows only below 90 % of maxmemory (docs/ALERTING.md, "Bounds").
 ///
 /// Fences, per item with outputs (checked before anything of it is written):
 /// - stream mode: the entry must be pending on *this* consumer, so when a slow consumer
@@ -295,7 +296,23 @@ end
 -- bounds of the rule state (docs/ALERTING.md, "Bounds"): `seen:<rule>` tracks each group
 -- (gk -> wall ms of its last match), at most max_groups of them; `resolve_at` holds each
 -- episode the clock resolves by its due time, so the clock reads only what is due
-local over_limit, over_maxmemory, memory_full = 0, 0, false
+local over_limit, over_maxmemory = 0, 0
+-- rule state (groups, counters, dedup bitmaps) grows only below this share of maxmemory:
+-- the rest stays free for ingestion and the alerts, so state cannot stall the agents
+local state_memory_share = 0.9
+local memory_full = nil
+-- whether Redis is past the rule state's share of maxmemory; read once per call, and
+-- only by a call that would create state (INFO costs as much as a few dozen commands)
+local function state_memory_full()
+  if memory_full == nil then
+    local info = redis.call('INFO', 'memory')
+    local limit = tonumber(string.match(info, 'maxmemory:(%d+)')) or 0
+    local used = tonumber(string.match(info, 'used_memory:(%d+)')) or 0
+    local uncounted = tonumber(string.match(info, 'mem_not_counted_for_evict:(%d+)')) or 0
+    memory_full = limit > 0 and used - uncounted >= limit * state_memory_share
+  end
+  return memory_full
+end
 local function tracked(ep)
   if ep.tracked == nil then
     ep.tracked = redis.call('ZSCORE', rules_prefix .. 'seen:' .. ep.rule.name, ep.gk) ~= false
@@ -305,7 +322,7 @@ end
 -- whether an update of ep (window counter `entry`, nil for `any`) may be applied: over
 -- maxmemory only if it creates no group and no counter; never for a group beyond the limit
 local function admitted(ep, entry, matches)
-  if memory_full and (not tracked(ep) or (entry and not entry.stored)) then
+  if (not tracked(ep) or (entry and not entry.stored)) and state_memory_full() then
     over_maxmemory = over_maxmemory + matches
     return false
   end
@@ -580,14 +597,6 @@ if #bitmap_names > 0 then
   expect_permission(rules_prefix .. '*', 'BITFIELD', rules_prefix .. 'x', 'SET', 'u1', '0', '1')
   expect_permission(rules_prefix .. '*', 'PEXPIRE', rules_prefix .. 'x', '1')
 end
--- bounds: allowed to run over maxmemory (allow-oom), the rule state must not grow there
-if updates_total > 0 then
-  local info = redis.call('INFO', 'memory')
-  local limit = tonumber(string.match(info, 'maxmemory:(%d+)')) or 0
-  local used = tonumber(string.match(info, 'used_memory:(%d+)')) or 0
-  local uncounted = tonumber(string.match(info, 'mem_not_counted_for_evict:(%d+)')) or 0
-  memory_full = limit > 0 and used - uncounted >= limit
-end
 
 -- 3. the fence: which items with outputs this consumer holds
 local owned_entries = {}
@@ -751,12 +760,14 @@ local function duplicate(item, event)
   local list, duplicates = item.counted_in[event], item.duplicates
   if list == nil then
     for u = 1, item.update_count do duplicates[u] = (duplicates[u] or 0) + 1 end
-  else
-    for u in string.gmatch(list, '%d+') do
-      u = tonumber(u)
-      duplicates[u] = (duplicates[u] or 0) + 1
-    end
+    return item.update_count
   end
+  local taken = 0
+  for u in string.gmatch(list, '%d+') do
+    u = tonumber(u)
+    duplicates[u], taken = (duplicates[u] or 0) + 1, taken + 1
+  end
+  return taken
 end
 local duplicates_found = false
 -- per bitmap number, the owned items' runs in item order, {item, first event number,
@@ -819,8 +830,22 @@ else
     operations_of[b] = ops
   end
 end
+-- a bitmap not there yet is new rule state: past the state's share of maxmemory it is not
+-- created, and the matches of its events are not counted (over_maxmemory), as for a new
+-- counter; counting them unmarked could count a re-sent event twice
+local function hold_out(b)
+  if flattened == nil then flatten() end
+  duplicates_found = true
+  for _, run in ipairs(flattened[b]) do
+    for event = run[2], run[2] + run[3] - 1 do over_maxmemory = over_maxmemory + duplicate(run[1], event) end
+  end
+end
 for b, ops in ipairs(operations_of) do
   local key = rules_prefix .. 'dedup:' .. bitmap_names[b]
+  if #ops > 0 and redis.call('EXISTS', key) == 0 and state_memory_full() then
+    hold_out(b)
+    ops = {}
+  end
   -- the operations cover the bitmap's runs in order: `at` is the flattened position
   local at = 0
   -- unpack() is limited by the Lua stack: 500 operations (2000 arguments) per command
