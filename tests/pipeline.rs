@@ -104,6 +104,48 @@ fn police_stopped_backlog_grows_then_drains_after_restart() {
     stop_gracefully(police);
 }
 
+/// A stop in the middle of a backlog, where the police holds a batch settling, one
+/// evaluated and one read ahead: it settles all it holds before it exits, nothing stays
+/// pending, and what it settled is counted once.
+#[test]
+fn a_stop_while_draining_a_backlog_leaves_nothing_pending() {
+    let redis = TestRedis::start(&[]);
+    let url = redis.url();
+    let summary = agent_summary(spawn_agent(
+        &url,
+        "agent-1",
+        &["--count", "400000", "--rate", "0", "--seed", "5"],
+    ));
+    assert_eq!(summary.events, 400_000);
+    let mut connection = redis.connection();
+    let processed = |connection: &mut redis::Connection| {
+        counters(connection, "logsentinel:logs:stats")
+            .get("events")
+            .copied()
+            .unwrap_or(0)
+    };
+    let police = spawn_police(&url, "p1", &["--read-count", "100"]);
+    wait_until("the police draining", Duration::from_secs(60), || {
+        processed(&mut connection) > 1000
+    });
+    stop_gracefully(police);
+    let stopped_at = processed(&mut connection);
+    assert!(stopped_at < summary.events, "stopped before the end of the backlog");
+    assert_eq!(pending_total(&mut connection), 0, "every entry read was settled");
+    assert_eq!(
+        group_lag(&status_json(&url)),
+        summary.events - stopped_at,
+        "the rest waits, unread"
+    );
+
+    let police = spawn_police(&url, "p1", &[]);
+    wait_until("the rest drained", Duration::from_secs(60), || {
+        processed(&mut connection) == summary.events
+    });
+    assert_alerts_exactly_once(&mut connection, summary.alerting_events);
+    stop_gracefully(police);
+}
+
 #[test]
 fn trimming_keeps_unacknowledged_entries() {
     let redis = TestRedis::start(&[]);

@@ -7,21 +7,25 @@
 //!   are dead-lettered instead of processed
 //! - a read is never raced against the stop request: entries it returns are processed and
 //!   settled before the session ends, so a graceful stop leaves nothing pending
+//! - under a backlog (full batches) up to three batches are in hand at once: one settling,
+//!   one being evaluated, one read ahead; all of them are in our pending list
 //! - consumers are removed from the group only by one atomic script that checks they have
 //!   nothing pending and, for another police, that their heartbeat key expired: a removal
 //!   never drops a pending entry and never removes a live police
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::rules::RuleSet;
 use super::rules::evaluate::BatchDrafts;
 use super::settle::{Outcome, Source};
 use super::{Police, SessionEnd, SessionError};
 use crate::broker::stream::{self, Removal, StreamEntry};
 use crate::broker::{self, Backoff, Connection};
-use crate::event::{self, fields_as_json};
+use crate::event::{self, Level, fields_as_json};
 
 /// XAUTOCLAIM rounds per maintenance tick, so claiming cannot starve new reads.
 const MAX_CLAIM_ROUNDS_PER_TICK: usize = 10;
@@ -54,9 +58,13 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
         }
         police.refresh_rules();
         // New entries were delivered once so far: no delivery counts needed.
-        let outcomes = evaluate(police, std::mem::take(&mut entries_in_hand), None);
+        let outcomes = Evaluator::of(police).evaluate(std::mem::take(&mut entries_in_hand), None);
         if police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
             police.settle(&mut connection, Source::Stream, &outcomes).await?;
+            continue;
+        }
+        if outcomes.len() >= police.config.read_count {
+            entries_in_hand = drain_backlog(police, &mut connection, outcomes, next_maintenance).await?;
             continue;
         }
         // Settle this batch and read the next one in one round trip: Redis runs the two
@@ -74,6 +82,63 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
         settled?;
         entries_in_hand = next?;
     }
+}
+
+/// A backlog (full batches): the police evaluates batch N+1 on a blocking thread while
+/// Redis settles batch N and reads N+2, so the two work at the same time instead of in
+/// turns. At most three batches are in this consumer's hands (settling, evaluating, read
+/// ahead), all in its pending list: a crash loses none of them, a restart finishes them.
+/// Ends when a read comes back short (the backlog is drained), at a stop request or when
+/// maintenance is due, after settling what was evaluated; returns the entries read ahead,
+/// not evaluated yet.
+async fn drain_backlog(
+    police: &mut Police,
+    connection: &mut Connection,
+    mut outcomes: Vec<Outcome>,
+    next_maintenance: Instant,
+) -> Result<Vec<StreamEntry>, SessionError> {
+    let read_count = police.config.read_count;
+    let mut ahead = read_ahead(police, connection).await?;
+    loop {
+        police.beat.tick();
+        if ahead.is_empty() || police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
+            police.settle(connection, Source::Stream, &outcomes).await?;
+            return Ok(ahead);
+        }
+        police.refresh_rules();
+        let read_more = ahead.len() >= read_count;
+        let evaluator = Evaluator::of(police);
+        let entries = std::mem::take(&mut ahead);
+        let evaluation = tokio::task::spawn_blocking(move || evaluator.evaluate(entries, None));
+        let mut read_connection = connection.clone();
+        // Polled in order: the settle is sent before the read, so Redis runs them in turn.
+        let (settled, next) = tokio::join!(police.settle(connection, Source::Stream, &outcomes), async {
+            if read_more {
+                read_ahead(police, &mut read_connection).await
+            } else {
+                Ok(Vec::new())
+            }
+        });
+        let evaluated = evaluation
+            .await
+            .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+        settled?;
+        outcomes = evaluated;
+        ahead = next?;
+    }
+}
+
+/// A read of new entries that does not block: under a backlog there is a full batch.
+async fn read_ahead(police: &Police, connection: &mut Connection) -> Result<Vec<StreamEntry>, SessionError> {
+    Ok(stream::read_group(
+        connection,
+        &police.broker.keys,
+        &police.config.consumer,
+        ">",
+        police.config.read_count,
+        None,
+    )
+    .await?)
 }
 
 async fn read_new(
@@ -161,51 +226,66 @@ async fn process(
     delivery_counts: Option<HashMap<String, u64>>,
 ) -> Result<(), SessionError> {
     police.refresh_rules();
-    let outcomes = evaluate(police, entries, delivery_counts.as_ref());
+    let outcomes = Evaluator::of(police).evaluate(entries, delivery_counts.as_ref());
     police.settle(connection, Source::Stream, &outcomes).await
 }
 
-fn evaluate(
-    police: &Police,
-    entries: Vec<StreamEntry>,
-    delivery_counts: Option<&HashMap<String, u64>>,
-) -> Vec<Outcome> {
-    let max_deliveries = police.config.max_deliveries;
-    let now_ms = super::rules::window::now_ms();
-    let mut outcomes = Vec::with_capacity(entries.len());
-    // These outcomes go to one settle call.
-    let mut batch = BatchDrafts::default();
-    for entry in entries {
-        let deliveries = delivery_counts
-            .and_then(|counts| counts.get(&entry.id).copied())
-            .unwrap_or(1);
-        let Some(fields) = entry.fields else {
-            // Deleted from the stream while pending: nothing left to process; ack it.
-            warn!(entry_id = %entry.id, "pending entry no longer exists in the stream");
-            outcomes.push(Outcome::evaluate(
-                entry.id,
-                event::DecodedEntry::<event::LogEvent>::default(),
-                &police.rules,
-                now_ms,
-            ));
-            continue;
-        };
-        if deliveries > max_deliveries {
-            let reason = format!("delivered {deliveries} times, more than max_deliveries={max_deliveries}");
-            outcomes.push(Outcome::dead_letter(entry.id, reason, fields_as_json(&fields)));
-            continue;
+/// What evaluating a batch needs of the police, owned: it runs on a blocking thread while
+/// the previous batch settles.
+struct Evaluator {
+    rules: Arc<RuleSet>,
+    interest: Level,
+    max_entry_bytes: usize,
+    max_deliveries: u64,
+}
+
+impl Evaluator {
+    fn of(police: &Police) -> Evaluator {
+        Evaluator {
+            rules: police.rules.clone(),
+            interest: police.interest,
+            max_entry_bytes: police.config.max_entry_bytes,
+            max_deliveries: police.config.max_deliveries,
         }
-        let decoded =
-            event::decode_entry_views_within(&entry.id, &fields, police.interest, police.config.max_entry_bytes);
-        outcomes.push(Outcome::evaluate_in_batch(
-            entry.id,
-            decoded,
-            &police.rules,
-            now_ms,
-            &mut batch,
-        ));
     }
-    outcomes
+
+    fn evaluate(&self, entries: Vec<StreamEntry>, delivery_counts: Option<&HashMap<String, u64>>) -> Vec<Outcome> {
+        let max_deliveries = self.max_deliveries;
+        let now_ms = super::rules::window::now_ms();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        // These outcomes go to one settle call.
+        let mut batch = BatchDrafts::default();
+        for entry in entries {
+            let deliveries = delivery_counts
+                .and_then(|counts| counts.get(&entry.id).copied())
+                .unwrap_or(1);
+            let Some(fields) = entry.fields else {
+                // Deleted from the stream while pending: nothing left to process; ack it.
+                warn!(entry_id = %entry.id, "pending entry no longer exists in the stream");
+                outcomes.push(Outcome::evaluate(
+                    entry.id,
+                    event::DecodedEntry::<event::LogEvent>::default(),
+                    &self.rules,
+                    now_ms,
+                ));
+                continue;
+            };
+            if deliveries > max_deliveries {
+                let reason = format!("delivered {deliveries} times, more than max_deliveries={max_deliveries}");
+                outcomes.push(Outcome::dead_letter(entry.id, reason, fields_as_json(&fields)));
+                continue;
+            }
+            let decoded = event::decode_entry_views_within(&entry.id, &fields, self.interest, self.max_entry_bytes);
+            outcomes.push(Outcome::evaluate_in_batch(
+                entry.id,
+                decoded,
+                &self.rules,
+                now_ms,
+                &mut batch,
+            ));
+        }
+        outcomes
+    }
 }
 
 /// Keeps our heartbeat key alive for [`Police::heartbeat_ttl`].
