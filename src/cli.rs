@@ -356,6 +356,10 @@ pub struct PoliceArgs {
     /// Trim acknowledged entries from the stream with XTRIM MINID (`--trim false` keeps them)
     #[arg(long, env = "LOGSENTINEL_TRIM", num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     pub trim: bool,
+    /// Delivered alert records stay in the alerts stream this long (for `tail alerts` and
+    /// audits), or until Redis is past 90 % of maxmemory; undelivered ones always stay
+    #[arg(long, env = "LOGSENTINEL_ALERTS_RETENTION", default_value = "1h")]
+    pub alerts_retention: DurationMs,
     /// Period of the maintenance work (heartbeat, claim, cleanup, trim)
     #[arg(
         long,

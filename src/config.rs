@@ -547,6 +547,7 @@ pub struct PoliceConfig {
     pub alert_dedup_ttl_s: u64,
     pub consumer_idle_remove: Duration,
     pub trim: bool,
+    pub alerts_retention: Duration,
     pub maintenance_interval: Duration,
     pub health_file: Option<PathBuf>,
     /// Entries and list items larger than this are dead-lettered without being decoded.
@@ -599,6 +600,7 @@ pub fn police_config(args: &PoliceArgs, matches: &ArgMatches, file: &FileConfig)
         alert_dedup_ttl_s: alert_dedup_ttl.as_secs(),
         consumer_idle_remove: in_range("consumer_idle_remove", args.consumer_idle_remove.0, one_ms, THIRTY_DAYS)?,
         trim: args.trim,
+        alerts_retention: in_range("alerts_retention", args.alerts_retention.0, Duration::ZERO, THIRTY_DAYS)?,
         maintenance_interval: in_range("maintenance_interval", args.maintenance_interval.0, one_ms, ONE_DAY)?,
         health_file: args.health_file.clone(),
         // 512 MiB is the largest value Redis stores by default (proto-max-bulk-len).

@@ -96,6 +96,8 @@ fn settings(url: &str, consumer: &str) -> WorkerSettings {
         maintenance_interval: Duration::from_millis(200),
         block: Duration::from_millis(200),
         read_count: 256,
+        trim: true,
+        alerts_retention: Duration::from_secs(3600),
     }
 }
 

@@ -418,3 +418,150 @@ cooldown = "0s"
         assert!(line.contains(&body_bytes), "status and length only: {line}");
     }
 }
+
+fn push_five(connection: &mut redis::Connection) {
+    for number in 0..5 {
+        push_critical(connection, &format!("t:1:{number}"));
+    }
+}
+
+/// A police delivering five CRITICAL events (pushed now unless the stream has them) to a
+/// jsonl sink, with `args`.
+fn deliver_five(redis: &TestRedis, dir: &Path, args: &[&str]) -> Child {
+    let mut connection = redis.connection();
+    let out = dir.join("alerts.jsonl");
+    let rules = write_rules(
+        dir,
+        &format!(
+            "[sinks.file]\ntype = \"jsonl\"\npath = \"{}\"\n\n[[rules]]\nname = \"crit\"\ntype = \"any\"\n\
+             filter = {{ level = \"CRITICAL\" }}\ncooldown = \"0s\"\nsinks = [\"file\"]\n",
+            out.display()
+        ),
+    );
+    if stream_length_of(&mut connection, "logsentinel:logs") == 0 {
+        push_five(&mut connection);
+    }
+    let mut all_args = vec!["--maintenance-interval", "200ms"];
+    all_args.extend_from_slice(args);
+    let police = spawn_police_logged(&redis.url(), &rules, &all_args, &[], &dir.join("p1.log"));
+    wait_until("five alerts delivered", Duration::from_secs(60), || {
+        std::fs::read_to_string(&out).is_ok_and(|text| text.lines().count() == 5)
+    });
+    police
+}
+
+/// The outbox is trimmed once every sink took its records: right away with a retention
+/// of 0 (the stream keeps its last entry, as `XTRIM MINID` at the delivered point does).
+#[test]
+fn delivered_alert_records_are_trimmed_after_the_retention() {
+    let redis = TestRedis::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let police = deliver_five(&redis, dir.path(), &["--alerts-retention", "0s"]);
+    let mut connection = redis.connection();
+    wait_until("the delivered records trimmed", Duration::from_secs(60), || {
+        stream_length_of(&mut connection, "logsentinel:alerts") == 1
+    });
+    stop_gracefully(police);
+}
+
+/// Past 90 % of maxmemory the retention gives way: delivered records are trimmed at
+/// once, so the outbox cannot take the room ingestion needs.
+#[test]
+fn past_nine_tenths_of_maxmemory_delivered_records_are_trimmed_whatever_the_retention() {
+    let redis = TestRedis::start(&["--maxmemory", "10mb", "--maxmemory-policy", "noeviction"]);
+    let mut connection = redis.connection();
+    push_five(&mut connection);
+    // fill Redis past 90 % of maxmemory, in pieces (a command's own buffer counts too)
+    let piece = "x".repeat(128 << 10);
+    let mut pieces = 0;
+    while memory_share(&mut connection) < 0.93 {
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("filler:{pieces}"))
+            .arg(&piece)
+            .query(&mut connection);
+        if set.is_err() {
+            break;
+        }
+        pieces += 1;
+    }
+    assert!(memory_share(&mut connection) >= 0.9, "Redis is past 90 % of maxmemory");
+    let dir = tempfile::tempdir().unwrap();
+    let police = deliver_five(&redis, dir.path(), &[]);
+    wait_until("the delivered records trimmed", Duration::from_secs(60), || {
+        stream_length_of(&mut connection, "logsentinel:alerts") == 1
+    });
+    stop_gracefully(police);
+}
+
+/// The retention keeps every delivered record younger than it; without one the stream is
+/// trimmed to the delivered point; undelivered records are never trimmed.
+#[tokio::test]
+async fn the_retention_keeps_young_delivered_records_and_never_undelivered_ones() {
+    let redis = TestRedis::start(&[]);
+    let mut sync = redis.connection();
+    let now_ms = logsentinel::police::rules::window::now_ms() as u64;
+    for at in [now_ms - 7_200_000, now_ms - 5_400_000, now_ms - 60_000, now_ms - 1_000] {
+        let _: String = redis::cmd("XADD")
+            .arg(&["logsentinel:alerts", &format!("{at}-0"), "id", "x"])
+            .query(&mut sync)
+            .unwrap();
+    }
+    // a sink group that took the first three records
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "logsentinel:alerts", "sink:file", "0"])
+        .query(&mut sync)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            "sink:file",
+            "w",
+            "COUNT",
+            "3",
+            "STREAMS",
+            "logsentinel:alerts",
+            ">",
+        ])
+        .query(&mut sync)
+        .unwrap();
+    let ids: Vec<String> = [now_ms - 7_200_000, now_ms - 5_400_000, now_ms - 60_000]
+        .iter()
+        .map(|at| format!("{at}-0"))
+        .collect();
+    let _: u64 = redis::cmd("XACK")
+        .arg("logsentinel:alerts")
+        .arg("sink:file")
+        .arg(&ids)
+        .query(&mut sync)
+        .unwrap();
+    let mut connection = logsentinel::broker::connect(&redis.url()).await.unwrap();
+    let alerts = "logsentinel:alerts";
+    let trimmed =
+        logsentinel::broker::stream::trim_acknowledged_before(&mut connection, alerts, Some(now_ms - 3_600_000))
+            .await
+            .unwrap();
+    assert_eq!(trimmed, 2, "the two records older than the hour");
+    let trimmed = logsentinel::broker::stream::trim_acknowledged_before(&mut connection, alerts, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        trimmed, 0,
+        "the delivered point is the third record, which XTRIM MINID keeps"
+    );
+    assert_eq!(
+        stream_length_of(&mut sync, alerts),
+        2,
+        "the delivered point and the undelivered record"
+    );
+}
+
+fn memory_share(connection: &mut redis::Connection) -> f64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(connection).expect("INFO");
+    let figure = |name: &str| -> f64 {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    (figure("used_memory") - figure("mem_not_counted_for_evict")) / figure("maxmemory")
+}

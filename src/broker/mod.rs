@@ -70,6 +70,23 @@ pub async fn heartbeat(connection: &mut Connection, heartbeat_key: &str, ttl_ms:
         .await
 }
 
+/// How full Redis is: `used_memory - mem_not_counted_for_evict` over `maxmemory`, as Redis
+/// counts it for its own limit; 0 when no `maxmemory` is set.
+pub async fn memory_share(connection: &mut Connection) -> Result<f64, RedisError> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(connection).await?;
+    let figure = |name: &str| -> f64 {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let limit = figure("maxmemory");
+    if limit <= 0.0 {
+        return Ok(0.0);
+    }
+    Ok((figure("used_memory") - figure("mem_not_counted_for_evict")) / limit)
+}
+
 /// Capped exponential backoff that logs once per change of state (up → down → up),
 /// not once per attempt.
 #[derive(Debug)]

@@ -361,6 +361,16 @@ pub async fn oldest_pending_id(
 /// is the minimum of all of them, so nothing unacknowledged or undelivered is trimmed.
 /// Returns the number of entries removed; with no group on the stream nothing is trimmed.
 pub async fn trim_acknowledged(connection: &mut Connection, stream: &str) -> Result<u64, RedisError> {
+    trim_acknowledged_before(connection, stream, None).await
+}
+
+/// [`trim_acknowledged`], keeping as well every entry whose id time is at or after
+/// `keep_since_ms` (a retention), when given.
+pub async fn trim_acknowledged_before(
+    connection: &mut Connection,
+    stream: &str,
+    keep_since_ms: Option<u64>,
+) -> Result<u64, RedisError> {
     let group_infos = groups(connection, stream).await?;
     let Some(mut trim_below) = group_infos
         .iter()
@@ -373,6 +383,9 @@ pub async fn trim_acknowledged(connection: &mut Connection, stream: &str) -> Res
         if let Some(oldest_pending) = oldest_pending_id(connection, stream, &group.name).await? {
             trim_below = trim_below.min(parse_stream_id(&oldest_pending));
         }
+    }
+    if let Some(keep_since_ms) = keep_since_ms {
+        trim_below = trim_below.min((keep_since_ms, 0));
     }
     if trim_below == (0, 0) {
         return Ok(0);

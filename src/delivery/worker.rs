@@ -26,7 +26,7 @@ use redis::RedisError;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::config::{SetupError, SinkConfig};
 use super::digest::{Outgoing, Queued, Waiting};
@@ -36,7 +36,7 @@ use super::{AlertSink, SinkError};
 use crate::broker::errors::{Failure, classify, redact_url};
 use crate::broker::keys::Keys;
 use crate::broker::outbox::{self, DeadRecord};
-use crate::broker::stream::StreamEntry;
+use crate::broker::stream::{self, StreamEntry};
 use crate::broker::{self, Backoff, Connection};
 use crate::police::alert::Alert;
 
@@ -62,6 +62,11 @@ pub struct WorkerSettings {
     pub block: Duration,
     /// Records read per call (the police's `--read-count`).
     pub read_count: usize,
+    /// Trim the alerts stream below what every group on it has delivered and acknowledged
+    /// (the police's `--trim`).
+    pub trim: bool,
+    /// How long delivered records stay (the police's `--alerts-retention`).
+    pub alerts_retention: Duration,
 }
 
 /// One sink with its delivery policy.
@@ -456,7 +461,27 @@ impl Session<'_> {
         }
         if now >= self.next_claim {
             self.claim(connection).await?;
+            if self.settings.trim {
+                self.trim_delivered(connection).await?;
+            }
             self.next_claim = Instant::now() + self.settings.maintenance_interval;
+        }
+        Ok(())
+    }
+
+    /// The outbox keeps a record until every group on it took it, then for the retention,
+    /// or not at all once Redis is past 90 % of maxmemory: without the trim it would grow
+    /// for good and, under maxmemory, stall ingestion.
+    async fn trim_delivered(&mut self, connection: &mut Connection) -> Result<(), RedisError> {
+        let keep_since = if broker::memory_share(connection).await? >= 0.9 {
+            None
+        } else {
+            let now_ms = crate::police::rules::window::now_ms().max(0) as u64;
+            Some(now_ms.saturating_sub(self.settings.alerts_retention.as_millis() as u64))
+        };
+        let trimmed = stream::trim_acknowledged_before(connection, &self.settings.keys.alerts, keep_since).await?;
+        if trimmed > 0 {
+            debug!(sink = %self.worker.name, trimmed, "trimmed delivered alert records");
         }
         Ok(())
     }
@@ -570,7 +595,7 @@ impl Session<'_> {
                     let delay = self.worker.retry.delay(attempts, retry_after, jitter_unit());
                     warn!(
                         sink = %self.worker.name,
-                        message = %message.id(),
+                        message_id = %message.id(),
                         alerts = outgoing.len(),
                         attempts,
                         status = %status,

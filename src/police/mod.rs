@@ -356,6 +356,8 @@ impl Police {
             maintenance_interval: self.config.maintenance_interval,
             block: self.config.block,
             read_count: self.config.read_count,
+            trim: self.config.trim,
+            alerts_retention: self.config.alerts_retention,
         }
     }
 
