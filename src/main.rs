@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use logsentinel::cli::{Cli, Command, RulesAction};
 use logsentinel::config::{self, ConfigError, FileConfig};
-use logsentinel::{agent, bench, broker, demo, observability, ops, police, shutdown, status, telemetry};
+use logsentinel::{agent, bench, broker, demo, observability, ops, police, progress, shutdown, status, telemetry};
 
 fn main() -> ExitCode {
     logsentinel::cli::accept_old_variable_names();
@@ -33,17 +33,11 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
     match run_command(cli, matches).await {
         Ok(code) => code,
         Err(error) if is_invalid_configuration(&error) => {
-            eprintln!(
-                "logsentinel: {}",
-                broker::errors::redact_credentials(&error.to_string())
-            );
+            progress::fatal(&broker::errors::redact_credentials(&error.to_string()));
             ExitCode::from(2)
         }
         Err(error) => {
-            eprintln!(
-                "logsentinel: {}",
-                broker::errors::redact_credentials(&error_with_causes(&error))
-            );
+            progress::fatal(&broker::errors::redact_credentials(&error_with_causes(&error)));
             ExitCode::FAILURE
         }
     }
@@ -110,7 +104,7 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
                 eprintln!("{}", broker::errors::redact_credentials(&summary.key_value_line()));
             }
             if let Some(error) = &summary.error {
-                eprintln!("logsentinel: {error}");
+                progress::fatal(&error.to_string());
             }
             Ok(if summary.is_clean() {
                 ExitCode::SUCCESS
@@ -137,13 +131,13 @@ async fn run_command(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<Exit
                 Ok(police) => police,
                 Err(police::PoliceError::Rules(error)) => {
                     for line in error.lines() {
-                        eprintln!("logsentinel: {line}");
+                        progress::fatal(&line);
                     }
                     return Ok(ExitCode::from(2));
                 }
                 Err(police::PoliceError::Secrets(problems)) => {
                     for problem in problems {
-                        eprintln!("logsentinel: {problem}");
+                        progress::fatal(&problem.to_string());
                     }
                     return Ok(ExitCode::from(2));
                 }

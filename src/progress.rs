@@ -227,6 +227,16 @@ fn summary_text(label: &str, pairs: &[(&str, Figure)]) -> String {
     line
 }
 
+/// Prints why the process stops on stderr: `logsentinel: <message>`, or a JSON log line at
+/// level ERROR (label `logsentinel`), so that a log collector can read it too.
+pub fn fatal(message: &str) {
+    let line = match telemetry::format() {
+        LogFormat::Text => format!("logsentinel: {message}"),
+        LogFormat::Json => json_line_at("ERROR", "logsentinel", message, Vec::new()),
+    };
+    eprintln!("{line}");
+}
+
 /// Prints a note of a run on stderr: `[demo] stopping agents`, or a JSON log line.
 pub fn note(label: &str, message: &str) {
     let line = match telemetry::format() {
@@ -240,11 +250,16 @@ pub fn note(label: &str, message: &str) {
 /// `message`, `label` (the run: `agent`, `demo`, `bench`, without brackets), then `fields`
 /// in their order. Written by hand: a JSON map would sort the keys.
 fn json_log_line(label: &str, message: &str, fields: Vec<(String, Value)>) -> String {
+    json_line_at("INFO", label, message, fields)
+}
+
+fn json_line_at(level: &str, label: &str, message: &str, fields: Vec<(String, Value)>) -> String {
     let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let label = label.trim_start_matches('[').trim_end_matches(']');
     let mut line = format!(
-        r#"{{"timestamp":{},"level":"INFO","message":{},"label":{}"#,
+        r#"{{"timestamp":{},"level":{},"message":{},"label":{}"#,
         json!(timestamp),
+        json!(level),
         json!(message),
         json!(label)
     );

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::broker::stream::{self, ConsumerInfo};
 use crate::broker::{Connection, keys::Keys, list, stream_id_millis};
+use crate::ops::output::escape_control;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -174,7 +175,7 @@ impl Status {
         let stream = &self.stream;
         println!(
             "stream {}: length {}, first {}, last {}",
-            stream.key,
+            escape_control(&stream.key),
             stream.length,
             stream.first_id.as_deref().unwrap_or("-"),
             stream.last_id.as_deref().unwrap_or("-")
@@ -185,7 +186,7 @@ impl Status {
         for group in &stream.groups {
             println!(
                 "  group {}: lag {}, pending {}, oldest pending {}, last delivered {}",
-                group.name,
+                escape_control(&group.name),
                 group.lag.map_or_else(|| "unknown".into(), |lag| lag.to_string()),
                 group.pending,
                 group
@@ -196,7 +197,7 @@ impl Status {
             for consumer in &group.consumers {
                 println!(
                     "    consumer {}: pending {}, idle {:.1} s",
-                    consumer.name,
+                    escape_control(&consumer.name),
                     consumer.pending,
                     consumer.idle_ms as f64 / 1000.0
                 );
@@ -214,7 +215,7 @@ impl Status {
         if list.length > 0 || !list.processing.is_empty() || !list.processed.is_empty() {
             println!("list {}: length {}", list.key, list.length);
             for (consumer, items) in &list.processing {
-                println!("  processing {consumer}: {items}");
+                println!("  processing {}: {items}", escape_control(consumer));
             }
             if !list.processed.is_empty() {
                 println!("  processed: {}", format_counters(&list.processed));

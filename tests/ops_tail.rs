@@ -496,3 +496,30 @@ fn tail_goes_on_after_redis_restarts() {
     let status = wait_with_deadline(&mut tail, DEADLINE);
     assert!(status.success(), "tail exited with {status}");
 }
+
+/// Names anyone who can write to Redis chooses (a consumer created with `XGROUP
+/// CREATECONSUMER`) reach an operator's terminal through `status`: escaped, they can
+/// neither rewrite it nor forge a line.
+#[test]
+fn status_shows_a_hostile_consumer_name_escaped() {
+    let redis = TestRedis::start(&[]);
+    let mut connection = redis.connection();
+    create_group(&mut connection, "police");
+    let hostile = "evil\u{1b}]0;PWN\u{7}\u{1b}[2J\u{202e}name\nconsumer forged: pending 0";
+    let _: i64 = redis::cmd("XGROUP")
+        .arg(&["CREATECONSUMER", "logsentinel:logs", "police", hostile])
+        .query(&mut connection)
+        .unwrap();
+    let output = logsentinel(&redis.url()).arg("status").output().expect("run status");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    assert!(
+        !text.contains(['\u{1b}', '\u{7}', '\u{202e}']),
+        "raw escapes in: {text:?}"
+    );
+    assert!(!text.lines().any(|line| line.starts_with("consumer forged")), "{text}");
+    assert!(
+        text.contains(r"evil\u{1b}]0;PWN\u{7}\u{1b}[2J\u{202e}name\nconsumer forged"),
+        "{text}"
+    );
+}

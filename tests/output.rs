@@ -234,3 +234,33 @@ fn with_json_logs_every_line_of_the_demo_on_stderr_is_json() {
         "{stderr}"
     );
 }
+
+/// A start that fails says why in the format of the logs: with `--log-format json`, one
+/// JSON object at level ERROR, as a log collector reads every other line.
+#[test]
+fn a_fatal_error_is_a_json_line_in_json_mode() {
+    let output = logsentinel("redis://127.0.0.1:1")
+        .args([
+            "--log-format",
+            "json",
+            "police",
+            "--admin-listen",
+            "off",
+            "--rules",
+            "/nonexistent/rules.toml",
+        ])
+        .output()
+        .expect("run police");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let fatal = lines.last().expect("a line");
+    assert_eq!(fatal["level"], "ERROR");
+    assert!(
+        fatal["message"].as_str().unwrap().contains("cannot read the rule file"),
+        "{fatal}"
+    );
+}

@@ -47,10 +47,7 @@ pub fn describe() {
         "Resident memory of this process"
     );
     describe_gauge!(PROCESS_OPEN_FDS, "Open file descriptors of this process");
-    describe_counter!(
-        ERRORS_TOTAL,
-        "Errors by stage (ship, spool, read, settle, delivery, session)"
-    );
+    describe_counter!(ERRORS_TOTAL, "Errors by stage (ship, spool, settle, session, sample)");
     describe_histogram!(REDIS_ROUND_TRIP_SECONDS, Unit::Seconds, "Redis round trips by command");
     describe_counter!(
         AGENT_EVENTS_RECEIVED_TOTAL,

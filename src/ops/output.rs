@@ -63,18 +63,25 @@ impl Output {
 /// logs, and a message holding a newline or an ANSI escape must not forge a line or
 /// rewrite the terminal.
 pub fn escape_control(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(needs_escape) {
         return text.to_string();
     }
     text.chars()
         .map(|character| {
-            if character.is_control() {
+            if needs_escape(character) {
                 character.escape_default().to_string()
             } else {
                 character.to_string()
             }
         })
         .collect()
+}
+
+/// Control characters, and the ones that move or reorder text on a terminal: line and
+/// paragraph separators, bidi embeddings, overrides and isolates.
+fn needs_escape(character: char) -> bool {
+    character.is_control()
+        || matches!(character, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A JSON object as one logfmt line: `key=value`, nested objects as `key.sub=value`,

@@ -11,6 +11,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, Wrap};
 
 use super::snapshot::{ConsumerRow, GroupRow, Snapshot, StreamRow};
+use crate::ops::output::escape_control;
 
 /// Smallest terminal the tables fit in; below it a message says so.
 pub const MIN_WIDTH: u16 = 60;
@@ -112,9 +113,9 @@ impl View {
         if let Some(error) = &self.redis_error {
             let seen = self.last.as_ref().map_or_else(
                 || "no figures yet".to_string(),
-                |snapshot| format!("figures of {}", clock_time(snapshot.taken_at_ms)),
+                |snapshot| format!("showing the figures of {}", clock_time(snapshot.taken_at_ms)),
             );
-            let banner = format!(" Redis unreachable: {error}; showing the {seen}");
+            let banner = format!(" Redis unreachable: {error}; {seen}");
             let style = Style::new()
                 .fg(Color::White)
                 .bg(Color::Red)
@@ -191,7 +192,7 @@ impl View {
         }
         let rows = streams.into_iter().map(|stream| {
             Row::new(vec![
-                Cell::from(stream.key.clone()),
+                Cell::from(escape_control(&stream.key)),
                 Cell::from(role_text(stream.role)),
                 Cell::from(stream.length.to_string()),
                 Cell::from(rate_text(stream.added_per_s)),
@@ -222,7 +223,7 @@ impl View {
         }
         let rows = groups.into_iter().map(|group| {
             Row::new(vec![
-                Cell::from(group.name.clone()),
+                Cell::from(escape_control(&group.name)),
                 Cell::from(group.stream.clone()),
                 Cell::from(optional_text(group.lag)),
                 Cell::from(group.pending.to_string()),
@@ -263,8 +264,8 @@ impl View {
         }
         let rows = consumers.into_iter().map(|consumer| {
             let row = Row::new(vec![
-                Cell::from(consumer.name.clone()),
-                Cell::from(consumer.group.clone()),
+                Cell::from(escape_control(&consumer.name)),
+                Cell::from(escape_control(&consumer.group)),
                 Cell::from(consumer.pending.to_string()),
                 Cell::from(age_text(consumer.idle_ms)),
                 Cell::from(if consumer.stalled { "STALLED" } else { "" }),
