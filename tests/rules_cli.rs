@@ -592,3 +592,28 @@ window = "1m"
         )]
     );
 }
+
+/// A rule file is read bounded: a device (`/dev/zero`, endless) and a FIFO (blocking) are
+/// refused before any read, a file past 4 MiB after reading just past the limit.
+#[test]
+fn devices_fifos_and_oversized_files_are_refused_without_reading_them_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, lines) = check(Path::new("/dev/zero"));
+    assert_eq!(code, 2);
+    assert_eq!(lines, vec!["/dev/zero:1:1: not a regular file".to_string()]);
+
+    let fifo = dir.path().join("rules.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let (code, _, lines) = check(&fifo);
+    assert_eq!(code, 2);
+    assert!(lines[0].ends_with(":1:1: not a regular file"), "{lines:?}");
+
+    let big = write(dir.path(), "big.toml", &"#".repeat((4 << 20) + 1));
+    let (code, _, lines) = check(&big);
+    assert_eq!(code, 2);
+    assert!(
+        lines[0].ends_with(":1:1: rule file is more than the 4194304 bytes allowed"),
+        "{lines:?}"
+    );
+}

@@ -98,18 +98,31 @@ pub fn load(path: &std::path::Path) -> Result<RuleSet, RuleFileError> {
         path: origin.clone(),
         source,
     };
-    let size = std::fs::metadata(path).map_err(read_error)?.len();
-    if size > MAX_FILE_BYTES {
-        return Err(RuleFileError::Invalid {
-            origin: origin.clone(),
-            errors: vec![Located {
-                line: 1,
-                column: 1,
-                message: format!("rule file is {size} bytes, more than the {MAX_FILE_BYTES} allowed"),
-            }],
-        });
+    let at_start = |message: String| RuleFileError::Invalid {
+        origin: origin.clone(),
+        errors: vec![Located {
+            line: 1,
+            column: 1,
+            message,
+        }],
+    };
+    // A device or a FIFO would be read without end (`/dev/zero`) or block for good.
+    if !std::fs::metadata(path).map_err(read_error)?.is_file() {
+        return Err(at_start("not a regular file".to_string()));
     }
-    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    // Bounded by the read itself, not by the size the file had a moment before.
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open(path).map_err(read_error)?, MAX_FILE_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(at_start(format!(
+            "rule file is more than the {MAX_FILE_BYTES} bytes allowed"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| at_start("rule file is not UTF-8".to_string()))?;
     compile(&origin, &text)
 }
 
