@@ -297,22 +297,25 @@ end
 -- (gk -> wall ms of its last match), at most max_groups of them; `resolve_at` holds each
 -- episode the clock resolves by its due time, so the clock reads only what is due
 local over_limit, over_maxmemory = 0, 0
--- rule state (groups, counters, dedup bitmaps) grows only below this share of maxmemory:
--- the rest stays free for ingestion and the alerts, so state cannot stall the agents
+-- new groups and window counters are created only below this share of maxmemory: the rest
+-- stays free for ingestion and the alerts, so state cannot stall the agents. Dedup bitmaps
+-- (at most 8 KiB each, short-lived) go up to maxmemory itself: below it, the matches of
+-- tracked groups keep counting while a backlog fills the stream
 local state_memory_share = 0.9
-local memory_full = nil
--- whether Redis is past the rule state's share of maxmemory; read once per call, and
--- only by a call that would create state (INFO costs as much as a few dozen commands)
-local function state_memory_full()
-  if memory_full == nil then
+local memory_used = nil
+-- whether Redis is past `share` of maxmemory; read once per call, and only by a call
+-- that would create state (INFO costs as much as a few dozen commands)
+local function memory_past(share)
+  if memory_used == nil then
     local info = redis.call('INFO', 'memory')
     local limit = tonumber(string.match(info, 'maxmemory:(%d+)')) or 0
     local used = tonumber(string.match(info, 'used_memory:(%d+)')) or 0
     local uncounted = tonumber(string.match(info, 'mem_not_counted_for_evict:(%d+)')) or 0
-    memory_full = limit > 0 and used - uncounted >= limit * state_memory_share
+    memory_used = limit > 0 and (used - uncounted) / limit or 0
   end
-  return memory_full
+  return memory_used >= share
 end
+local function state_memory_full() return memory_past(state_memory_share) end
 local function tracked(ep)
   if ep.tracked == nil then
     ep.tracked = redis.call('ZSCORE', rules_prefix .. 'seen:' .. ep.rule.name, ep.gk) ~= false
@@ -830,9 +833,9 @@ else
     operations_of[b] = ops
   end
 end
--- a bitmap not there yet is new rule state: past the state's share of maxmemory it is not
--- created, and the matches of its events are not counted (over_maxmemory), as for a new
--- counter; counting them unmarked could count a re-sent event twice
+-- a bitmap not there yet is new rule state: over maxmemory it is not created, and the
+-- matches of its events are not counted (over_maxmemory), as for a new counter; counting
+-- them unmarked could count a re-sent event twice
 local function hold_out(b)
   if flattened == nil then flatten() end
   duplicates_found = true
@@ -842,7 +845,7 @@ local function hold_out(b)
 end
 for b, ops in ipairs(operations_of) do
   local key = rules_prefix .. 'dedup:' .. bitmap_names[b]
-  if #ops > 0 and redis.call('EXISTS', key) == 0 and state_memory_full() then
+  if #ops > 0 and redis.call('EXISTS', key) == 0 and memory_past(1) then
     hold_out(b)
     ops = {}
   end
