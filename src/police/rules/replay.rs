@@ -90,8 +90,8 @@ pub struct Replay {
     pub late_matches: u64,
     /// Sample lines that are not events, as `SAMPLE:LINE: reason`, in file order.
     pub bad_lines: Vec<String>,
-    /// Events stamped too far in the future and where they were placed (see the module
-    /// doc), one line each, in sample order.
+    /// Events stamped too far in the future, or whose timestamp cannot be read, and where
+    /// they were placed (see the module doc), one line each, in sample order.
     pub future_events: Vec<String>,
 }
 
@@ -185,7 +185,15 @@ pub fn replay(rules: &RuleSet, events: Vec<LogEvent>, police_clock_ms: i64) -> R
                 ));
                 placed_ms
             }
-            None => placed_ms,
+            None => {
+                future_events.push(format!(
+                    "event {}: timestamp {:?} cannot be read: replayed at {}, as the police places it at its clock",
+                    event.id,
+                    event.timestamp,
+                    window::rfc3339(placed_ms)
+                ));
+                placed_ms
+            }
         };
         let now_ms = match clock_ms {
             None => {
@@ -278,14 +286,19 @@ mod tests {
         ];
         let replayed = replay(&rules, events, police_clock_ms);
         assert_eq!(replayed.late_matches, 0);
-        assert_eq!(replayed.future_events.len(), 2, "{:?}", replayed.future_events);
+        assert_eq!(replayed.future_events.len(), 3, "{:?}", replayed.future_events);
         assert!(replayed.future_events[0].starts_with("event a:1:0: "));
         assert!(
             replayed.future_events[0]
                 .ends_with("replayed at 2026-12-01T12:00:10.000Z, as the police places it at its clock")
         );
-        assert!(replayed.future_events[1].starts_with("event a:1:5: "));
-        assert!(replayed.future_events[1].contains("replayed at 2026-12-01T13:09:00.000Z"));
+        assert_eq!(
+            replayed.future_events[1],
+            "event a:1:1: timestamp \"not a time\" cannot be read: replayed at 2026-12-01T12:00:10.000Z, as the \
+             police places it at its clock"
+        );
+        assert!(replayed.future_events[2].starts_with("event a:1:5: "));
+        assert!(replayed.future_events[2].contains("replayed at 2026-12-01T13:09:00.000Z"));
         // Lines 0 to 2 count in 12:00, the window of the first on-time time, and fire there.
         let twelve_ms = window::parse_ms("2026-12-01T12:00:00Z").unwrap();
         let firing: Vec<(&str, u64)> = replayed
