@@ -541,3 +541,55 @@ fn matches_beyond_max_groups_are_counted_in_the_metrics() {
     promtool_check(&text, "police with bounded rules");
     stop_gracefully(police.take());
 }
+
+/// A fresh police exposes every series dashboards and absence alerts need, at 0: the
+/// errors of each stage, the dead letters of each reason, the alerts of each rule and the
+/// deliveries of each sink and outcome (`rate()` over a series that appears late misses its
+/// first increase).
+#[test]
+fn a_fresh_police_exposes_its_series_at_zero() {
+    let redis = TestRedis::start(&[]);
+    let address = free_address();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[sinks.file]\ntype = \"jsonl\"\npath = \"{}\"\n\n[[rules]]\nname = \"crit\"\ntype = \"any\"\n\
+             filter = {{ level = \"CRITICAL\" }}\nsinks = [\"file\"]\n",
+            dir.path().join("alerts.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let police = spawn_police(
+        &redis.url(),
+        "p1",
+        &["--admin-listen", &address, "--rules", rules.to_str().unwrap()],
+    );
+    let text = wait_for_status(&address, "/metrics", 200);
+    let mut expected = vec![
+        r#"logsentinel_errors_total{stage="settle"}"#.to_string(),
+        r#"logsentinel_errors_total{stage="session"}"#.to_string(),
+        r#"logsentinel_police_alerts_total{rule="crit"}"#.to_string(),
+    ];
+    for reason in ["max_deliveries", "too_large", "undecodable"] {
+        expected.push(format!(r#"logsentinel_police_dead_letters_total{{reason="{reason}"}}"#));
+    }
+    for outcome in ["delivered", "dead_letter", "retry"] {
+        expected.push(format!(
+            r#"logsentinel_sink_deliveries_total{{sink="file",outcome="{outcome}"}}"#
+        ));
+    }
+    let text = {
+        let mut text = text;
+        wait_until("every series exposed", DEADLINE, || {
+            text = http_get(&address, "/metrics").map(|(_, body)| body).unwrap_or_default();
+            expected
+                .iter()
+                .all(|series| text.lines().any(|line| line == format!("{series} 0")))
+        });
+        text
+    };
+    promtool_check(&text, "fresh police");
+    stop_gracefully(police);
+}

@@ -174,6 +174,14 @@ pub fn spawn_workers(
 /// Sessions until stopped; an outage ends a session and a new one starts after a backoff.
 async fn run(worker: &SinkWorker, settings: &WorkerSettings, stop: &CancellationToken) -> Result<(), WorkerError> {
     info!(sink = %worker.name, group = %Keys::sink_group(&worker.name), "delivery worker started");
+    for outcome in ["delivered", "dead_letter", "retry"] {
+        metrics::counter!(
+            crate::observability::names::SINK_DELIVERIES_TOTAL,
+            "sink" => worker.name.clone(),
+            "outcome" => outcome
+        )
+        .increment(0);
+    }
     let mut backoff = Backoff::new("delivery", &settings.redis_url);
     let mut totals = Totals::default();
     let outcome = loop {

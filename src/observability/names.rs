@@ -95,6 +95,9 @@ pub fn describe() {
 }
 
 /// Bounded class of a dead-letter reason (the reason text itself names ids and sizes).
+/// The `reason` label values of the police's dead letters.
+pub const DEAD_LETTER_CLASSES: [&str; 3] = ["max_deliveries", "too_large", "undecodable"];
+
 pub fn dead_letter_class(reason: &str) -> &'static str {
     if reason.starts_with("delivered ") {
         "max_deliveries"

@@ -17,6 +17,7 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Samples until `shutdown`; a failed sample is counted and retried at the next interval.
 pub async fn run(redis_url: String, keys: Keys, sinks: Vec<String>, shutdown: CancellationToken) {
+    metrics::counter!(names::ERRORS_TOTAL, "stage" => "sample").increment(0);
     let mut connection: Option<Connection> = None;
     let mut interval = tokio::time::interval(SAMPLE_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -92,6 +92,11 @@ impl PoliceMetrics {
     fn new() -> PoliceMetrics {
         let dropped =
             |reason: &'static str| metrics::counter!(names::POLICE_RULE_MATCHES_DROPPED_TOTAL, "reason" => reason);
+        // Every series a dashboard or an absence alert needs exists from the start, at 0.
+        metrics::counter!(names::ERRORS_TOTAL, "stage" => "session").increment(0);
+        for reason in names::DEAD_LETTER_CLASSES {
+            metrics::counter!(names::POLICE_DEAD_LETTERS_TOTAL, "reason" => reason).increment(0);
+        }
         PoliceMetrics {
             entries: metrics::counter!(names::POLICE_ENTRIES_TOTAL),
             events_processed: metrics::counter!(names::POLICE_EVENTS_PROCESSED_TOTAL),
@@ -99,6 +104,13 @@ impl PoliceMetrics {
             matches_over_limit: dropped("over_limit"),
             matches_over_maxmemory: dropped("over_maxmemory"),
             late_matches: dropped("late"),
+        }
+    }
+
+    /// The alerts counter of every rule of `rules`, at 0 until its first alert.
+    fn register_rules(&self, rules: &RuleSet) {
+        for rule in rules.rules() {
+            metrics::counter!(names::POLICE_ALERTS_TOTAL, "rule" => rule.name.clone()).increment(0);
         }
     }
 
@@ -244,6 +256,7 @@ impl Police {
             beat: health::beat("police"),
             metrics: PoliceMetrics::new(),
         })
+        .inspect(|police: &Police| police.metrics.register_rules(&police.rules))
     }
 
     /// Takes the newest rule set reloaded on SIGHUP, if any: called between batches, so
@@ -257,6 +270,7 @@ impl Police {
         }
         // A change of sinks was logged when the file was reloaded (see `reload_on_hangup`).
         self.rules = receiver.borrow_and_update().clone();
+        self.metrics.register_rules(&self.rules);
         self.stateful_rules = self.rules.stateful_rules();
         self.interest = self.rules.lowest_level();
     }
