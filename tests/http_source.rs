@@ -335,6 +335,9 @@ fn idle_connections_are_capped_and_do_not_exhaust_the_agent() {
     let address = free_address();
     let agent = spawn_http_agent(&url, &address, &[]);
     let open_fds = || std::fs::read_dir(format!("/proc/{}/fd", agent.id())).unwrap().count();
+    // A first request: the agent is up and connected to Redis before the count is taken.
+    let (status, response) = curl_post(&address, "/ingest", b"{\"message\":\"before\"}\n");
+    assert_eq!(status, 202, "{response}");
     let before = open_fds();
     // 256 taken, the rest within the listen backlog (more would wait for a SYN retry)
     let held: Vec<std::net::TcpStream> = (0..300)
@@ -344,10 +347,11 @@ fn idle_connections_are_capped_and_do_not_exhaust_the_agent() {
             stream
         })
         .collect();
+    // The count taken before may still hold a closing connection or two: 8 either way.
     wait_until(
         "the agent took connections up to its cap",
         Duration::from_secs(20),
-        || open_fds() >= before + 256,
+        || open_fds() + 8 >= before + 256,
     );
     let during = open_fds();
     assert!(
