@@ -70,6 +70,11 @@ pub async fn heartbeat(connection: &mut Connection, heartbeat_key: &str, ttl_ms:
         .await
 }
 
+/// The share of `maxmemory` past which rule state stops growing and delivered alert
+/// records are trimmed at once: the rest stays for ingestion (the settle script's
+/// `state_memory_share` is the same figure).
+pub const STATE_MEMORY_SHARE: f64 = 0.9;
+
 /// How full Redis is: `used_memory - mem_not_counted_for_evict` over `maxmemory`, as Redis
 /// counts it for its own limit; 0 when no `maxmemory` is set.
 pub async fn memory_share(connection: &mut Connection) -> Result<f64, RedisError> {
@@ -204,6 +209,14 @@ pub fn stream_id_millis(entry_id: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_settle_script_stops_rule_state_at_the_same_share() {
+        assert!(
+            scripts::RULE_STATE_SOURCE.contains(&format!("local state_memory_share = {STATE_MEMORY_SHARE}\n")),
+            "the settle script's state_memory_share must be STATE_MEMORY_SHARE"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets() {

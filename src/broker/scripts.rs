@@ -301,6 +301,7 @@ local over_limit, over_maxmemory = 0, 0
 -- stays free for ingestion and the alerts, so state cannot stall the agents. Dedup bitmaps
 -- (at most 8 KiB each, short-lived) go up to maxmemory itself: below it, the matches of
 -- tracked groups keep counting while a backlog fills the stream
+-- = broker::STATE_MEMORY_SHARE (a test checks it)
 local state_memory_share = 0.9
 local memory_used = nil
 -- whether Redis is past `share` of maxmemory; read once per call, and only by a call

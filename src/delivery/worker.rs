@@ -481,7 +481,7 @@ impl Session<'_> {
     /// or not at all once Redis is past 90 % of maxmemory: without the trim it would grow
     /// for good and, under maxmemory, stall ingestion.
     async fn trim_delivered(&mut self, connection: &mut Connection) -> Result<(), RedisError> {
-        let keep_since = if broker::memory_share(connection).await? >= 0.9 {
+        let keep_since = if broker::memory_share(connection).await? >= broker::STATE_MEMORY_SHARE {
             None
         } else {
             let now_ms = crate::police::rules::window::now_ms().max(0) as u64;

@@ -76,7 +76,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
                 &police.broker.keys,
                 &police.config,
                 &mut read_connection,
-                next_maintenance
+                Some(next_maintenance)
             ),
         );
         settled?;
@@ -98,7 +98,7 @@ async fn drain_backlog(
     next_maintenance: Instant,
 ) -> Result<Vec<StreamEntry>, SessionError> {
     let read_count = police.config.read_count;
-    let mut ahead = read_ahead(police, connection).await?;
+    let mut ahead = read_new_with(&police.broker.keys, &police.config, connection, None).await?;
     loop {
         police.beat.tick();
         if ahead.is_empty() || police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
@@ -114,7 +114,7 @@ async fn drain_backlog(
         // Polled in order: the settle is sent before the read, so Redis runs them in turn.
         let (settled, next) = tokio::join!(police.settle(connection, Source::Stream, &outcomes), async {
             if read_more {
-                read_ahead(police, &mut read_connection).await
+                read_new_with(&police.broker.keys, &police.config, &mut read_connection, None).await
             } else {
                 Ok(Vec::new())
             }
@@ -128,48 +128,31 @@ async fn drain_backlog(
     }
 }
 
-/// A read of new entries that does not block: under a backlog there is a full batch.
-async fn read_ahead(police: &Police, connection: &mut Connection) -> Result<Vec<StreamEntry>, SessionError> {
-    Ok(stream::read_group(
-        connection,
-        &police.broker.keys,
-        &police.config.consumer,
-        ">",
-        police.config.read_count,
-        None,
-    )
-    .await?)
-}
-
 async fn read_new(
     police: &Police,
     connection: &mut Connection,
     next_maintenance: Instant,
 ) -> Result<Vec<StreamEntry>, SessionError> {
-    read_new_with(&police.broker.keys, &police.config, connection, next_maintenance).await
+    read_new_with(&police.broker.keys, &police.config, connection, Some(next_maintenance)).await
 }
 
-/// Blocking read of new entries (`>`), waking up in time for the next maintenance.
+/// Read of new entries (`>`): blocking, waking up in time for the next maintenance, or,
+/// with no maintenance time (a read ahead under a backlog, which has a full batch), not
+/// blocking at all.
 async fn read_new_with(
     keys: &crate::broker::keys::Keys,
     config: &crate::config::PoliceConfig,
     connection: &mut Connection,
-    next_maintenance: Instant,
+    next_maintenance: Option<Instant>,
 ) -> Result<Vec<StreamEntry>, SessionError> {
-    let block_ms = config
-        .block
-        .min(next_maintenance.saturating_duration_since(Instant::now()))
-        .as_millis()
-        .max(1) as u64;
-    Ok(stream::read_group(
-        connection,
-        keys,
-        &config.consumer,
-        ">",
-        config.read_count,
-        Some(block_ms),
-    )
-    .await?)
+    let block_ms = next_maintenance.map(|at| {
+        config
+            .block
+            .min(at.saturating_duration_since(Instant::now()))
+            .as_millis()
+            .max(1) as u64
+    });
+    Ok(stream::read_group(connection, keys, &config.consumer, ">", config.read_count, block_ms).await?)
 }
 
 /// Re-reads and finishes the entries this consumer name had in hand when it stopped.
