@@ -353,17 +353,39 @@ fn read_as(
 /// same items, in the same order: ids, statuses and counts.
 #[tokio::test]
 async fn the_scripts_and_the_reference_model_raise_the_same_records() {
-    scripts_and_model_agree(25).await;
+    scripts_and_model_agree(25, Fence::OwnedSet).await;
 }
 
 /// As above with small settle calls: most lie within one window, so the script applies
 /// most windows from their sums, and walks those that cross a threshold.
 #[tokio::test]
 async fn the_scripts_and_the_reference_model_agree_in_small_settle_calls() {
-    scripts_and_model_agree(4).await;
+    scripts_and_model_agree(4, Fence::OwnedSet).await;
 }
 
-async fn scripts_and_model_agree(read_count: usize) {
+/// As above with the pending count known, as a police under load settles: calls whose
+/// items only count are folded (their updates travel as sums), unless a threshold is
+/// crossed, and the records are the same. Calls of 25 span two windows (20 events a
+/// minute): never folded, fenced by the pending count alone.
+#[tokio::test]
+async fn the_scripts_and_the_reference_model_agree_in_folded_settle_calls() {
+    let folded = scripts_and_model_agree(4, Fence::PendingCount).await;
+    assert!(folded > 0, "some calls were folded");
+    scripts_and_model_agree(25, Fence::PendingCount).await;
+}
+
+/// How the settle calls of [`scripts_and_model_agree`] prove that their consumer holds
+/// their items.
+#[derive(Clone, Copy, PartialEq)]
+enum Fence {
+    /// No pending count given: the script reads the owned set.
+    OwnedSet,
+    /// The consumer's pending count given: it holds exactly the call's items.
+    PendingCount,
+}
+
+/// Returns how many settle calls were folded.
+async fn scripts_and_model_agree(read_count: usize, fence: Fence) -> usize {
     let redis = TestRedis::start(&[]);
     let mut sync = redis.connection();
     create_group(&mut sync, "police");
@@ -420,6 +442,7 @@ async fn scripts_and_model_agree(read_count: usize) {
     let keys = Keys::default();
     let mut model = Model::new(&rules);
     let mut expected: Vec<(String, String, u64)> = Vec::new();
+    let mut folded = 0;
     loop {
         let batch = read_as(&mut sync, "a", read_count, &rules);
         if batch.is_empty() {
@@ -433,9 +456,18 @@ async fn scripts_and_model_agree(read_count: usize) {
             }
             outcomes.push(outcome);
         }
-        settle::settle(&mut connection, &target(&keys, "a", &stateful), &outcomes)
-            .await
-            .unwrap();
+        let mut target = target(&keys, "a", &stateful);
+        if fence == Fence::PendingCount {
+            target.expected_pending = Some(outcomes.len() as u64);
+        }
+        let settled = settle::settle(&mut connection, &target, &outcomes).await.unwrap();
+        assert_eq!(settled.items, outcomes.len() as u64);
+        // None after a script load or a folded call sent again: a read could have run between
+        assert!(
+            matches!(settled.pending_after, None | Some(0)),
+            "every entry read is settled: {settled:?}"
+        );
+        folded += usize::from(settled.folded);
     }
     // Clock work now: the newest closed window of each rule, then resolves.
     let clock = logsentinel::police::clock::Clock {
@@ -494,6 +526,7 @@ async fn scripts_and_model_agree(read_count: usize) {
         model.late,
         "the same late matches"
     );
+    folded
 }
 
 fn status_of(status: AlertStatus) -> String {

@@ -56,6 +56,17 @@ fn processed_events(connection: &mut redis::Connection) -> u64 {
 
 #[tokio::test]
 async fn of_two_consumers_settling_one_entry_only_its_holder_writes_the_alert() {
+    two_consumers_settle_one_entry(None).await;
+}
+
+/// As above, each consumer giving the pending count it expects (one entry read): a's count
+/// is one short after b's claim, so a's call reads the owned set and writes nothing.
+#[tokio::test]
+async fn a_pending_count_short_of_the_expected_one_fences_like_the_owned_set() {
+    two_consumers_settle_one_entry(Some(1)).await;
+}
+
+async fn two_consumers_settle_one_entry(expected_pending: Option<u64>) {
     let redis = TestRedis::start(&[]);
     let mut sync = redis.connection();
     create_group(&mut sync, "police");
@@ -101,6 +112,7 @@ async fn of_two_consumers_settling_one_entry_only_its_holder_writes_the_alert() 
         consumer,
         alert_dedup_ttl_s: 60,
         rules: &[],
+        expected_pending,
     };
     let mut connection = logsentinel::broker::connect(&redis.url()).await.unwrap();
     let by_a = settle::settle(&mut connection, &target("a"), &[outcome()])
@@ -111,6 +123,7 @@ async fn of_two_consumers_settling_one_entry_only_its_holder_writes_the_alert() 
         .await
         .unwrap();
     assert_eq!((by_b.items, by_b.alerts_written), (1, 1), "b holds it: b settles");
+    assert_eq!(by_b.pending_after, Some(0), "b holds nothing more");
     let again = settle::settle(&mut connection, &target("b"), &[outcome()])
         .await
         .unwrap();

@@ -33,8 +33,15 @@ use redis::Script;
 /// Fences, per item with outputs (checked before anything of it is written):
 /// - stream mode: the entry must be pending on *this* consumer, so when a slow consumer
 ///   and the one that claimed its entry both finish, only the one that holds it writes the
-///   outputs and counts the matches. One `XPENDING <first> <last> … consumer` over the id
-///   range of the call's items (paged by 1000) gives the owned set in one command;
+///   outputs and counts the matches. The caller may pass the number of entries it expects
+///   to hold: the count this script returned after its last settle plus the entries read
+///   with `>` since, on the same connection (so in that order). Other clients can only
+///   take entries away from a consumer (claims, acknowledgements, consumer removal), never
+///   add to it, so when the consumer's pending count (`XPENDING` summary, one figure per
+///   consumer) equals the expected count, it still holds everything it read, every item of
+///   the call included. Otherwise (or without an expected count) one `XPENDING <first>
+///   <last> … consumer` over the id range of the call's items (paged by 1000) gives the
+///   owned set;
 /// - list mode: the item must still be in our processing list (`LPOS`).
 ///
 /// Items without outputs or rule updates (most of them) are acknowledged last with one
@@ -64,7 +71,8 @@ use redis::Script;
 /// KEYS: source (stream or processing list), alerts stream, dead stream, stats hash.
 /// ARGV: mode (`stream`|`list`), group, consumer, seen prefix, seen ttl (s), source label,
 /// rules prefix, first and last id of the items with outputs (stream mode, else empty),
-/// number of stateful rules, per rule 10 fields (name, kind `any`|`frequency`|`spike`|
+/// the pending count the caller expects (stream mode, or empty: unknown), number of
+/// stateful rules, per rule 10 fields (name, kind `any`|`frequency`|`spike`|
 /// `flatline`, window ms, threshold, cooldown ms, max lateness ms, ratio, min count,
 /// spike directions `u`|`d`|`b`|`-`, max groups), number of slots, per slot (group key id, group
 /// values JSON, draft body, first and last event time, rule number from 1, window start ms,
@@ -94,11 +102,13 @@ use redis::Script;
 /// Called with no items, it only validates: the police's start-up check (then also the
 /// commands of the read loop and of the clock scripts).
 /// Returns: {items settled, alerts written, duplicate alerts skipped, dead letters written,
-/// late matches}.
+/// late matches, matches over max_groups, matches over maxmemory, the consumer's pending
+/// count after this call (stream mode, else -1)}.
 const SETTLE_LUA: &str = r#"
 local source, alerts, dead, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, group, consumer, seen_prefix, seen_ttl, label = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local rules_prefix, first_id, last_id = ARGV[7], ARGV[8], ARGV[9]
+local rules_prefix, first_id, last_id, expected_pending = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local folded = ARGV[11] == '1'
 
 -- 1. validate everything a later command could fail on
 local ttl = tonumber(seen_ttl)
@@ -173,6 +183,7 @@ local function read_rules(at, count)
   end
   return rules, at
 end
+local expect_rule_permissions
 local function expect_rule_keys(rules, used)
   expect_type(rules_prefix .. 'active', 'hash')
   expect_type(rules_prefix .. 'resolved', 'hash')
@@ -188,6 +199,9 @@ local function expect_rule_keys(rules, used)
       expect_type(rules_prefix .. 'seen:' .. rule.name, 'zset')
     end
   end
+  expect_rule_permissions()
+end
+expect_rule_permissions = function()
   local any_key, probe = rules_prefix .. '*', rules_prefix .. 'x'
   expect_permission(any_key, 'GET', probe)
   expect_permission(any_key, 'SET', probe, '1', 'PXAT', '1')
@@ -242,6 +256,16 @@ local function without_event(body)
   return body
 end
 
+-- a read of the rule state that fails on a key of another type names the key: a folded
+-- call (SETTLE) checks types by its reads
+local function read_state(command, wanted, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    error({err = 'WRONGTYPE logsentinel settle: key ' .. key .. ' holds a ' .. redis.call('TYPE', key)['ok'] .. ', expected a ' .. wanted})
+  end
+  return reply
+end
+
 -- rule state of this call, read once and written once by flush_state
 local counts, episodes, resolved_now = {}, {}, {}
 local fired, rule_duplicates = {}, 0
@@ -266,7 +290,7 @@ local function episode(rule, gk)
 end
 local function active_of(ep)
   if ep.active == nil then
-    local json = redis.call('HGET', rules_prefix .. 'active', ep.rk)
+    local json = read_state('HGET', 'hash', rules_prefix .. 'active', ep.rk)
     ep.active = json and (parse_record(json) or {raw = json}) or false
   end
   return ep.active
@@ -279,13 +303,13 @@ local function cooldown_of(ep)
 end
 local function mark_of(ep)
   if ep.mark == nil then
-    ep.mark = tonumber(redis.call('HGET', rules_prefix .. 'episodes', ep.rk)) or false
+    ep.mark = tonumber(read_state('HGET', 'hash', rules_prefix .. 'episodes', ep.rk)) or false
   end
   return ep.mark
 end
 local function first_seen_of(ep)
   if ep.first == nil then
-    ep.first = tonumber(redis.call('ZSCORE', rules_prefix .. 'groups:' .. ep.rule.name, ep.gk)) or false
+    ep.first = tonumber(read_state('ZSCORE', 'zset', rules_prefix .. 'groups:' .. ep.rule.name, ep.gk)) or false
   end
   return ep.first
 end
@@ -319,7 +343,8 @@ end
 local function state_memory_full() return memory_past(state_memory_share) end
 local function tracked(ep)
   if ep.tracked == nil then
-    ep.tracked = redis.call('ZSCORE', rules_prefix .. 'seen:' .. ep.rule.name, ep.gk) ~= false
+    local last_match = read_state('ZSCORE', 'zset', rules_prefix .. 'seen:' .. ep.rule.name, ep.gk)
+    ep.tracked, ep.seen_ms = last_match ~= false, tonumber(last_match)
   end
   return ep.tracked
 end
@@ -332,7 +357,7 @@ local function admitted(ep, entry, matches)
   end
   if not tracked(ep) then
     local rule = ep.rule
-    rule.groups = rule.groups or redis.call('ZCARD', rules_prefix .. 'seen:' .. rule.name)
+    rule.groups = rule.groups or read_state('ZCARD', 'zset', rules_prefix .. 'seen:' .. rule.name)
     if rule.groups >= rule.max_groups then
       over_limit = over_limit + matches
       return false
@@ -364,7 +389,8 @@ local function flush_bounds(rk, ep)
     redis.call('ZREM', rules_prefix .. 'groups:' .. rule.name, ep.gk)
     redis.call('HDEL', rules_prefix .. 'groupvals:' .. rule.name, ep.gk)
     redis.call('DEL', rules_prefix .. 'cooldown:' .. rule.name .. ':' .. ep.gk)
-  elseif ep.seen_dirty then
+  elseif ep.seen_dirty and not (ep.seen_ms and now_ms - ep.seen_ms < 1000) then
+    -- to within a second: enough for forget_after (1 h at least), and most calls skip it
     redis.call('ZADD', rules_prefix .. 'seen:' .. rule.name, fmt(now_ms), ep.gk)
   end
   if ep.mark_dirty then
@@ -528,7 +554,7 @@ expect_permission(stats, 'HINCRBY', stats, 'events', '1')
 expect_permission(seen_prefix .. '*', 'SET', seen_prefix .. 'x', '1', 'EX', '1')
 expect_permission(seen_prefix .. '*', 'EXISTS', seen_prefix .. 'x')
 
-local rules, i = read_rules(11, tonumber(ARGV[10]))
+local rules, i = read_rules(13, tonumber(ARGV[12]))
 -- the slots: one per (rule, group key, window) of the call, with its draft and the sums
 -- of its updates
 local slots = {}
@@ -576,35 +602,51 @@ if quiet_count == 0 and first_noisy > #ARGV then
     expect_permission(source, 'LRANGE', source, '0', '-1')
   end
   if #rules > 0 then expect_rule_keys(rules) end
-  return {0, 0, 0, 0, 0, 0, 0}
+  return {0, 0, 0, 0, 0, 0, 0, -1}
 end
 
 -- the streams written to must have ids left; the rule keys must have their types
-local alerts_total, dead_total, updates_total = 0, 0, 0
+local alerts_total, dead_total = 0, 0
 local used_rules = {}
 local noisy = {}
 while i <= #ARGV do
   local alert_count, dead_count, updates = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
   alerts_total, dead_total = alerts_total + alert_count, dead_total + dead_count
-  if updates ~= '' then updates_total = updates_total + 1 end
   noisy[#noisy + 1] = {at = i, alert_count = alert_count, dead_count = dead_count, updates = updates,
     marks = ARGV[i + 5], partial = ARGV[i + 6], raised = {}}
   i = i + 7 + 3 * alert_count + 2 * dead_count
 end
 for _, slot in ipairs(slots) do used_rules[slot.rule_number] = true end
-if alerts_total > 0 or updates_total > 0 then expect_room(alerts) end
+if alerts_total > 0 or #slots > 0 then expect_room(alerts) end
 if dead_total > 0 then expect_room(dead) end
 -- only the keys of the rules this call updates: checking all of them costs every call
-if updates_total > 0 then expect_rule_keys(rules, used_rules) end
+-- (a folded call checks the types of the rule keys by reading them, before any write)
+if #slots > 0 then
+  if folded then expect_rule_permissions() else expect_rule_keys(rules, used_rules) end
+end
 if #bitmap_names > 0 then
   for _, name in ipairs(bitmap_names) do expect_type(rules_prefix .. 'dedup:' .. name, 'string') end
   expect_permission(rules_prefix .. '*', 'BITFIELD', rules_prefix .. 'x', 'SET', 'u1', '0', '1')
+  expect_permission(rules_prefix .. '*', 'BITFIELD_RO', rules_prefix .. 'x', 'GET', 'u1', '0')
   expect_permission(rules_prefix .. '*', 'PEXPIRE', rules_prefix .. 'x', '1')
 end
 
--- 3. the fence: which items with outputs this consumer holds
+-- 3. the fence: which items with outputs this consumer holds. Its pending count equal to
+-- the count the caller expects proves it holds every item (nothing can add to it, see
+-- above); else one XPENDING over the items' range gives the owned set
+local function pending_here()
+  local consumers = redis.call('XPENDING', source, group)[4]
+  if type(consumers) == 'table' then
+    for _, pending in ipairs(consumers) do
+      if pending[1] == consumer then return tonumber(pending[2]) end
+    end
+  end
+  return 0
+end
+local holds_all = mode == 'stream' and (folded or first_noisy <= #ARGV) and expected_pending ~= ''
+  and pending_here() == tonumber(expected_pending)
 local owned_entries = {}
-if mode == 'stream' and first_noisy <= #ARGV then
+if mode == 'stream' and first_noisy <= #ARGV and not holds_all then
   local start = first_id
   while true do
     local page = redis.call('XPENDING', source, group, start, last_id, 1000, consumer)
@@ -614,6 +656,7 @@ if mode == 'stream' and first_noisy <= #ARGV then
   end
 end
 local function owns(item)
+  if holds_all then return true end
   if mode == 'stream' then return owned_entries[item] == true end
   return redis.call('LPOS', source, item) ~= false
 end
@@ -745,15 +788,68 @@ for _, item in ipairs(noisy) do
   item.owned = owns(ARGV[item.at])
   if not item.owned and item.updates ~= '' then all_owned = false end
 end
+local rule_window = {}
+for _, slot in ipairs(slots) do
+  local seen = rule_window[slot.rule]
+  if seen == nil then
+    rule_window[slot.rule] = slot.window_start
+  elseif seen ~= slot.window_start then
+    rule_window[slot.rule] = false
+  end
+end
+-- all ones in `width` bits, as an exact decimal (formatted where first used)
+local ones = setmetatable({}, {__index = function(made, width)
+  made[width] = string.format('%.0f', 2 ^ width - 1)
+  return made[width]
+end})
+-- folded call: the quiet items' updates are in the slots' sums only, so every windowed
+-- slot must fold (see 4.), with every item held and no event seen before: checked with
+-- reads only; else nothing is written and the caller sends the call with every item's
+-- updates
+if folded then
+  local folds_all = holds_all
+  for _, slot in ipairs(slots) do
+    if folds_all and slot.rule.kind ~= 'any' and (rule_window[slot.rule] == false or may_cross(slot)) then
+      folds_all = false
+    end
+  end
+  for b = 1, #bitmap_names do
+    if not folds_all then break end
+    -- an event twice in the call: its second bit is found set only while setting
+    local ranges = {}
+    for first, width in string.gmatch(bitmap_operations[b], '(%d+),(%d+);') do
+      ranges[#ranges + 1] = {tonumber(first), tonumber(width)}
+    end
+    table.sort(ranges, function(x, y) return x[1] < y[1] end)
+    for k = 2, #ranges do
+      if ranges[k - 1][1] + ranges[k - 1][2] > ranges[k][1] then folds_all = false end
+    end
+    local key = rules_prefix .. 'dedup:' .. bitmap_names[b]
+    if not folds_all then
+      break
+    elseif redis.call('EXISTS', key) == 0 then
+      if memory_past(1) then folds_all = false end
+    else
+      for from = 1, #ranges, 500 do
+        local arguments = {}
+        for k = from, math.min(from + 499, #ranges) do
+          local n = 3 * (k - from)
+          arguments[n + 1], arguments[n + 2], arguments[n + 3] = 'GET', 'u' .. ranges[k][2], ranges[k][1]
+        end
+        for _, old in ipairs(redis.call('BITFIELD_RO', key, unpack(arguments))) do
+          if old ~= 0 then folds_all = false end
+        end
+      end
+    end
+  end
+  if not folds_all then return {-1, 0, 0, 0, 0, 0, 0, -1} end
+end
 -- exactly once per event: sets the bits of the owned items' events, one BITFIELD per
 -- bitmap; per item and update position, the matches of events whose bit was set already
 local dedup_ttl = 300000
 for _, rule in ipairs(rules) do
   dedup_ttl = math.max(dedup_ttl, 3 * rule.window + rule.lateness + 300000, rule.cooldown + 300000)
 end
--- all ones in `width` bits, as an exact decimal
-local ones = {}
-for width = 1, 48 do ones[width] = string.format('%.0f', 2 ^ width - 1) end
 -- an event of `item` (number from 1 among its marks) counted before
 local function duplicate(item, event)
   if item.duplicates == nil then
@@ -844,6 +940,7 @@ local function hold_out(b)
     for event = run[2], run[2] + run[3] - 1 do over_maxmemory = over_maxmemory + duplicate(run[1], event) end
   end
 end
+local function set_dedup_bits()
 for b, ops in ipairs(operations_of) do
   local key = rules_prefix .. 'dedup:' .. bitmap_names[b]
   if #ops > 0 and redis.call('EXISTS', key) == 0 and memory_past(1) then
@@ -864,6 +961,7 @@ for b, ops in ipairs(operations_of) do
     for o = from, to do
       local value, width = old[o - from + 1], ops[o][2]
       if value ~= 0 then
+        if folded then error({err = 'ERR logsentinel settle: a folded call found an event counted before'}) end
         duplicates_found = true
         if flattened == nil then flatten() end
         -- the least significant bit is the operation's last
@@ -878,16 +976,11 @@ for b, ops in ipairs(operations_of) do
   end
   if #ops > 0 then redis.call('PEXPIRE', key, dedup_ttl) end
 end
-
-local rule_window = {}
-for _, slot in ipairs(slots) do
-  local seen = rule_window[slot.rule]
-  if seen == nil then
-    rule_window[slot.rule] = slot.window_start
-  elseif seen ~= slot.window_start then
-    rule_window[slot.rule] = false
-  end
 end
+-- a folded call found no event counted before (checked above): it sets the bits after
+-- its reads, with the other writes
+if not folded then set_dedup_bits() end
+
 local function folds(slot)
   return all_owned and not duplicates_found and slot.rule.kind ~= 'any' and rule_window[slot.rule] ~= false
 end
@@ -943,6 +1036,18 @@ if one_by_one then
       end
     end
   end
+end
+if folded then
+  -- the rule keys written next that no read of this call has checked
+  expect_type(rules_prefix .. 'active', 'hash')
+  expect_type(rules_prefix .. 'resolved', 'hash')
+  expect_type(rules_prefix .. 'episodes', 'hash')
+  expect_type(rules_prefix .. 'resolved_at', 'zset')
+  expect_type(rules_prefix .. 'resolve_at', 'zset')
+  for _, ep in pairs(episodes) do
+    if ep.first_dirty and ep.values then expect_type(rules_prefix .. 'groupvals:' .. ep.rule.name, 'hash') end
+  end
+  set_dedup_bits()
 end
 for rule, seen_newest in pairs(newest) do
   if seen_newest.dirty then redis.call('SET', rules_prefix .. 'newest:' .. rule.name, fmt(seen_newest.value)) end
@@ -1032,7 +1137,8 @@ end
 if late > 0 then redis.call('HINCRBY', stats, 'late', late) end
 if over_limit > 0 then redis.call('HINCRBY', stats, 'over_limit', over_limit) end
 if over_maxmemory > 0 then redis.call('HINCRBY', stats, 'over_maxmemory', over_maxmemory) end
-return {settled, written, duplicates, dead_written, late, over_limit, over_maxmemory}
+return {settled, written, duplicates, dead_written, late, over_limit, over_maxmemory,
+  mode == 'stream' and pending_here() or -1}
 "#;
 
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {

@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use super::rules::plan::{GroupKey, StatefulKind, StatefulRule};
 use super::rules::{RuleSet, window};
-use super::settle::{draft_body, push_rule, push_rules};
+use super::settle::{draft_body, rule_args, rules_args};
 use crate::broker::keys::Keys;
 use crate::broker::lease::{Lease, RENEW_INTERVAL};
 use crate::broker::{self, Connection, list, scripts};
@@ -256,7 +256,7 @@ impl Clock {
                 .arg(&self.lease.owner)
                 .arg(ANY_QUIET.as_millis() as u64)
                 .arg(RESOLVED_KEEP.as_millis() as u64);
-            push_rules(&mut invocation, &stateful);
+            invocation.arg(rules_args(&stateful));
             invocation.invoke_async(connection).await?
         };
         totals.records_written += written;
@@ -285,7 +285,7 @@ impl Clock {
             .arg(self.keys.alert_seen_prefix())
             .arg(self.alert_dedup_ttl_s)
             .arg(&self.lease.owner);
-        push_rule(&mut invocation, rule);
+        invocation.arg(&rule_args(rule)[..]);
         invocation
             .arg(cutoff)
             .arg(reason)
@@ -427,7 +427,7 @@ impl Clock {
             .arg(&self.lease.owner)
             .arg(mode)
             .arg(&self.keys.group);
-        push_rule(&mut invocation, rule);
+        invocation.arg(&rule_args(rule)[..]);
         invocation.arg(window_start);
         for group in &candidates {
             let Some(mut draft) = rule_set.clock_draft(index, group, window_start, now_ms) else {

@@ -69,6 +69,8 @@ pub struct Police {
     pub totals: settle::Totals,
     /// When the rule-state bounds were last reported in the log (at most once a minute).
     pub bounds_reported: std::cell::Cell<Option<std::time::Instant>>,
+    /// Stream mode: entries this consumer holds, as far as it knows (SETTLE's fence).
+    pub held: settle::HeldEntries,
     pub shutdown: CancellationToken,
     /// The watchdog's view of the read loop (see [`crate::observability::health`]).
     pub beat: Arc<health::Beat>,
@@ -252,6 +254,7 @@ impl Police {
             resend_sinks,
             totals: settle::Totals::default(),
             bounds_reported: std::cell::Cell::new(None),
+            held: settle::HeldEntries::default(),
             shutdown,
             beat: health::beat("police"),
             metrics: PoliceMetrics::new(),
@@ -452,6 +455,10 @@ impl Police {
             consumer: &self.config.consumer,
             alert_dedup_ttl_s: self.config.alert_dedup_ttl_s,
             rules: &self.stateful_rules,
+            expected_pending: match source {
+                settle::Source::Stream => self.held.get(),
+                settle::Source::List { .. } => None,
+            },
         }
     }
 
@@ -477,7 +484,13 @@ impl Police {
         let sent_at = std::time::Instant::now();
         let reply = settle::settle(connection, &self.settle_target(source), outcomes).await;
         metrics::histogram!(names::REDIS_ROUND_TRIP_SECONDS, "command" => "settle").record(sent_at.elapsed());
-        let settled = reply.inspect_err(|_| self.metrics.settle_errors.increment(1))?;
+        let settled = reply.inspect_err(|_| {
+            self.metrics.settle_errors.increment(1);
+            self.held.forget();
+        })?;
+        if !outcomes.is_empty() {
+            self.held.reported(settled.pending_after);
+        }
         self.metrics.settled(outcomes);
         self.metrics.dropped_matches(&settled);
         self.totals.add(settled);

@@ -138,6 +138,13 @@ pub struct Settled {
     /// Matches that would have created rule state while Redis was over `maxmemory`: not
     /// counted (see `docs/ALERTING.md`, "Bounds").
     pub over_maxmemory: u64,
+    /// Stream mode: the consumer's pending count right after the call; `None` if the
+    /// script had to be loaded first or a folded call sent again with every item's updates
+    /// (a read sent meanwhile may have run before it).
+    pub pending_after: Option<u64>,
+    /// Whether the call was folded: the updates of its items with only updates travelled
+    /// as the slots' sums (see [`scripts::SETTLE`]).
+    pub folded: bool,
 }
 
 /// What a settle needs besides the outcomes.
@@ -148,6 +155,36 @@ pub struct SettleTarget<'a> {
     pub alert_dedup_ttl_s: u64,
     /// The stateful rules, indexed by [`RuleUpdate::rule_index`].
     pub rules: &'a [StatefulRule],
+    /// Stream mode: how many entries this consumer holds, if known (see
+    /// [`scripts::SETTLE`]'s fence and [`HeldEntries`]).
+    pub expected_pending: Option<u64>,
+}
+
+/// How many entries a consumer holds in its pending list, as far as it knows: the count the
+/// last settle returned plus the entries read with `>` since, on one connection. Unknown
+/// at start and after anything else that changes the pending list (claims, re-reads of
+/// own pending entries, a failed settle, a script reload that may have let a read run
+/// first). With a known count, SETTLE's fence needs one figure instead of the owned set.
+#[derive(Debug, Default)]
+pub struct HeldEntries(std::cell::Cell<Option<u64>>);
+
+impl HeldEntries {
+    pub fn get(&self) -> Option<u64> {
+        self.0.get()
+    }
+
+    /// `entries` more were read with `>` after the last settle was sent.
+    pub fn read(&self, entries: usize) {
+        self.0.set(self.0.get().map(|held| held + entries as u64));
+    }
+
+    pub fn reported(&self, pending: Option<u64>) {
+        self.0.set(pending);
+    }
+
+    pub fn forget(&self) {
+        self.0.set(None);
+    }
 }
 
 /// Runs the settle script with no items: it checks the key types, the dedup ttl and the
@@ -173,24 +210,132 @@ async fn invoke(
     target: &SettleTarget<'_>,
     outcomes: &[Outcome],
 ) -> Result<Settled, RedisError> {
+    let tried_folded = target.expected_pending.is_some()
+        && matches!(target.source, Source::Stream)
+        && may_fold(outcomes, target.rules);
+    if tried_folded {
+        let command = settle_command(target, outcomes, true)?;
+        if let Some(settled) = call(connection, &command).await? {
+            return Ok(Settled {
+                folded: true,
+                ..settled
+            });
+        }
+    }
+    let command = settle_command(target, outcomes, false)?;
+    let settled = call(connection, &command).await?.ok_or_else(|| {
+        RedisError::from((
+            redis::ErrorKind::Client,
+            "settle: the script asked for the items' updates of a call that sent them",
+        ))
+    })?;
+    if tried_folded {
+        // A read sent after the folded call may have run before this one.
+        return Ok(Settled {
+            pending_after: None,
+            ..settled
+        });
+    }
+    Ok(settled)
+}
+
+/// Whether a folded call (see [`scripts::SETTLE`]) can settle `outcomes`: some item has
+/// only updates of windowed rules (its updates can travel as the slots' sums alone), and
+/// no rule has two windows in the call (its slots would not fold).
+fn may_fold(outcomes: &[Outcome], rules: &[StatefulRule]) -> bool {
+    let mut windows: HashMap<usize, i64> = HashMap::new();
+    let mut folds_some = false;
+    for outcome in outcomes {
+        for update in &outcome.updates {
+            if matches!(rules[update.rule_index].kind, StatefulKind::AnyWithCooldown) {
+                continue;
+            }
+            if *windows.entry(update.rule_index).or_insert(update.window_start_ms) != update.window_start_ms {
+                return false;
+            }
+        }
+        folds_some |= counted_only(outcome, rules);
+    }
+    folds_some
+}
+
+/// An item whose only output is updates of windowed rules.
+fn counted_only(outcome: &Outcome, rules: &[StatefulRule]) -> bool {
+    outcome.alerts.is_empty()
+        && outcome.dead.is_empty()
+        && !outcome.updates.is_empty()
+        && outcome
+            .updates
+            .iter()
+            .all(|update| !matches!(rules[update.rule_index].kind, StatefulKind::AnyWithCooldown))
+}
+
+/// Runs one SETTLE call; `None`: a folded call the script could not fold (nothing written).
+async fn call(connection: &mut Connection, command: &redis::Cmd) -> Result<Option<Settled>, RedisError> {
+    let (reply, reloaded) = match command.query_async(connection).await {
+        Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            scripts::SETTLE.prepare_invoke().load_async(connection).await?;
+            (command.query_async(connection).await?, true)
+        }
+        reply => (reply?, false),
+    };
+    let (items, alerts_written, duplicate_alerts, dead_written, late_matches, over_limit, over_maxmemory, pending): (
+        i64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        i64,
+    ) = reply;
+    let Ok(items) = u64::try_from(items) else {
+        return Ok(None);
+    };
+    Ok(Some(Settled {
+        items,
+        alerts_written,
+        duplicate_alerts,
+        dead_written,
+        late_matches,
+        over_limit,
+        over_maxmemory,
+        pending_after: u64::try_from(pending).ok().filter(|_| !reloaded),
+        folded: false,
+    }))
+}
+
+/// The SETTLE call of `outcomes`; `folded`: the items with only updates of windowed rules
+/// travel as bare ids, their updates in the slots' sums only.
+fn settle_command(target: &SettleTarget<'_>, outcomes: &[Outcome], folded: bool) -> Result<redis::Cmd, RedisError> {
     let keys = target.keys;
     let (mode, source_key, label) = match target.source {
         Source::Stream => ("stream", keys.stream.as_str(), keys.stream.as_str()),
         Source::List { processing_list } => ("list", processing_list, keys.list.as_str()),
     };
-    let (quiet, noisy): (Vec<&Outcome>, Vec<&Outcome>) = outcomes
-        .iter()
-        .partition(|outcome| outcome.alerts.is_empty() && outcome.dead.is_empty() && outcome.updates.is_empty());
+    let bare = |outcome: &Outcome| {
+        (outcome.alerts.is_empty() && outcome.dead.is_empty() && outcome.updates.is_empty())
+            || (folded && counted_only(outcome, target.rules))
+    };
     let (first_id, last_id) = match target.source {
-        Source::Stream => id_range(noisy.iter().map(|outcome| outcome.item.as_str())),
+        Source::Stream => id_range(
+            outcomes
+                .iter()
+                .filter(|outcome| !bare(outcome))
+                .map(|outcome| outcome.item.as_str()),
+        ),
         Source::List { .. } => (String::new(), String::new()),
     };
-    let mut invocation = scripts::SETTLE.prepare_invoke();
+    // EVALSHA by hand: redis-rs's invoke would load the script and retry on its own, and a
+    // read sent after this call could then run before it, unnoticed by `pending_after`.
+    let mut invocation = redis::cmd("EVALSHA");
     invocation
-        .key(source_key)
-        .key(&keys.alerts)
-        .key(&keys.dead)
-        .key(keys.stats(label))
+        .arg(scripts::SETTLE.get_hash())
+        .arg(4)
+        .arg(source_key)
+        .arg(&keys.alerts)
+        .arg(&keys.dead)
+        .arg(keys.stats(label))
         .arg(mode)
         .arg(&keys.group)
         .arg(target.consumer)
@@ -199,20 +344,34 @@ async fn invoke(
         .arg(label)
         .arg(keys.rules_prefix())
         .arg(first_id)
-        .arg(last_id);
-    push_rules(&mut invocation, target.rules);
+        .arg(last_id)
+        .arg(target.expected_pending.map(|held| held.to_string()).unwrap_or_default())
+        .arg(if folded { "1" } else { "" })
+        .arg(rules_args(target.rules));
 
     // One slot per (rule, group key, window) of the call: its draft (the first one an update
     // of it carries: the first update's, when the items were evaluated as one batch) and the
-    // sums of its updates. Each item lists its updates in one argument, by slot number.
+    // sums of its updates. Each item with outputs lists its updates in one argument, by slot
+    // number.
     let mut slot_numbers: HashMap<(usize, &str, i64), usize> = HashMap::new();
     let mut slots: Vec<Slot<'_>> = Vec::new();
-    let mut packed_updates: Vec<String> = Vec::with_capacity(noisy.len());
+    let mut noisy: Vec<&Outcome> = Vec::new();
+    let mut quiet_by_event_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    let mut packed_updates: Vec<String> = Vec::new();
     // The dedup bitmaps of the call, numbered from 1, and each item's marks on them.
     let mut bitmaps = Bitmaps::default();
-    let mut packed_marks: Vec<(String, String)> = Vec::with_capacity(noisy.len());
-    for outcome in &noisy {
-        packed_marks.push(pack_marks(outcome, &mut bitmaps));
+    let mut packed_marks: Vec<(String, String)> = Vec::new();
+    for outcome in outcomes {
+        let is_bare = bare(outcome);
+        if is_bare {
+            quiet_by_event_count
+                .entry(outcome.event_count)
+                .or_default()
+                .push(&outcome.item);
+        } else {
+            noisy.push(outcome);
+        }
+        let marks = pack_marks(outcome, &mut bitmaps, !is_bare);
         let mut packed = String::new();
         for update in &outcome.updates {
             let number = *slot_numbers
@@ -222,14 +381,19 @@ async fn invoke(
                     slots.len()
                 });
             slots[number - 1].add(update);
-            // Writing into a String cannot fail.
-            let _ = write!(
-                packed,
-                "{number},{},{},{};",
-                update.matches, update.first_event_ms, update.last_event_ms
-            );
+            if !is_bare {
+                // Writing into a String cannot fail.
+                let _ = write!(
+                    packed,
+                    "{number},{},{},{};",
+                    update.matches, update.first_event_ms, update.last_event_ms
+                );
+            }
         }
-        packed_updates.push(packed);
+        if !is_bare {
+            packed_updates.push(packed);
+            packed_marks.push(marks);
+        }
     }
     invocation.arg(slots.len());
     for slot in &slots {
@@ -253,13 +417,6 @@ async fn invoke(
             .arg(slot.last_ms);
     }
 
-    let mut quiet_by_event_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
-    for outcome in quiet {
-        quiet_by_event_count
-            .entry(outcome.event_count)
-            .or_default()
-            .push(&outcome.item);
-    }
     invocation.arg(quiet_by_event_count.len());
     for (event_count, items) in &quiet_by_event_count {
         invocation.arg(event_count).arg(items.len()).arg(items);
@@ -286,24 +443,7 @@ async fn invoke(
             invocation.arg(&rejected.reason).arg(&rejected.raw);
         }
     }
-    let (items, alerts_written, duplicate_alerts, dead_written, late_matches, over_limit, over_maxmemory): (
-        u64,
-        u64,
-        u64,
-        u64,
-        u64,
-        u64,
-        u64,
-    ) = invocation.invoke_async(connection).await?;
-    Ok(Settled {
-        items,
-        alerts_written,
-        duplicate_alerts,
-        dead_written,
-        late_matches,
-        over_limit,
-        over_maxmemory,
-    })
+    Ok(invocation)
 }
 
 /// The updates of one (rule, group key, window) within a settle call.
@@ -342,8 +482,9 @@ impl<'a> Slot<'a> {
 /// events (`<bitmap number>,<first bit>,<length>;`, in the events' order, numbering the
 /// call's bitmaps in `bitmaps`) and the events that count in only some of its updates
 /// (`<event number from 1>:<update numbers from 1>;`). One event per entry, or a run of
-/// an agent's events, is one run: the script sets it with one operation.
-fn pack_marks(outcome: &Outcome, bitmaps: &mut Bitmaps) -> (String, String) {
+/// an agent's events, is one run: the script sets it with one operation. Not `detailed`
+/// (a bare item of a folded call): the runs go to `bitmaps` only.
+fn pack_marks(outcome: &Outcome, bitmaps: &mut Bitmaps, detailed: bool) -> (String, String) {
     let mut runs = String::new();
     let mut partial = String::new();
     // The run being extended: (bitmap, its number, first bit, length).
@@ -358,13 +499,15 @@ fn pack_marks(outcome: &Outcome, bitmaps: &mut Bitmaps) -> (String, String) {
                     _ => bitmaps.number_of(bitmap),
                 };
                 if let Some((_, done, first, length)) = run.replace((bitmap, number, mark.slot.bit, 1)) {
-                    // Writing into a String cannot fail.
-                    let _ = write!(runs, "{done},{first},{length};");
+                    if detailed {
+                        // Writing into a String cannot fail.
+                        let _ = write!(runs, "{done},{first},{length};");
+                    }
                     bitmaps.add_run(done, first, length);
                 }
             }
         }
-        if !mark.updates.is_empty() && mark.updates.len() != outcome.updates.len() {
+        if detailed && !mark.updates.is_empty() && mark.updates.len() != outcome.updates.len() {
             let _ = write!(partial, "{}:", index + 1);
             for (k, position) in mark.updates.iter().enumerate() {
                 let separator = if k == 0 { "" } else { "," };
@@ -374,7 +517,9 @@ fn pack_marks(outcome: &Outcome, bitmaps: &mut Bitmaps) -> (String, String) {
         }
     }
     if let Some((_, done, first, length)) = run {
-        let _ = write!(runs, "{done},{first},{length};");
+        if detailed {
+            let _ = write!(runs, "{done},{first},{length};");
+        }
         bitmaps.add_run(done, first, length);
     }
     (runs, partial)
@@ -442,18 +587,19 @@ impl Bitmaps {
     }
 }
 
-/// Adds the rule table in the layout of the settle and clock scripts: the count, then 10
+/// The rule table in the layout of the settle and clock scripts: the count, then 10
 /// fields per rule.
-pub(crate) fn push_rules(invocation: &mut redis::ScriptInvocation<'_>, rules: &[StatefulRule]) {
-    invocation.arg(rules.len());
+pub(crate) fn rules_args(rules: &[StatefulRule]) -> Vec<String> {
+    let mut args = vec![rules.len().to_string()];
     for rule in rules {
-        push_rule(invocation, rule);
+        args.extend(rule_args(rule));
     }
+    args
 }
 
 /// One rule's 10 fields: name, kind, window ms, threshold, cooldown ms, max lateness ms,
 /// ratio, min count, spike directions, max groups.
-pub(crate) fn push_rule(invocation: &mut redis::ScriptInvocation<'_>, rule: &StatefulRule) {
+pub(crate) fn rule_args(rule: &StatefulRule) -> [String; 10] {
     let kind = match rule.kind {
         StatefulKind::AnyWithCooldown => "any",
         StatefulKind::Frequency => "frequency",
@@ -466,17 +612,18 @@ pub(crate) fn push_rule(invocation: &mut redis::ScriptInvocation<'_>, rule: &Sta
         (false, true) => "d",
         (false, false) => "-",
     };
-    invocation
-        .arg(&rule.name)
-        .arg(kind)
-        .arg(rule.window_ms.max(1))
-        .arg(rule.threshold)
-        .arg(rule.cooldown_ms)
-        .arg(rule.max_lateness_ms)
-        .arg(rule.ratio.to_string())
-        .arg(rule.min_count)
-        .arg(directions)
-        .arg(rule.max_groups);
+    [
+        rule.name.clone(),
+        kind.to_string(),
+        rule.window_ms.max(1).to_string(),
+        rule.threshold.to_string(),
+        rule.cooldown_ms.to_string(),
+        rule.max_lateness_ms.to_string(),
+        rule.ratio.to_string(),
+        rule.min_count.to_string(),
+        directions.to_string(),
+        rule.max_groups.to_string(),
+    ]
 }
 
 /// First and last of a batch's stream ids (`ms-seq`, compared as numbers), the range of

@@ -36,6 +36,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
     police.check_redis(&mut connection, Source::Stream).await?;
     refresh_heartbeat(police, &mut connection).await?;
     backoff.succeeded();
+    police.held.forget();
 
     finish_own_pending(police, &mut connection).await?;
 
@@ -54,6 +55,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
                 police.mark_alive().await;
             }
             entries_in_hand = read_new(police, &mut connection, next_maintenance).await?;
+            police.held.read(entries_in_hand.len());
             continue;
         }
         police.refresh_rules();
@@ -81,6 +83,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
         );
         settled?;
         entries_in_hand = next?;
+        police.held.read(entries_in_hand.len());
     }
 }
 
@@ -99,6 +102,7 @@ async fn drain_backlog(
 ) -> Result<Vec<StreamEntry>, SessionError> {
     let read_count = police.config.read_count;
     let mut ahead = read_new_with(&police.broker.keys, &police.config, connection, None).await?;
+    police.held.read(ahead.len());
     loop {
         police.beat.tick();
         if ahead.is_empty() || police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
@@ -125,6 +129,7 @@ async fn drain_backlog(
         settled?;
         outcomes = evaluated;
         ahead = next?;
+        police.held.read(ahead.len());
     }
 }
 
@@ -168,6 +173,8 @@ async fn finish_own_pending(police: &mut Police, connection: &mut Connection) ->
             None,
         )
         .await?;
+        // Re-reads leave the pending count as it is; forgetting it keeps the reasoning local.
+        police.held.forget();
         let Some(last) = entries.last() else {
             return Ok(());
         };
@@ -305,6 +312,8 @@ async fn claim_idle_entries(police: &mut Police, connection: &mut Connection) ->
             police.config.read_count,
         )
         .await?;
+        // Claimed entries join our pending list, deleted ones leave it.
+        police.held.forget();
         if !claimed.deleted_ids.is_empty() {
             warn!(
                 entries = claimed.deleted_ids.len(),

@@ -92,5 +92,6 @@ pub fn target<'a>(keys: &'a Keys, consumer: &'a str, rules: &'a [StatefulRule]) 
         consumer,
         alert_dedup_ttl_s: 600,
         rules,
+        expected_pending: None,
     }
 }
