@@ -531,7 +531,7 @@ impl<'rules> Model<'rules> {
                 seen.last_window_ms = seen.last_window_ms.max(window_start);
             })
             .or_insert_with(|| SeenGroup {
-                group: update.group.clone(),
+                group: (*update.group).clone(),
                 first_window_ms: window_start,
                 last_window_ms: window_start,
             });

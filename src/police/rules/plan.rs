@@ -53,7 +53,8 @@ pub struct GroupKey {
 #[derive(Debug, Clone)]
 pub struct RuleUpdate {
     pub rule_index: usize,
-    pub group: GroupKey,
+    /// Shared by every update of the group in a settle call: one allocation per group.
+    pub group: std::sync::Arc<GroupKey>,
     /// Window start (ms since the epoch); for `any` with a cooldown, the event's time.
     pub window_start_ms: i64,
     pub matches: u64,
