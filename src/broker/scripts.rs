@@ -37,7 +37,8 @@ use redis::Script;
 ///   to hold: the count this script returned after its last settle plus the entries read
 ///   with `>` since, on the same connection (so in that order). Other clients can only
 ///   take entries away from a consumer (claims, acknowledgements, consumer removal), never
-///   add to it, so when the consumer's pending count (`XPENDING` summary, one figure per
+///   add to it (no LogSentinel process claims to another's name; an `XCLAIM` by hand that
+///   names a running police is not supported), so when the consumer's pending count (`XPENDING` summary, one figure per
 ///   consumer) equals the expected count, it still holds everything it read, every item of
 ///   the call included. Otherwise (or without an expected count) one `XPENDING <first>
 ///   <last> … consumer` over the id range of the call's items (paged by 1000) gives the
@@ -47,6 +48,17 @@ use redis::Script;
 /// Items without outputs or rule updates (most of them) are acknowledged last with one
 /// variadic `XACK` per group of equal event counts: no fence needed, there is nothing to
 /// write twice.
+///
+/// Folded call (stream mode, with an expected pending count): the items whose only outputs
+/// are updates of windowed rules travel among the quiet items, their updates in the slots'
+/// sums only. The script applies them only where the sums give what one by one would:
+/// every item held, no event of the call counted before (nor twice in the call: the dedup
+/// bits are read with `BITFIELD_RO` first), one window per rule in the call, no slot whose
+/// sums cross a threshold; it checks this with reads only and otherwise returns `-1` as
+/// the items settled, having written nothing, and the caller sends the call again with
+/// every item's updates. A folded call checks the rule keys' types by reading them (every
+/// read names the key on a wrong type) and the few it writes unread just before its
+/// writes, and sets the dedup bits after its reads, so nothing is written before a check.
 ///
 /// Idempotency guard: an alert with `guarded = 1`, and every record raised by rule state
 /// (firing and resolved), is written only if its key `<seen-prefix><id>` does not exist,
@@ -71,8 +83,8 @@ use redis::Script;
 /// KEYS: source (stream or processing list), alerts stream, dead stream, stats hash.
 /// ARGV: mode (`stream`|`list`), group, consumer, seen prefix, seen ttl (s), source label,
 /// rules prefix, first and last id of the items with outputs (stream mode, else empty),
-/// the pending count the caller expects (stream mode, or empty: unknown), number of
-/// stateful rules, per rule 10 fields (name, kind `any`|`frequency`|`spike`|
+/// the pending count the caller expects (stream mode, or empty: unknown), `1` for a
+/// folded call (else empty), number of stateful rules, per rule 10 fields (name, kind `any`|`frequency`|`spike`|
 /// `flatline`, window ms, threshold, cooldown ms, max lateness ms, ratio, min count,
 /// spike directions `u`|`d`|`b`|`-`, max groups), number of slots, per slot (group key id, group
 /// values JSON, draft body, first and last event time, rule number from 1, window start ms,
@@ -101,7 +113,7 @@ use redis::Script;
 /// rule table plus 5 minutes.
 /// Called with no items, it only validates: the police's start-up check (then also the
 /// commands of the read loop and of the clock scripts).
-/// Returns: {items settled, alerts written, duplicate alerts skipped, dead letters written,
+/// Returns: {items settled (`-1`: a folded call not folded), alerts written, duplicate alerts skipped, dead letters written,
 /// late matches, matches over max_groups, matches over maxmemory, the consumer's pending
 /// count after this call (stream mode, else -1)}.
 const SETTLE_LUA: &str = r#"
