@@ -14,6 +14,7 @@
 
 pub mod alert;
 pub mod clock;
+pub mod evaluation_thread;
 pub mod list_consumer;
 pub mod rules;
 pub mod settle;
@@ -71,6 +72,8 @@ pub struct Police {
     pub bounds_reported: std::cell::Cell<Option<std::time::Instant>>,
     /// Stream mode: entries this consumer holds, as far as it knows (SETTLE's fence).
     pub held: settle::HeldEntries,
+    /// Stream mode: where batches are evaluated.
+    pub evaluation: evaluation_thread::EvaluationThread,
     pub shutdown: CancellationToken,
     /// The watchdog's view of the read loop (see [`crate::observability::health`]).
     pub beat: Arc<health::Beat>,
@@ -162,6 +165,8 @@ pub enum PoliceError {
     Secrets(Vec<SetupError>),
     #[error(transparent)]
     Delivery(#[from] WorkerError),
+    #[error("cannot start the evaluation thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The sinks of the built-in rule: `console` unless `--quiet`, `jsonl` with `--alerts-file`.
@@ -255,6 +260,7 @@ impl Police {
             totals: settle::Totals::default(),
             bounds_reported: std::cell::Cell::new(None),
             held: settle::HeldEntries::default(),
+            evaluation: evaluation_thread::EvaluationThread::start().map_err(PoliceError::Thread)?,
             shutdown,
             beat: health::beat("police"),
             metrics: PoliceMetrics::new(),

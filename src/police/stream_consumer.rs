@@ -60,7 +60,9 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
         }
         police.refresh_rules();
         // New entries were delivered once so far: no delivery counts needed.
-        let outcomes = Evaluator::of(police).evaluate(std::mem::take(&mut entries_in_hand), None);
+        let evaluator = Evaluator::of(police);
+        let entries = std::mem::take(&mut entries_in_hand);
+        let outcomes = police.evaluation.run(move || evaluator.evaluate(entries, None)).await;
         if police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
             police.settle(&mut connection, Source::Stream, &outcomes).await?;
             continue;
@@ -113,7 +115,7 @@ async fn drain_backlog(
         let read_more = ahead.len() >= read_count;
         let evaluator = Evaluator::of(police);
         let entries = std::mem::take(&mut ahead);
-        let evaluation = tokio::task::spawn_blocking(move || evaluator.evaluate(entries, None));
+        let evaluation = police.evaluation.run(move || evaluator.evaluate(entries, None));
         let mut read_connection = connection.clone();
         // Polled in order: the settle is sent before the read, so Redis runs them in turn.
         let (settled, next) = tokio::join!(police.settle(connection, Source::Stream, &outcomes), async {
@@ -123,9 +125,7 @@ async fn drain_backlog(
                 Ok(Vec::new())
             }
         });
-        let evaluated = evaluation
-            .await
-            .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+        let evaluated = evaluation.await;
         settled?;
         outcomes = evaluated;
         ahead = next?;
@@ -216,7 +216,11 @@ async fn process(
     delivery_counts: Option<HashMap<String, u64>>,
 ) -> Result<(), SessionError> {
     police.refresh_rules();
-    let outcomes = Evaluator::of(police).evaluate(entries, delivery_counts.as_ref());
+    let evaluator = Evaluator::of(police);
+    let outcomes = police
+        .evaluation
+        .run(move || evaluator.evaluate(entries, delivery_counts.as_ref()))
+        .await;
     police.settle(connection, Source::Stream, &outcomes).await
 }
 
