@@ -196,12 +196,16 @@ local function read_rules(at, count)
   return rules, at
 end
 local expect_rule_permissions
-local function expect_rule_keys(rules, used)
+-- the keys every rule shares: episodes, resolved ones and the clock's schedule
+local function expect_shared_rule_keys()
   expect_type(rules_prefix .. 'active', 'hash')
   expect_type(rules_prefix .. 'resolved', 'hash')
   expect_type(rules_prefix .. 'episodes', 'hash')
   expect_type(rules_prefix .. 'resolved_at', 'zset')
   expect_type(rules_prefix .. 'resolve_at', 'zset')
+end
+local function expect_rule_keys(rules, used)
+  expect_shared_rule_keys()
   for r, rule in ipairs(rules) do
     if used == nil or used[r] then
       expect_type(rules_prefix .. 'newest:' .. rule.name, 'string')
@@ -1051,11 +1055,7 @@ if one_by_one then
 end
 if folded then
   -- the rule keys written next that no read of this call has checked
-  expect_type(rules_prefix .. 'active', 'hash')
-  expect_type(rules_prefix .. 'resolved', 'hash')
-  expect_type(rules_prefix .. 'episodes', 'hash')
-  expect_type(rules_prefix .. 'resolved_at', 'zset')
-  expect_type(rules_prefix .. 'resolve_at', 'zset')
+  expect_shared_rule_keys()
   for _, ep in pairs(episodes) do
     if ep.first_dirty and ep.values then expect_type(rules_prefix .. 'groupvals:' .. ep.rule.name, 'hash') end
   end
