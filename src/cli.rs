@@ -306,8 +306,9 @@ pub struct PoliceArgs {
     /// Consumer name, unique per instance; by default <hostname>-<pid>
     #[arg(long, env = "LOGSENTINEL_CONSUMER")]
     pub consumer: Option<String>,
-    /// Stream entries (or list items) read per batch (1 to 10000)
-    #[arg(long, env = "LOGSENTINEL_READ_COUNT", default_value_t = 256)]
+    /// Most stream entries (or list items) read per batch (1 to 10000); packed entries are
+    /// read fewer at a time, about 25600 events a batch
+    #[arg(long, env = "LOGSENTINEL_READ_COUNT", default_value_t = 1024)]
     pub read_count: usize,
     /// Longest blocking read (at most 5s); also bounds how long a graceful stop takes
     #[arg(long, env = "LOGSENTINEL_BLOCK", alias = "block-ms", default_value = "1s")]

@@ -72,6 +72,8 @@ pub struct Police {
     pub bounds_reported: std::cell::Cell<Option<std::time::Instant>>,
     /// Stream mode: entries this consumer holds, as far as it knows (SETTLE's fence).
     pub held: settle::HeldEntries,
+    /// Stream mode: entries per read of new entries.
+    pub read_size: stream_consumer::ReadSize,
     /// Stream mode: where batches are evaluated.
     pub evaluation: evaluation_thread::EvaluationThread,
     pub shutdown: CancellationToken,
@@ -248,6 +250,7 @@ impl Police {
         }
         let interest = rules.lowest_level();
         let stateful_rules = rules.stateful_rules();
+        let read_size = stream_consumer::ReadSize::new(config.read_count);
         Ok(Police {
             rules,
             stateful_rules,
@@ -260,6 +263,7 @@ impl Police {
             totals: settle::Totals::default(),
             bounds_reported: std::cell::Cell::new(None),
             held: settle::HeldEntries::default(),
+            read_size,
             evaluation: evaluation_thread::EvaluationThread::start().map_err(PoliceError::Thread)?,
             shutdown,
             beat: health::beat("police"),

@@ -30,6 +30,61 @@ use crate::event::{self, Level, fields_as_json};
 /// XAUTOCLAIM rounds per maintenance tick, so claiming cannot starve new reads.
 const MAX_CLAIM_ROUNDS_PER_TICK: usize = 10;
 
+/// Events a batch of new entries aims at: the entries per read follow the events per entry
+/// (`n` of packed entries), so that packed batches stay as large in events, memory and
+/// evaluation time as 256 entries of 100 events, while one-event entries come up to
+/// `--read-count` a read. The settle script's work per call (rule table, one slot per
+/// rule, group key and window) is then shared by more events.
+const BATCH_EVENTS: usize = 25_600;
+
+/// How many entries the next read of new entries asks for, and how many the last one did.
+#[derive(Debug)]
+pub struct ReadSize {
+    max: usize,
+    next: std::cell::Cell<usize>,
+    asked: std::cell::Cell<usize>,
+}
+
+impl ReadSize {
+    pub fn new(max: usize) -> ReadSize {
+        // Until a batch was seen, as if entries were packed 100 to one.
+        let first = (BATCH_EVENTS / 100).clamp(1, max);
+        ReadSize {
+            max,
+            next: std::cell::Cell::new(first),
+            asked: std::cell::Cell::new(first),
+        }
+    }
+
+    fn ask(&self) -> usize {
+        self.asked.set(self.next.get());
+        self.next.get()
+    }
+
+    /// Whether the last read came back full (a backlog), and the size of the next one
+    /// from its events per entry.
+    fn observe(&self, entries: &[StreamEntry]) -> bool {
+        if !entries.is_empty() {
+            let events: usize = entries.iter().map(events_in).sum();
+            let per_entry = events.div_ceil(entries.len()).max(1);
+            self.next.set((BATCH_EVENTS / per_entry).clamp(1, self.max));
+        }
+        entries.len() >= self.asked.get()
+    }
+}
+
+/// Events an entry says it holds (`n` of a packed entry; one otherwise, also where `n` is
+/// unreadable: decoding reports that).
+fn events_in(entry: &StreamEntry) -> usize {
+    entry
+        .fields
+        .as_ref()
+        .and_then(|fields| fields.iter().find(|(name, _)| name == "n"))
+        .and_then(|(_, count)| count.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, BATCH_EVENTS)
+}
+
 pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<SessionEnd, SessionError> {
     let mut connection = broker::connect(&police.broker.redis_url).await?;
     stream::ensure_group(&mut connection, &police.broker.keys).await?;
@@ -42,6 +97,8 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
 
     let mut next_maintenance = Instant::now();
     let mut entries_in_hand: Vec<StreamEntry> = Vec::new();
+    // Whether the entries in hand were a full read (a backlog).
+    let mut batch_full = false;
     loop {
         police.beat.tick();
         if entries_in_hand.is_empty() {
@@ -56,6 +113,7 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
             }
             entries_in_hand = read_new(police, &mut connection, next_maintenance).await?;
             police.held.read(entries_in_hand.len());
+            batch_full = police.read_size.observe(&entries_in_hand);
             continue;
         }
         police.refresh_rules();
@@ -67,8 +125,9 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
             police.settle(&mut connection, Source::Stream, &outcomes).await?;
             continue;
         }
-        if outcomes.len() >= police.config.read_count {
+        if batch_full {
             entries_in_hand = drain_backlog(police, &mut connection, outcomes, next_maintenance).await?;
+            batch_full = police.read_size.observe(&entries_in_hand);
             continue;
         }
         // Settle this batch and read the next one in one round trip: Redis runs the two
@@ -76,16 +135,12 @@ pub async fn run_session(police: &mut Police, backoff: &mut Backoff) -> Result<S
         let mut read_connection = connection.clone();
         let (settled, next) = tokio::join!(
             police.settle(&mut connection, Source::Stream, &outcomes),
-            read_new_with(
-                &police.broker.keys,
-                &police.config,
-                &mut read_connection,
-                Some(next_maintenance)
-            ),
+            read_new_with(police, &mut read_connection, Some(next_maintenance)),
         );
         settled?;
         entries_in_hand = next?;
         police.held.read(entries_in_hand.len());
+        batch_full = police.read_size.observe(&entries_in_hand);
     }
 }
 
@@ -102,9 +157,9 @@ async fn drain_backlog(
     mut outcomes: Vec<Outcome>,
     next_maintenance: Instant,
 ) -> Result<Vec<StreamEntry>, SessionError> {
-    let read_count = police.config.read_count;
-    let mut ahead = read_new_with(&police.broker.keys, &police.config, connection, None).await?;
+    let mut ahead = read_new_with(police, connection, None).await?;
     police.held.read(ahead.len());
+    let mut read_more = police.read_size.observe(&ahead);
     loop {
         police.beat.tick();
         if ahead.is_empty() || police.shutdown.is_cancelled() || Instant::now() >= next_maintenance {
@@ -112,7 +167,6 @@ async fn drain_backlog(
             return Ok(ahead);
         }
         police.refresh_rules();
-        let read_more = ahead.len() >= read_count;
         let evaluator = Evaluator::of(police);
         let entries = std::mem::take(&mut ahead);
         let evaluation = police.evaluation.run(move || evaluator.evaluate(entries, None));
@@ -120,7 +174,7 @@ async fn drain_backlog(
         // Polled in order: the settle is sent before the read, so Redis runs them in turn.
         let (settled, next) = tokio::join!(police.settle(connection, Source::Stream, &outcomes), async {
             if read_more {
-                read_new_with(&police.broker.keys, &police.config, &mut read_connection, None).await
+                read_new_with(police, &mut read_connection, None).await
             } else {
                 Ok(Vec::new())
             }
@@ -130,6 +184,7 @@ async fn drain_backlog(
         outcomes = evaluated;
         ahead = next?;
         police.held.read(ahead.len());
+        read_more = read_more && police.read_size.observe(&ahead);
     }
 }
 
@@ -138,18 +193,19 @@ async fn read_new(
     connection: &mut Connection,
     next_maintenance: Instant,
 ) -> Result<Vec<StreamEntry>, SessionError> {
-    read_new_with(&police.broker.keys, &police.config, connection, Some(next_maintenance)).await
+    read_new_with(police, connection, Some(next_maintenance)).await
 }
 
 /// Read of new entries (`>`): blocking, waking up in time for the next maintenance, or,
 /// with no maintenance time (a read ahead under a backlog, which has a full batch), not
 /// blocking at all.
+/// Asks for [`ReadSize`] entries.
 async fn read_new_with(
-    keys: &crate::broker::keys::Keys,
-    config: &crate::config::PoliceConfig,
+    police: &Police,
     connection: &mut Connection,
     next_maintenance: Option<Instant>,
 ) -> Result<Vec<StreamEntry>, SessionError> {
+    let config = &police.config;
     let block_ms = next_maintenance.map(|at| {
         config
             .block
@@ -157,7 +213,8 @@ async fn read_new_with(
             .as_millis()
             .max(1) as u64
     });
-    Ok(stream::read_group(connection, keys, &config.consumer, ">", config.read_count, block_ms).await?)
+    let count = police.read_size.ask();
+    Ok(stream::read_group(connection, &police.broker.keys, &config.consumer, ">", count, block_ms).await?)
 }
 
 /// Re-reads and finishes the entries this consumer name had in hand when it stopped.
@@ -369,4 +426,47 @@ async fn leave_group_if_idle(police: &Police, connection: &mut Connection) -> Re
     // Expire rather than DEL: the heartbeat script is what the start-up check covers.
     broker::heartbeat(connection, &keys.consumer_heartbeat(consumer), 1).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(count: usize, n: Option<&str>) -> Vec<StreamEntry> {
+        (0..count)
+            .map(|k| StreamEntry {
+                id: format!("1-{k}"),
+                fields: Some(match n {
+                    Some(n) => vec![
+                        ("v".into(), "1".into()),
+                        ("n".into(), n.into()),
+                        ("events".into(), "…".into()),
+                    ],
+                    None => vec![("v".into(), "1".into()), ("event".into(), "{}".into())],
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_follow_the_events_per_entry_up_to_the_read_count() {
+        let size = ReadSize::new(1024);
+        assert_eq!(size.ask(), 256, "before any batch: as for entries of 100 events");
+        assert!(size.observe(&entries(256, None)), "as many as asked: a full batch");
+        assert_eq!(size.ask(), 1024, "one event per entry: the read count");
+        assert!(!size.observe(&entries(10, Some("100"))), "fewer than asked");
+        assert_eq!(size.ask(), 256);
+        assert!(size.observe(&entries(256, Some("100"))));
+        size.observe(&entries(3, Some("25600")));
+        assert_eq!(size.ask(), 1, "never below one entry");
+        size.observe(&entries(3, Some("many")));
+        assert_eq!(size.ask(), 1024, "an unreadable n counts as one event");
+        size.observe(&[]);
+        assert_eq!(size.ask(), 1024, "an empty read keeps the size");
+
+        let small = ReadSize::new(50);
+        assert_eq!(small.ask(), 50, "never above the read count");
+        assert!(small.observe(&entries(50, Some("10"))));
+        assert_eq!(small.ask(), 50);
+    }
 }

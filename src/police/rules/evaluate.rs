@@ -29,6 +29,7 @@ use crate::event::{EventRef, LogEvent};
 use crate::police::alert::Alert;
 
 /// A stateful match being folded, before its draft is rendered.
+#[derive(Debug)]
 struct Pending {
     /// Position of the rule in [`RuleSet::rules`].
     rule_position: usize,
@@ -43,10 +44,40 @@ struct Pending {
     group_hash: u64,
 }
 
+/// One item's working lists, emptied at the start of each item.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// (rule position, event index) of the matches of `any` rules without cooldown.
+    any_hits: Vec<(usize, usize)>,
+    pending: Vec<Pending>,
+    /// (rule index, group hash, window start) → position in `pending`.
+    pending_by_key: HashMap<(usize, u64, i64), usize>,
+    /// Positions in `pending` the current event counts in.
+    event_updates: Vec<usize>,
+    /// Per mark, its positions in `mark_positions`: copied into the mark only where they
+    /// are not every update of the item (known at the end), so most marks allocate none.
+    mark_positions: Vec<usize>,
+    mark_spans: Vec<(usize, usize)>,
+}
+
+impl Scratch {
+    fn clear(&mut self) {
+        self.any_hits.clear();
+        self.pending.clear();
+        self.pending_by_key.clear();
+        self.event_updates.clear();
+        self.mark_positions.clear();
+        self.mark_spans.clear();
+    }
+}
+
 /// What the items evaluated for one settle call share: which (rule, group key, window)
-/// already has its draft, and the group keys built so far. A fresh one per settle call.
+/// already has its draft, the group keys built so far, and the scratch space of one item's
+/// evaluation (kept between items: most items are one event, and allocating it per item
+/// showed in the profile). A fresh one per settle call.
 #[derive(Debug, Default)]
 pub struct BatchDrafts {
+    scratch: Scratch,
     /// (rule index, group hash) → its key.
     groups: HashMap<(usize, u64), std::sync::Arc<GroupKey>>,
     /// (rule index, group hash, window start) of the updates given a draft.
@@ -89,17 +120,29 @@ impl RuleSet {
         if events.is_empty() {
             return ItemPlan::default();
         }
-        let mut any_hits: Vec<(usize, usize)> = Vec::new();
-        let mut pending: Vec<Pending> = Vec::new();
-        // (rule index, group hash, window start) → position in `pending`.
-        let mut pending_by_key: HashMap<(usize, u64, i64), usize> = HashMap::default();
+        let mut scratch = std::mem::take(&mut batch.scratch);
+        scratch.clear();
+        let plan = self.evaluate_item(events, now_ms, batch, &mut scratch);
+        batch.scratch = scratch;
+        plan
+    }
+
+    fn evaluate_item(
+        &self,
+        events: &[EventRef<'_>],
+        now_ms: i64,
+        batch: &mut BatchDrafts,
+        scratch: &mut Scratch,
+    ) -> ItemPlan {
+        let Scratch {
+            any_hits,
+            pending,
+            pending_by_key,
+            event_updates,
+            mark_positions,
+            mark_spans,
+        } = scratch;
         let mut marks: Vec<EventMark> = Vec::new();
-        // Positions in `pending` this event counts in (reused: no allocation per event).
-        let mut event_updates: Vec<usize> = Vec::new();
-        // Per mark, its positions in `mark_positions`: copied into the mark only where they
-        // are not every update of the item (known at the end), so most marks allocate none.
-        let mut mark_positions: Vec<usize> = Vec::new();
-        let mut mark_spans: Vec<(usize, usize)> = Vec::new();
         for (event_index, event) in events.iter().enumerate() {
             let mut event_time_ms: Option<i64> = None;
             event_updates.clear();
@@ -159,25 +202,25 @@ impl RuleSet {
                     updates: Vec::new(),
                 });
                 mark_spans.push((mark_positions.len(), mark_positions.len() + event_updates.len()));
-                mark_positions.extend_from_slice(&event_updates);
+                mark_positions.extend_from_slice(event_updates);
             }
         }
         if pending.is_empty() && any_hits.is_empty() {
             return ItemPlan::default();
         }
-        for (mark, (from, to)) in marks.iter_mut().zip(mark_spans) {
+        for (mark, (from, to)) in marks.iter_mut().zip(mark_spans.iter()) {
             if to - from != pending.len() {
-                mark.updates = mark_positions[from..to].to_vec();
+                mark.updates = mark_positions[*from..*to].to_vec();
             }
         }
         // Formatted once per batch: its records are raised at the same moment.
         let raised_at = batch.raised_at(now_ms);
         let mut owned: Vec<Option<LogEvent>> = vec![None; events.len()];
         let updates = pending
-            .into_iter()
+            .drain(..)
             .map(|folded| self.update_of(folded, events, &mut owned, &raised_at, batch))
             .collect();
-        let alerts = self.any_alerts(&any_hits, events, owned, &raised_at);
+        let alerts = self.any_alerts(any_hits, events, owned, &raised_at);
         ItemPlan { alerts, updates, marks }
     }
 
