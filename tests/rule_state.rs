@@ -370,8 +370,19 @@ async fn the_scripts_and_the_reference_model_agree_in_small_settle_calls() {
 #[tokio::test]
 async fn the_scripts_and_the_reference_model_agree_in_folded_settle_calls() {
     let folded = scripts_and_model_agree(4, Fence::PendingCount).await;
-    assert!(folded > 0, "some calls were folded");
+    assert!(folded.calls > 0, "some calls were folded");
+    assert!(
+        folded.firing > 0,
+        "some folded calls crossed a threshold (sent again with the crossing slots itemized)"
+    );
     scripts_and_model_agree(25, Fence::PendingCount).await;
+}
+
+/// Folded settle calls of [`scripts_and_model_agree`].
+struct Folded {
+    calls: usize,
+    /// Folded calls that raised a frequency or spike record: a window crossed in them.
+    firing: usize,
 }
 
 /// How the settle calls of [`scripts_and_model_agree`] prove that their consumer holds
@@ -385,7 +396,7 @@ enum Fence {
 }
 
 /// Returns how many settle calls were folded.
-async fn scripts_and_model_agree(read_count: usize, fence: Fence) -> usize {
+async fn scripts_and_model_agree(read_count: usize, fence: Fence) -> Folded {
     let redis = TestRedis::start(&[]);
     let mut sync = redis.connection();
     create_group(&mut sync, "police");
@@ -442,7 +453,7 @@ async fn scripts_and_model_agree(read_count: usize, fence: Fence) -> usize {
     let keys = Keys::default();
     let mut model = Model::new(&rules);
     let mut expected: Vec<(String, String, u64)> = Vec::new();
-    let mut folded = 0;
+    let mut folded = Folded { calls: 0, firing: 0 };
     loop {
         let batch = read_as(&mut sync, "a", read_count, &rules);
         if batch.is_empty() {
@@ -460,6 +471,7 @@ async fn scripts_and_model_agree(read_count: usize, fence: Fence) -> usize {
         if fence == Fence::PendingCount {
             target.expected_pending = Some(outcomes.len() as u64);
         }
+        let records_before = records(&mut sync).len();
         let settled = settle::settle(&mut connection, &target, &outcomes).await.unwrap();
         assert_eq!(settled.items, outcomes.len() as u64);
         // None after a script load or a folded call sent again: a read could have run between
@@ -467,7 +479,14 @@ async fn scripts_and_model_agree(read_count: usize, fence: Fence) -> usize {
             matches!(settled.pending_after, None | Some(0)),
             "every entry read is settled: {settled:?}"
         );
-        folded += usize::from(settled.folded);
+        if settled.folded {
+            folded.calls += 1;
+            let fired = records(&mut sync)[records_before..].iter().any(|record| {
+                let id = record["alert_id"].as_str().unwrap_or_default();
+                id.starts_with("f/") || id.starts_with("s/")
+            });
+            folded.firing += usize::from(fired);
+        }
     }
     // Clock work now: the newest closed window of each rule, then resolves.
     let clock = logsentinel::police::clock::Clock {

@@ -51,12 +51,15 @@ use redis::Script;
 ///
 /// Folded call (stream mode, with an expected pending count): the items whose only outputs
 /// are updates of windowed rules travel among the quiet items, their updates in the slots'
-/// sums only. The script applies them only where the sums give what one by one would:
+/// sums only — but for the slots marked itemized, whose items travel with all their
+/// updates. The script applies them only where the sums give what one by one would:
 /// every item held, no event of the call counted before (nor twice in the call: the dedup
 /// bits are read with `BITFIELD_RO` first), one window per rule in the call, no slot whose
-/// sums cross a threshold; it checks this with reads only and otherwise returns `-1` as
-/// the items settled, having written nothing, and the caller sends the call again with
-/// every item's updates. A folded call checks the rule keys' types by reading them (every
+/// sums may cross a threshold unless it is itemized (then it is walked update by update);
+/// it checks this with reads only and otherwise returns `-1` as the items settled, having
+/// written nothing, followed by the numbers of the slots that may cross where they were
+/// the only reason. The caller then sends the call again with those slots itemized, or
+/// with every item's updates. A folded call checks the rule keys' types by reading them (every
 /// read names the key on a wrong type) and the few it writes unread just before its
 /// writes, and sets the dedup bits after its reads, so nothing is written before a check.
 ///
@@ -88,7 +91,8 @@ use redis::Script;
 /// `flatline`, window ms, threshold, cooldown ms, max lateness ms, ratio, min count,
 /// spike directions `u`|`d`|`b`|`-`, max groups), number of slots, per slot (group key id, group
 /// values JSON, draft body, first and last event time, rule number from 1, window start ms,
-/// matches, newest last event ms, last event ms of its last update), number of quiet
+/// matches, newest last event ms, last event ms of its last update, `1` if every update of
+/// it is in the items' lists (always outside a folded call), else empty), number of quiet
 /// groups, then per quiet group: events per item, item count, items; then the number of
 /// dedup bitmaps, per bitmap its name and its operations when every item is owned
 /// (`<first bit>,<width>;` each, covering the items' runs on it in item order); then per item with outputs: item, event count, alert
@@ -115,7 +119,8 @@ use redis::Script;
 /// commands of the read loop and of the clock scripts).
 /// Returns: {items settled (`-1`: a folded call not folded), alerts written, duplicate alerts skipped, dead letters written,
 /// late matches, matches over max_groups, matches over maxmemory, the consumer's pending
-/// count after this call (stream mode, else -1)}.
+/// count after this call (stream mode, else -1)}, and after a refused folded call the
+/// numbers of the slots that may cross, if they were its only reason.
 const SETTLE_LUA: &str = r#"
 local source, alerts, dead, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, group, consumer, seen_prefix, seen_ttl, label = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -580,8 +585,8 @@ for d = 1, slot_count do
   local rule_number = tonumber(ARGV[i + 5])
   slots[d] = {gk = ARGV[i], values = ARGV[i + 1], body = ARGV[i + 2], rule_number = rule_number, rule = rules[rule_number],
     window_start = tonumber(ARGV[i + 6]), total = tonumber(ARGV[i + 7]), newest_ms = tonumber(ARGV[i + 8]),
-    last_ms = tonumber(ARGV[i + 9])}
-  i = i + 10
+    last_ms = tonumber(ARGV[i + 9]), itemized = ARGV[i + 10] == '1'}
+  i = i + 11
 end
 local quiet_count = tonumber(ARGV[i])
 i = i + 1
@@ -771,20 +776,28 @@ local function apply(slot, matches, first_ms, newest_ms, last_ms, out)
     if before < rule.threshold and after >= rule.threshold then resolve(ep, out) end
   end
 end
--- whether the sums of a foldable slot may cross (true where unsure: walking is exact)
+-- whether the sums of a foldable slot may cross (true where unsure: walking is exact).
+-- Reads only, before any update of the call is applied
 local function may_cross(slot)
   local rule = slot.rule
   if is_late(rule, slot.window_start) then return false end
-  local _, entry = slot_state(slot)
+  local ep, entry = slot_state(slot)
   local before, after = entry.value, entry.value + slot.total
   if rule.kind == 'spike' then
     if not rule.up then return false end
+    -- as apply: only a group seen in an earlier window can spike
+    local first = first_seen_of(ep)
+    if not (first and first < slot.window_start) then return false end
     if slot.previous == nil then slot.previous = count_entry(rule, slot.gk, slot.window_start - rule.window) end
     local previous = slot.previous.value
     local function holds(count) return count >= rule.min_count and count >= rule.ratio * previous end
     return not holds(before) and holds(after)
   end
-  return before < rule.threshold and after >= rule.threshold
+  local reaches = before < rule.threshold and after >= rule.threshold
+  -- flatline: reaching the threshold resolves the firing episode; without one it does
+  -- nothing, so every window of every group that comes back folds
+  if rule.kind == 'flatline' then return reaches and active_of(ep) ~= false end
+  return reaches
 end
 -- the records an update raises go to its item, ordered by the update's position there
 local function applied(item, position, out)
@@ -819,14 +832,21 @@ local ones = setmetatable({}, {__index = function(made, width)
   return made[width]
 end})
 -- folded call: the quiet items' updates are in the slots' sums only, so every windowed
--- slot must fold (see 4.), with every item held and no event seen before: checked with
--- reads only; else nothing is written and the caller sends the call with every item's
--- updates
+-- slot must fold (see 4.), with every item held and no event seen before, and a slot whose
+-- sums may cross must have its updates itemized (it is walked): checked with reads only;
+-- else nothing is written and the caller sends the call again, with the crossing slots
+-- itemized (their numbers are returned, where that is the only reason) or with every
+-- item's updates
 if folded then
   local folds_all = holds_all
-  for _, slot in ipairs(slots) do
-    if folds_all and slot.rule.kind ~= 'any' and (rule_window[slot.rule] == false or may_cross(slot)) then
-      folds_all = false
+  local crossing = {}
+  for d, slot in ipairs(slots) do
+    if folds_all and slot.rule.kind ~= 'any' then
+      if rule_window[slot.rule] == false then
+        folds_all = false
+      elseif not slot.itemized and may_cross(slot) then
+        crossing[#crossing + 1] = d
+      end
     end
   end
   for b = 1, #bitmap_names do
@@ -859,6 +879,11 @@ if folded then
     end
   end
   if not folds_all then return {-1, 0, 0, 0, 0, 0, 0, -1} end
+  if #crossing > 0 then
+    local refused = {-1, 0, 0, 0, 0, 0, 0, -1}
+    for _, d in ipairs(crossing) do refused[#refused + 1] = d end
+    return refused
+  end
 end
 -- exactly once per event: sets the bits of the owned items' events, one BITFIELD per
 -- bitmap; per item and update position, the matches of events whose bit was set already

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 // foldhash: the call's maps are hashed once per update; SipHash showed in the profile
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::fmt::Write;
 
 use redis::RedisError;
@@ -217,21 +217,39 @@ async fn invoke(
         && matches!(target.source, Source::Stream)
         && may_fold(outcomes, target.rules);
     if tried_folded {
-        let command = settle_command(target, outcomes, true)?;
-        if let Some(settled) = call(connection, &command).await? {
-            return Ok(Settled {
-                folded: true,
-                ..settled
-            });
+        // First with every counting item folded; a refusal that names the slots whose sums
+        // may cross a threshold is followed by one more folded call with the updates of
+        // those slots itemized (their items travel with all their updates), so that a
+        // crossing costs the walk of one slot, not of the whole call.
+        let mut itemized: HashSet<SlotKey<'_>> = HashSet::default();
+        for attempt in 0..2 {
+            let (command, slot_keys) = settle_command(target, outcomes, Some(&itemized))?;
+            match call(connection, &command).await? {
+                Reply::Settled(settled) => {
+                    return Ok(Settled {
+                        folded: true,
+                        // A read sent after a refused call may have run before this one.
+                        pending_after: settled.pending_after.filter(|_| attempt == 0),
+                        ..settled
+                    });
+                }
+                Reply::Refused { crossing } if attempt == 0 && !crossing.is_empty() => {
+                    itemized = crossing
+                        .iter()
+                        .filter_map(|number| slot_keys.get(number.checked_sub(1)?).copied())
+                        .collect();
+                }
+                Reply::Refused { .. } => break,
+            }
         }
     }
-    let command = settle_command(target, outcomes, false)?;
-    let settled = call(connection, &command).await?.ok_or_else(|| {
-        RedisError::from((
+    let (command, _) = settle_command(target, outcomes, None)?;
+    let Reply::Settled(settled) = call(connection, &command).await? else {
+        return Err(RedisError::from((
             redis::ErrorKind::Client,
             "settle: the script asked for the items' updates of a call that sent them",
-        ))
-    })?;
+        )));
+    };
     if tried_folded {
         // A read sent after the folded call may have run before this one.
         return Ok(Settled {
@@ -240,6 +258,23 @@ async fn invoke(
         });
     }
     Ok(settled)
+}
+
+/// A slot of a settle call: (rule index, group key id, window start).
+type SlotKey<'a> = (usize, &'a str, i64);
+
+fn slot_key(update: &RuleUpdate) -> SlotKey<'_> {
+    (update.rule_index, update.group.id.as_str(), update.window_start_ms)
+}
+
+/// What SETTLE answered.
+enum Reply {
+    Settled(Settled),
+    /// A folded call not folded (nothing written); `crossing`: the numbers (from 1) of the
+    /// slots whose sums may cross, where that was the only reason.
+    Refused {
+        crossing: Vec<usize>,
+    },
 }
 
 /// Whether a folded call (see [`scripts::SETTLE`]) can settle `outcomes`: some item has
@@ -273,29 +308,25 @@ fn counted_only(outcome: &Outcome, rules: &[StatefulRule]) -> bool {
             .all(|update| !matches!(rules[update.rule_index].kind, StatefulKind::AnyWithCooldown))
 }
 
-/// Runs one SETTLE call; `None`: a folded call the script could not fold (nothing written).
-async fn call(connection: &mut Connection, command: &redis::Cmd) -> Result<Option<Settled>, RedisError> {
-    let (reply, reloaded) = match command.query_async(connection).await {
+/// Runs one SETTLE call.
+async fn call(connection: &mut Connection, command: &redis::Cmd) -> Result<Reply, RedisError> {
+    let (reply, reloaded): (Vec<i64>, bool) = match command.query_async(connection).await {
         Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             scripts::SETTLE.prepare_invoke().load_async(connection).await?;
             (command.query_async(connection).await?, true)
         }
         reply => (reply?, false),
     };
-    let (items, alerts_written, duplicate_alerts, dead_written, late_matches, over_limit, over_maxmemory, pending): (
-        i64,
-        u64,
-        u64,
-        u64,
-        u64,
-        u64,
-        u64,
-        i64,
-    ) = reply;
-    let Ok(items) = u64::try_from(items) else {
-        return Ok(None);
-    };
-    Ok(Some(Settled {
+    let figures: [i64; 8] = reply
+        .get(..8)
+        .and_then(|figures| figures.try_into().ok())
+        .ok_or_else(|| {
+            RedisError::from((
+                redis::ErrorKind::Parse,
+                "settle: the script's reply has fewer than 8 figures",
+            ))
+        })?;
+    let [
         items,
         alerts_written,
         duplicate_alerts,
@@ -303,14 +334,37 @@ async fn call(connection: &mut Connection, command: &redis::Cmd) -> Result<Optio
         late_matches,
         over_limit,
         over_maxmemory,
+        pending,
+    ] = figures;
+    let figure = |value: i64| u64::try_from(value).unwrap_or(0);
+    let Ok(items) = u64::try_from(items) else {
+        let crossing = reply[8..]
+            .iter()
+            .filter_map(|&number| usize::try_from(number).ok())
+            .collect();
+        return Ok(Reply::Refused { crossing });
+    };
+    Ok(Reply::Settled(Settled {
+        items,
+        alerts_written: figure(alerts_written),
+        duplicate_alerts: figure(duplicate_alerts),
+        dead_written: figure(dead_written),
+        late_matches: figure(late_matches),
+        over_limit: figure(over_limit),
+        over_maxmemory: figure(over_maxmemory),
         pending_after: u64::try_from(pending).ok().filter(|_| !reloaded),
         folded: false,
     }))
 }
 
-/// The SETTLE call of `outcomes`; `folded`: the items with only updates of windowed rules
-/// travel as bare ids, their updates in the slots' sums only.
-fn settle_command(target: &SettleTarget<'_>, outcomes: &[Outcome], folded: bool) -> Result<redis::Cmd, RedisError> {
+/// The SETTLE call of `outcomes` and its slots in number order. `folded` (with the slots
+/// whose updates are itemized): the items with only updates of windowed rules, none of
+/// them in an itemized slot, travel as bare ids, their updates in the slots' sums only.
+fn settle_command<'a>(
+    target: &SettleTarget<'_>,
+    outcomes: &'a [Outcome],
+    folded: Option<&HashSet<SlotKey<'_>>>,
+) -> Result<(redis::Cmd, Vec<SlotKey<'a>>), RedisError> {
     let keys = target.keys;
     let (mode, source_key, label) = match target.source {
         Source::Stream => ("stream", keys.stream.as_str(), keys.stream.as_str()),
@@ -318,7 +372,14 @@ fn settle_command(target: &SettleTarget<'_>, outcomes: &[Outcome], folded: bool)
     };
     let bare = |outcome: &Outcome| {
         (outcome.alerts.is_empty() && outcome.dead.is_empty() && outcome.updates.is_empty())
-            || (folded && counted_only(outcome, target.rules))
+            || folded.is_some_and(|itemized| {
+                counted_only(outcome, target.rules)
+                    && (itemized.is_empty()
+                        || !outcome
+                            .updates
+                            .iter()
+                            .any(|update| itemized.contains(&slot_key(update))))
+            })
     };
     let (first_id, last_id) = match target.source {
         Source::Stream => id_range(
@@ -349,14 +410,14 @@ fn settle_command(target: &SettleTarget<'_>, outcomes: &[Outcome], folded: bool)
         .arg(first_id)
         .arg(last_id)
         .arg(target.expected_pending.map(|held| held.to_string()).unwrap_or_default())
-        .arg(if folded { "1" } else { "" })
+        .arg(if folded.is_some() { "1" } else { "" })
         .arg(rules_args(target.rules));
 
     // One slot per (rule, group key, window) of the call: its draft (the first one an update
     // of it carries: the first update's, when the items were evaluated as one batch) and the
     // sums of its updates. Each item with outputs lists its updates in one argument, by slot
     // number.
-    let mut slot_numbers: HashMap<(usize, &str, i64), usize> = HashMap::default();
+    let mut slot_numbers: HashMap<SlotKey<'a>, usize> = HashMap::default();
     let mut slots: Vec<Slot<'_>> = Vec::new();
     let mut noisy: Vec<&Outcome> = Vec::new();
     let mut quiet_by_event_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
@@ -377,12 +438,10 @@ fn settle_command(target: &SettleTarget<'_>, outcomes: &[Outcome], folded: bool)
         let marks = pack_marks(outcome, &mut bitmaps, !is_bare);
         let mut packed = String::new();
         for update in &outcome.updates {
-            let number = *slot_numbers
-                .entry((update.rule_index, update.group.id.as_str(), update.window_start_ms))
-                .or_insert_with(|| {
-                    slots.push(Slot::of(update));
-                    slots.len()
-                });
+            let number = *slot_numbers.entry(slot_key(update)).or_insert_with(|| {
+                slots.push(Slot::of(update));
+                slots.len()
+            });
             slots[number - 1].add(update);
             if !is_bare {
                 // Writing into a String cannot fail.
@@ -417,7 +476,11 @@ fn settle_command(target: &SettleTarget<'_>, outcomes: &[Outcome], folded: bool)
             .arg(slot.first.window_start_ms)
             .arg(slot.matches)
             .arg(slot.newest_ms)
-            .arg(slot.last_ms);
+            .arg(slot.last_ms)
+            .arg(match folded {
+                Some(itemized) if !itemized.contains(&slot_key(slot.first)) => "",
+                _ => "1",
+            });
     }
 
     invocation.arg(quiet_by_event_count.len());
@@ -446,7 +509,7 @@ fn settle_command(target: &SettleTarget<'_>, outcomes: &[Outcome], folded: bool)
             invocation.arg(&rejected.reason).arg(&rejected.raw);
         }
     }
-    Ok(invocation)
+    Ok((invocation, slots.iter().map(|slot| slot_key(slot.first)).collect()))
 }
 
 /// The updates of one (rule, group key, window) within a settle call.

@@ -191,7 +191,10 @@ enum RawDirection {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "an expected group is its value (a string) or, with several group_by fields, a list of its values"
+)]
 enum RawExpected {
     One(String),
     Many(Vec<String>),
@@ -696,6 +699,12 @@ fn compile_rule(
     };
     let sinks = match &raw.sinks {
         Some(listed) => {
+            if listed.is_empty() {
+                errors.at(
+                    raw.name.span(),
+                    "sinks = [] sends this rule's alerts to no sink; name one, or leave sinks out for every sink of the file",
+                );
+            }
             for sink in listed {
                 if !sink_names.contains(sink.get_ref()) {
                     errors.at(
@@ -1114,6 +1123,23 @@ annotations = { summary = \"{nope}\" }
         assert_eq!(
             errors,
             ["r.toml:7:11: expected group has 1 values, group_by has 2 fields (host, dc)"]
+        );
+    }
+
+    #[test]
+    fn an_empty_sink_list_and_a_malformed_expected_group_are_named() {
+        let errors = errors_of(
+            "[sinks.ops]\ntype = \"console\"\n[[rules]]\nname = \"quiet\"\ntype = \"flatline\"\ngroup_by = [\"host\"]\n\
+             threshold = 1\nwindow = \"5m\"\nexpect = [7]\nsinks = []\n",
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("r.toml:4:8: sinks = [] sends this rule's alerts to no sink"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors[1],
+            "r.toml:9:10: an expected group is its value (a string) or, with several group_by fields, a list of its values"
         );
     }
 
