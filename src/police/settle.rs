@@ -536,7 +536,7 @@ impl<'a> Slot<'a> {
 
     fn add(&mut self, update: &'a RuleUpdate) {
         if self.draft.is_none() {
-            self.draft = update.draft.as_ref();
+            self.draft = update.draft.as_deref();
         }
         self.matches += update.matches;
         self.newest_ms = self.newest_ms.max(update.last_event_ms);

@@ -264,7 +264,7 @@ impl RuleSet {
             };
             let mut draft = rule.alert(&context, &group_values, folded.matches, raised_at);
             draft.event = Some(event.clone());
-            draft
+            Box::new(draft)
         });
         RuleUpdate {
             rule_index: folded.rule_index,

@@ -606,7 +606,7 @@ impl<'rules> Model<'rules> {
 /// The draft of an update of an item evaluated alone ([`RuleSet::evaluate`], all the model
 /// reads), where every update carries one.
 fn drafted(update: RuleUpdate) -> Alert {
-    update
+    *update
         .draft
         .expect("an item evaluated alone drafts every update (RuleSet::evaluate)")
 }

@@ -67,8 +67,9 @@ pub struct RuleUpdate {
     /// replaced by U+FFFD when rendered).
     /// `None` where an earlier item of the same settle call drafted this (rule, group key,
     /// window) already (see [`super::evaluate::BatchDrafts`]); an item evaluated alone
-    /// ([`super::RuleSet::evaluate`]) drafts every update.
-    pub draft: Option<Alert>,
+    /// ([`super::RuleSet::evaluate`]) drafts every update. Boxed: most updates carry none,
+    /// and an update is moved and held per item and batch.
+    pub draft: Option<Box<Alert>>,
 }
 
 /// Brackets a figure the script fills in (see [`RuleUpdate::draft`]).
