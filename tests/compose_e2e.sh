@@ -95,6 +95,14 @@ docker network connect "${project}_sentinel-net" "$agent"
 wait_for 90 "the cut-off agent's events in the stream again" bash -c \
   "docker-compose exec -T redis-store redis-cli XREVRANGE logsentinel:logs + - COUNT 300 | grep -q '\"id\":\"$agent_id:'"
 echo "   agent $agent_id resumed; outage lines in its log: $(docker logs "$agent" 2>&1 | grep -c 'redis unreachable' || true)"
+# its spool is replayed while it runs (after an outage the replay starts once its retry
+# backoff allows): the stop below then has only the last batches to flush
+agent_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$agent")
+spool_bytes() {
+  curl -s --max-time 5 "http://$agent_ip:9465/metrics" | awk '$1 == "logsentinel_agent_spool_bytes" { print $2 }'
+}
+wait_for 180 "the cut-off agent to replay its spool" bash -c "[ \"\$(curl -s --max-time 5 http://$agent_ip:9465/metrics | awk '\$1 == \"logsentinel_agent_spool_bytes\" { print \$2 }')\" = 0 ]"
+echo "   its spool replayed ($(spool_bytes) bytes left)"
 
 step "scaling police 2 → 4 → 1"
 compose up -d --scale log-agent=5 --scale police=4 --no-recreate >/dev/null 2>&1
